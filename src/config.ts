@@ -1,0 +1,269 @@
+/**
+ * Upstream configuration: the YAML file, UPSTREAM_CREDENTIALS, and the defaults that apply to
+ * any namespace nobody configured. Problems are reported as ConfigError naming file and key.
+ */
+import { parse as parseYaml } from "yaml";
+
+export interface UpstreamConfig {
+  /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */
+  namespace: string;
+  /** host[:port] of the registry actually contacted. */
+  host: string;
+  tls: boolean;
+  acceptInvalidCerts: boolean;
+  userAgent?: string;
+  username?: string;
+  password?: string;
+  /** How long a cached tag is trusted before it is revalidated upstream. */
+  manifestInvalidationMs: number;
+  /** How long a cached blob is trusted before upstream is asked to confirm it again. */
+  blobInvalidationMs: number;
+  /**
+   * True when an operator named this upstream (file or credentials): such upstreams may live on
+   * private addresses. Implicit upstreams (any namespace a client names) may not.
+   */
+  configured: boolean;
+}
+
+export const DEFAULT_MANIFEST_INVALIDATION_MS = 60 * 60 * 1000; // 1h
+export const DEFAULT_BLOB_INVALIDATION_MS = 30 * 24 * 60 * 60 * 1000; // 30d
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+const DURATION_UNITS_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** Parses "0s", "90m", "12h", "14d", "1h30m" into milliseconds; a bare number means seconds. */
+export function parseDuration(value: string | number): number {
+  if (typeof value === "number" && Number.isFinite(value) && value >= 0) return value * 1000;
+  const text = String(value).trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Number(text) * 1000;
+  const part = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/y;
+  let total = 0;
+  let index = 0;
+  while (index < text.length) {
+    part.lastIndex = index;
+    const match = part.exec(text);
+    if (!match) {
+      throw new ConfigError(`invalid duration ${JSON.stringify(value)} (use e.g. 0s, 90m, 12h, 14d)`);
+    }
+    total += Number(match[1]) * DURATION_UNITS_MS[match[2]];
+    index = part.lastIndex;
+  }
+  if (text.length === 0) throw new ConfigError("empty duration");
+  return total;
+}
+
+/** Looks up the upstream for a namespace, falling back to the defaults for unknown ones. */
+export class UpstreamRegistry {
+  readonly #byNamespace = new Map<string, UpstreamConfig>();
+
+  constructor(upstreams: UpstreamConfig[]) {
+    for (const upstream of upstreams) this.#byNamespace.set(upstream.namespace, upstream);
+  }
+
+  get(namespace: string): UpstreamConfig {
+    return this.#byNamespace.get(namespace) ?? defaultUpstream(namespace);
+  }
+
+  /** The explicitly configured upstreams (for logs and metrics). */
+  configured(): UpstreamConfig[] {
+    return [...this.#byNamespace.values()];
+  }
+}
+
+export function defaultUpstream(namespace: string): UpstreamConfig {
+  return {
+    namespace,
+    host: namespace === "docker.io" ? "registry-1.docker.io" : namespace,
+    tls: true,
+    acceptInvalidCerts: false,
+    manifestInvalidationMs: DEFAULT_MANIFEST_INVALIDATION_MS,
+    blobInvalidationMs: DEFAULT_BLOB_INVALIDATION_MS,
+    configured: false,
+  };
+}
+
+const KNOWN_KEYS = new Set([
+  "namespace",
+  "host",
+  "tls",
+  "accept_invalid_certs",
+  "user_agent",
+  "username",
+  "password",
+  "manifest_invalidation_time",
+  "blob_invalidation_time",
+]);
+
+/** Parses the upstream YAML (a list of entries). `source` names the file in messages. */
+export function parseUpstreamYaml(text: string, source: string): UpstreamConfig[] {
+  let document: unknown;
+  try {
+    document = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`${source}: invalid YAML: ${(e as Error).message.split("\n")[0]}`);
+  }
+  if (document === null || document === undefined) return [];
+  if (!Array.isArray(document)) {
+    throw new ConfigError(`${source}: expected a list of upstream entries at the top level`);
+  }
+  const seen = new Set<string>();
+  return document.map((entry, index) => {
+    const where = `${source}: entry ${index + 1}`;
+    if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+      throw new ConfigError(`${where}: expected a mapping with at least namespace and host`);
+    }
+    const record = entry as Record<string, unknown>;
+    for (const key of Object.keys(record)) {
+      if (!KNOWN_KEYS.has(key)) throw new ConfigError(`${where}: unknown key "${key}"`);
+    }
+    const namespace = requiredString(record, "namespace", where);
+    const upstream = parseEntry(record, `${where} (${namespace})`);
+    if (seen.has(namespace)) throw new ConfigError(`${where}: namespace "${namespace}" repeated`);
+    seen.add(namespace);
+    return upstream;
+  });
+}
+
+function parseEntry(record: Record<string, unknown>, where: string): UpstreamConfig {
+  const namespace = requiredString(record, "namespace", where);
+  if (!/^[a-zA-Z0-9.-]+(:[0-9]+)?$/.test(namespace)) {
+    throw new ConfigError(`${where}: key "namespace" must be a registry host name, e.g. docker.io`);
+  }
+  const host = requiredString(record, "host", where);
+  if (!/^[a-zA-Z0-9.-]+(:[0-9]+)?$|^\[[0-9a-fA-F:]+\](:[0-9]+)?$/.test(host)) {
+    throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
+  }
+  return {
+    namespace,
+    host,
+    tls: optionalBoolean(record, "tls", where) ?? true,
+    acceptInvalidCerts: optionalBoolean(record, "accept_invalid_certs", where) ?? false,
+    userAgent: optionalString(record, "user_agent", where),
+    username: optionalString(record, "username", where),
+    password: optionalString(record, "password", where),
+    manifestInvalidationMs: optionalDuration(record, "manifest_invalidation_time", where) ??
+      DEFAULT_MANIFEST_INVALIDATION_MS,
+    blobInvalidationMs: optionalDuration(record, "blob_invalidation_time", where) ??
+      DEFAULT_BLOB_INVALIDATION_MS,
+    configured: true,
+  };
+}
+
+function requiredString(record: Record<string, unknown>, key: string, where: string): string {
+  const value = record[key];
+  if (typeof value !== "string" || value.length === 0) {
+    throw new ConfigError(`${where}: key "${key}" is required and must be a string`);
+  }
+  return value;
+}
+
+function optionalString(
+  record: Record<string, unknown>,
+  key: string,
+  where: string,
+): string | undefined {
+  const value = record[key];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string" && typeof value !== "number") {
+    throw new ConfigError(`${where}: key "${key}" must be a string`);
+  }
+  return String(value);
+}
+
+function optionalBoolean(
+  record: Record<string, unknown>,
+  key: string,
+  where: string,
+): boolean | undefined {
+  const value = record[key];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "boolean") throw new ConfigError(`${where}: key "${key}" must be true or false`);
+  return value;
+}
+
+function optionalDuration(
+  record: Record<string, unknown>,
+  key: string,
+  where: string,
+): number | undefined {
+  const value = record[key];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string" && typeof value !== "number") {
+    throw new ConfigError(`${where}: key "${key}" must be a duration such as 90m or 14d`);
+  }
+  try {
+    return parseDuration(value);
+  } catch (e) {
+    throw new ConfigError(`${where}: key "${key}": ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Merges UPSTREAM_CREDENTIALS (`{"namespace": {"username": "..", "password": ".."}}`) over the
+ * file's entries; a namespace only named there gets the default upstream with credentials.
+ */
+export function mergeCredentials(upstreams: UpstreamConfig[], json: string): UpstreamConfig[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch (e) {
+    // The message from JSON.parse can quote the input: never echo secrets.
+    throw new ConfigError(
+      `UPSTREAM_CREDENTIALS: invalid JSON (${(e as Error).name}); expected {"namespace": {"username": "...", "password": "..."}}`,
+    );
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new ConfigError("UPSTREAM_CREDENTIALS: expected a JSON object keyed by namespace");
+  }
+  const result = new Map(upstreams.map((u) => [u.namespace, { ...u }]));
+  for (const [namespace, value] of Object.entries(parsed)) {
+    const where = `UPSTREAM_CREDENTIALS: namespace "${namespace}"`;
+    if (typeof value !== "object" || value === null || Array.isArray(value)) {
+      throw new ConfigError(`${where}: expected {"username": "...", "password": "..."}`);
+    }
+    const { username, password, ...rest } = value as Record<string, unknown>;
+    if (Object.keys(rest).length > 0) {
+      throw new ConfigError(`${where}: unknown key "${Object.keys(rest)[0]}"`);
+    }
+    if (typeof username !== "string" || typeof password !== "string") {
+      throw new ConfigError(`${where}: "username" and "password" must both be strings`);
+    }
+    const base = result.get(namespace) ?? { ...defaultUpstream(namespace), configured: true };
+    result.set(namespace, { ...base, username, password });
+  }
+  return [...result.values()];
+}
+
+/** Reads the optional file and the optional credentials variable into an UpstreamRegistry. */
+export async function loadUpstreams(
+  file: string | undefined,
+  credentialsJson: string | undefined,
+): Promise<UpstreamRegistry> {
+  let upstreams: UpstreamConfig[] = [];
+  if (file) {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (e) {
+      throw new ConfigError(`${file}: cannot read upstream config file: ${(e as Error).message}`);
+    }
+    upstreams = parseUpstreamYaml(text, file);
+  }
+  if (credentialsJson && credentialsJson.trim() !== "") {
+    upstreams = mergeCredentials(upstreams, credentialsJson);
+  }
+  return new UpstreamRegistry(upstreams);
+}
