@@ -56,7 +56,9 @@ export function parseDuration(value: string | number): number {
     part.lastIndex = index;
     const match = part.exec(text);
     if (!match) {
-      throw new ConfigError(`invalid duration ${JSON.stringify(value)} (use e.g. 0s, 90m, 12h, 14d)`);
+      throw new ConfigError(
+        `invalid duration ${JSON.stringify(value)} (use e.g. 0s, 90m, 12h, 14d)`,
+      );
     }
     total += Number(match[1]) * DURATION_UNITS_MS[match[2]];
     index = part.lastIndex;
@@ -190,7 +192,9 @@ function optionalBoolean(
 ): boolean | undefined {
   const value = record[key];
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== "boolean") throw new ConfigError(`${where}: key "${key}" must be true or false`);
+  if (typeof value !== "boolean") {
+    throw new ConfigError(`${where}: key "${key}" must be true or false`);
+  }
   return value;
 }
 
@@ -222,7 +226,9 @@ export function mergeCredentials(upstreams: UpstreamConfig[], json: string): Ups
   } catch (e) {
     // The message from JSON.parse can quote the input: never echo secrets.
     throw new ConfigError(
-      `UPSTREAM_CREDENTIALS: invalid JSON (${(e as Error).name}); expected {"namespace": {"username": "...", "password": "..."}}`,
+      `UPSTREAM_CREDENTIALS: invalid JSON (${
+        (e as Error).name
+      }); expected {"namespace": {"username": "...", "password": "..."}}`,
     );
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {

@@ -39,8 +39,12 @@ export class RegistryError extends Error {
   constructor(
     code: ErrorCode,
     message: string,
-    options: { detail?: unknown; status?: number; headers?: Record<string, string>; cause?: unknown } =
-      {},
+    options: {
+      detail?: unknown;
+      status?: number;
+      headers?: Record<string, string>;
+      cause?: unknown;
+    } = {},
   ) {
     super(message, { cause: options.cause });
     this.name = "RegistryError";

@@ -1,0 +1,236 @@
+/**
+ * Command line, compatible with the original oci-registry:
+ *   oci-registry [global flags] filesystem --root DIR
+ *   oci-registry [global flags] s3 --bucket B [--endpoint URL] [--region R] ...
+ * Every flag can also come from an environment variable; a flag wins over its variable.
+ */
+import { ConfigError } from "./config.ts";
+
+interface FlagSpec {
+  name: string;
+  env: string;
+  help: string;
+  boolean?: boolean;
+  default?: string;
+}
+
+const GLOBAL_FLAGS: FlagSpec[] = [
+  {
+    name: "listen",
+    env: "LISTEN",
+    default: "0.0.0.0:8080",
+    help: "HOST:PORT or unix:/path/to/socket",
+  },
+  {
+    name: "default-namespace",
+    env: "DEFAULT_NAMESPACE",
+    default: "docker.io",
+    help: "registry for requests that name none",
+  },
+  {
+    name: "upstream-config-file",
+    env: "UPSTREAM_CONFIG_FILE",
+    help: "YAML list of upstream registries",
+  },
+  {
+    name: "allow-private-upstreams",
+    env: "ALLOW_PRIVATE_UPSTREAMS",
+    boolean: true,
+    help: "let clients name upstreams on loopback/private addresses (configured ones always may)",
+  },
+];
+
+const STORAGE_FLAGS: Record<string, FlagSpec[]> = {
+  filesystem: [{ name: "root", env: "FILESYSTEM_ROOT", help: "directory holding the cache" }],
+  s3: [
+    { name: "bucket", env: "S3_BUCKET", help: "bucket name" },
+    {
+      name: "endpoint",
+      env: "S3_HOST",
+      help: "endpoint URL for S3-compatible services (path-style)",
+    },
+    { name: "region", env: "S3_REGION", default: "us-east-1", help: "region" },
+    { name: "prefix", env: "S3_PREFIX", default: "", help: "key prefix inside the bucket" },
+    {
+      name: "access-key",
+      env: "S3_ACCESS_KEY",
+      help: "access key id (else the AWS credential chain)",
+    },
+    { name: "secret-key", env: "S3_SECRET_KEY", help: "secret access key" },
+    {
+      name: "s3-redirect",
+      env: "S3_REDIRECT",
+      boolean: true,
+      help: "answer blob GETs with a 307 to a presigned URL",
+    },
+    {
+      name: "spool-dir",
+      env: "SPOOL_DIR",
+      help: "local directory for downloads in flight (default: a temp dir)",
+    },
+  ],
+};
+
+export type StorageSettings =
+  | { kind: "filesystem"; root: string }
+  | {
+    kind: "s3";
+    bucket: string;
+    endpoint?: string;
+    region: string;
+    prefix: string;
+    accessKeyId?: string;
+    secretAccessKey?: string;
+    redirect: boolean;
+    spoolDir?: string;
+  };
+
+export interface Settings {
+  listen: { kind: "tcp"; hostname: string; port: number } | { kind: "unix"; path: string };
+  defaultNamespace: string;
+  upstreamConfigFile?: string;
+  allowPrivateUpstreams: boolean;
+  storage: StorageSettings;
+}
+
+export type CliResult = { kind: "run"; settings: Settings } | { kind: "help"; text: string } | {
+  kind: "version";
+};
+
+export function usage(): string {
+  const describe = (flags: FlagSpec[]) =>
+    flags.map((f) =>
+      `  --${f.name}${f.boolean ? "" : " VALUE"}`.padEnd(34) +
+      `${f.help} [env ${f.env}${f.default ? `, default ${f.default || '""'}` : ""}]`
+    ).join("\n");
+  return [
+    "oci-registry: a pull-through caching OCI registry mirror",
+    "",
+    "usage: oci-registry [global flags] filesystem --root DIR",
+    "       oci-registry [global flags] s3 --bucket BUCKET [s3 flags]",
+    "",
+    "global flags:",
+    describe(GLOBAL_FLAGS),
+    "",
+    "filesystem flags:",
+    describe(STORAGE_FLAGS.filesystem),
+    "",
+    "s3 flags:",
+    describe(STORAGE_FLAGS.s3),
+    "",
+    "Upstream credentials may also come from UPSTREAM_CREDENTIALS as JSON:",
+    '  {"docker.io": {"username": "...", "password": "..."}}',
+  ].join("\n");
+}
+
+/** Parses argv and the environment; throws ConfigError with a message for the user. */
+export function parseCommandLine(
+  args: string[],
+  env: (name: string) => string | undefined,
+): CliResult {
+  if (args.includes("--help") || args.includes("-h")) return { kind: "help", text: usage() };
+  if (args.includes("--version") || args.includes("-V")) return { kind: "version" };
+  const subcommandAt = args.findIndex((arg) => arg in STORAGE_FLAGS);
+  if (subcommandAt === -1) {
+    throw new ConfigError("missing storage subcommand: filesystem or s3 (see --help)");
+  }
+  const global = parseFlags(args.slice(0, subcommandAt), GLOBAL_FLAGS, env, "");
+  const kind = args[subcommandAt] as "filesystem" | "s3";
+  const local = parseFlags(args.slice(subcommandAt + 1), STORAGE_FLAGS[kind], env, kind);
+  return {
+    kind: "run",
+    settings: {
+      listen: parseListen(global.listen!),
+      defaultNamespace: global["default-namespace"]!,
+      upstreamConfigFile: global["upstream-config-file"] || undefined,
+      allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
+      storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
+    },
+  };
+}
+
+function filesystemSettings(flags: Record<string, string | undefined>): StorageSettings {
+  if (!flags.root) throw new ConfigError("filesystem: --root DIR (or FILESYSTEM_ROOT) is required");
+  return { kind: "filesystem", root: flags.root };
+}
+
+function s3Settings(flags: Record<string, string | undefined>): StorageSettings {
+  if (!flags.bucket) throw new ConfigError("s3: --bucket NAME (or S3_BUCKET) is required");
+  if (!!flags["access-key"] !== !!flags["secret-key"]) {
+    throw new ConfigError("s3: --access-key and --secret-key go together");
+  }
+  if (flags.endpoint) {
+    try {
+      new URL(flags.endpoint);
+    } catch {
+      throw new ConfigError(`s3: --endpoint must be a URL such as http://127.0.0.1:9000`);
+    }
+  }
+  return {
+    kind: "s3",
+    bucket: flags.bucket,
+    endpoint: flags.endpoint || undefined,
+    region: flags.region || "us-east-1",
+    prefix: flags.prefix ?? "",
+    accessKeyId: flags["access-key"] || undefined,
+    secretAccessKey: flags["secret-key"] || undefined,
+    redirect: flags["s3-redirect"] === "true",
+    spoolDir: flags["spool-dir"] || undefined,
+  };
+}
+
+function parseFlags(
+  args: string[],
+  specs: FlagSpec[],
+  env: (name: string) => string | undefined,
+  context: string,
+): Record<string, string | undefined> {
+  const where = context ? `${context}: ` : "";
+  const values: Record<string, string | undefined> = {};
+  for (const spec of specs) {
+    const fromEnv = env(spec.env);
+    values[spec.name] = spec.boolean
+      ? String(parseBoolean(fromEnv, spec.env))
+      : fromEnv ?? spec.default;
+  }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (!arg.startsWith("--")) {
+      throw new ConfigError(`${where}unexpected argument "${arg}" (see --help)`);
+    }
+    const [name, inline] = arg.slice(2).split(/=(.*)/s, 2);
+    const spec = specs.find((s) => s.name === name) ??
+      (name === "port" && context === "" ? { name: "port", env: "", help: "" } : undefined);
+    if (!spec) throw new ConfigError(`${where}unknown flag --${name} (see --help)`);
+    if (spec.boolean) {
+      values[spec.name] = String(inline === undefined ? true : parseBoolean(inline, `--${name}`));
+      continue;
+    }
+    const value = inline ?? args[++i];
+    if (value === undefined) throw new ConfigError(`${where}--${name} needs a value`);
+    if (spec.name === "port") values.listen = `0.0.0.0:${value}`; // the original's older flag
+    else values[spec.name] = value;
+  }
+  return values;
+}
+
+function parseBoolean(value: string | undefined, where: string): boolean {
+  if (value === undefined || value === "") return false;
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new ConfigError(`${where}: expected true or false, got "${value}"`);
+}
+
+export function parseListen(value: string): Settings["listen"] {
+  if (value.startsWith("unix:")) {
+    const path = value.slice(5);
+    if (!path) throw new ConfigError("--listen unix: needs a socket path");
+    return { kind: "unix", path };
+  }
+  const match = /^(?:\[([0-9a-fA-F:]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    throw new ConfigError(`--listen: expected HOST:PORT or unix:/path, got "${value}"`);
+  }
+  return { kind: "tcp", hostname: match[1] ?? (match[2] || "0.0.0.0"), port };
+}

@@ -1,0 +1,84 @@
+import { assertEquals, assertThrows } from "../tests/support/assert.ts";
+import { parseCommandLine, type Settings } from "./cli.ts";
+import { ConfigError } from "./config.ts";
+
+const noEnv = () => undefined;
+
+function settings(args: string[], env: Record<string, string> = {}): Settings {
+  const result = parseCommandLine(args, (name) => env[name]);
+  if (result.kind !== "run") throw new Error(`expected run, got ${result.kind}`);
+  return result.settings;
+}
+
+Deno.test("the original's command line", () => {
+  const s = settings(["--listen", "0.0.0.0:8080", "filesystem", "--root", "/tmp/x"]);
+  assertEquals(s.listen, { kind: "tcp", hostname: "0.0.0.0", port: 8080 });
+  assertEquals(s.storage, { kind: "filesystem", root: "/tmp/x" });
+  assertEquals(s.defaultNamespace, "docker.io");
+  assertEquals(settings(["--port", "5000", "filesystem", "--root", "d"]).listen, {
+    kind: "tcp",
+    hostname: "0.0.0.0",
+    port: 5000,
+  });
+});
+
+Deno.test("every flag from its environment variable; flags win", () => {
+  const env = {
+    LISTEN: "127.0.0.1:9000",
+    DEFAULT_NAMESPACE: "quay.io",
+    UPSTREAM_CONFIG_FILE: "up.yaml",
+    FILESYSTEM_ROOT: "/var/cache/oci",
+  };
+  const s = settings(["filesystem"], env);
+  assertEquals(s.listen, { kind: "tcp", hostname: "127.0.0.1", port: 9000 });
+  assertEquals(s.defaultNamespace, "quay.io");
+  assertEquals(s.upstreamConfigFile, "up.yaml");
+  assertEquals(s.storage, { kind: "filesystem", root: "/var/cache/oci" });
+  assertEquals(settings(["--listen=[::1]:7000", "filesystem"], env).listen, {
+    kind: "tcp",
+    hostname: "::1",
+    port: 7000,
+  });
+});
+
+Deno.test("s3 flags and the original's env names", () => {
+  const s = settings(["s3", "--s3-redirect"], {
+    S3_BUCKET: "cache",
+    S3_HOST: "http://127.0.0.1:9000",
+    S3_ACCESS_KEY: "k",
+    S3_SECRET_KEY: "s",
+  });
+  assertEquals(s.storage, {
+    kind: "s3",
+    bucket: "cache",
+    endpoint: "http://127.0.0.1:9000",
+    region: "us-east-1",
+    prefix: "",
+    accessKeyId: "k",
+    secretAccessKey: "s",
+    redirect: true,
+    spoolDir: undefined,
+  });
+});
+
+Deno.test("unix socket listener", () => {
+  assertEquals(settings(["--listen", "unix:/run/oci.sock", "filesystem", "--root", "d"]).listen, {
+    kind: "unix",
+    path: "/run/oci.sock",
+  });
+});
+
+Deno.test("mistakes are ConfigErrors that say what is wrong", () => {
+  const cases: [string[], string][] = [
+    [["filesystem"], "--root"],
+    [["--listen", "nowhere", "filesystem", "--root", "d"], "--listen"],
+    [["--bogus", "filesystem", "--root", "d"], "unknown flag --bogus"],
+    [["filesystem", "--root"], "--root needs a value"],
+    [["--root", "d"], "missing storage subcommand"],
+    [["s3"], "--bucket"],
+    [["s3", "--bucket", "b", "--access-key", "k"], "go together"],
+  ];
+  for (const [args, message] of cases) {
+    assertThrows(() => parseCommandLine(args, noEnv), ConfigError, message);
+  }
+});

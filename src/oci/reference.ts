@@ -1,0 +1,43 @@
+/** The OCI distribution grammar for repository names, tags and references. */
+import { isDigest } from "../digest.ts";
+import { RegistryError } from "./errors.ts";
+
+const NAME_COMPONENT = "[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*";
+const REPOSITORY_NAME = new RegExp(`^${NAME_COMPONENT}(?:/${NAME_COMPONENT})*$`);
+const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
+/** Registry host names as clients write them: `docker.io`, `localhost:5000`, `10.0.0.1:5000`. */
+const REGISTRY_HOST =
+  /^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?$/;
+
+/** Longest repository name we accept (distribution allows 255 including the registry). */
+const MAX_NAME_LENGTH = 255;
+
+export function isValidRepository(name: string): boolean {
+  return name.length <= MAX_NAME_LENGTH && REPOSITORY_NAME.test(name);
+}
+
+export function assertRepository(name: string): void {
+  if (!isValidRepository(name)) {
+    throw new RegistryError("NAME_INVALID", `invalid repository name: ${JSON.stringify(name)}`);
+  }
+}
+
+export function isTag(reference: string): boolean {
+  return TAG.test(reference);
+}
+
+export function isRegistryHost(value: string): boolean {
+  return value.length <= 253 && REGISTRY_HOST.test(value);
+}
+
+/** A manifest reference is a tag or a digest; anything else is MANIFEST_INVALID... per spec 400. */
+export function assertManifestReference(reference: string): "tag" | "digest" {
+  if (isTag(reference)) return "tag";
+  if (isDigest(reference)) return "digest";
+  if (reference.includes(":")) {
+    throw new RegistryError("DIGEST_INVALID", `invalid digest: ${JSON.stringify(reference)}`);
+  }
+  throw new RegistryError("MANIFEST_INVALID", `invalid tag: ${JSON.stringify(reference)}`, {
+    status: 400,
+  });
+}
