@@ -1,0 +1,793 @@
+/**
+ * The upstream client: fetches manifests, blobs and tag lists from the registry behind a
+ * namespace, with token/Basic authentication, manual redirects (Authorization never follows to
+ * another host), connect and body-stall timeouts, SSRF checks for implicit upstreams and
+ * per-upstream TLS options.
+ *
+ * Every returned Response is 2xx with its body untouched and streaming (wrapped only to detect
+ * stalls). Everything else becomes a RegistryError; bodies of responses not returned are always
+ * cancelled. Credentials and tokens never appear in messages or logs.
+ *
+ * TLS: `Deno.createHttpClient` (Deno 2.9) has no option to skip certificate verification (unknown
+ * options are silently ignored, and `caCerts` cannot pin a typical self-signed certificate: rustls
+ * rejects a CA:TRUE certificate used as the server's own, `CaUsedAsEndEntity`). The
+ * process-wide `--unsafely-ignore-certificate-errors` flag is not per upstream. So upstreams with
+ * `accept_invalid_certs: true` are fetched through node:https with `rejectUnauthorized: false`,
+ * which Deno implements for real; everything else uses fetch with full verification.
+ */
+import https from "node:https";
+import type { IncomingMessage } from "node:http";
+import { Readable } from "node:stream";
+import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import { type ErrorCode, RegistryError } from "../oci/errors.ts";
+import { AddressPolicy } from "./address_policy.ts";
+import {
+  basicAuthorization,
+  type Challenge,
+  type IssuedToken,
+  parseTokenResponse,
+  parseWwwAuthenticate,
+  pullScope,
+  TokenCache,
+} from "./auth.ts";
+
+export interface UpstreamClientOptions {
+  /** Time allowed for connecting and receiving response headers, per hop. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Time a response body may stall (no chunk arrives) before it errors. Default 30 s. */
+  idleTimeoutMs?: number;
+  /** Let implicit upstreams resolve to loopback/private/link-local addresses. Default false. */
+  allowPrivateAddresses?: boolean;
+  log?: (msg: string) => void;
+  /** Replaces the address policy for implicit upstreams (tests). */
+  addressPolicy?: Pick<AddressPolicy, "check">;
+}
+
+export const DEFAULT_USER_AGENT = "oci-registry/0.1";
+const MAX_REDIRECTS = 5;
+const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
+const MAX_ERROR_BODY_BYTES = 16 << 10;
+
+const REPOSITORY =
+  /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
+const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
+const DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+const HOST = /^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;
+
+interface Transport {
+  (url: URL, init: { method: string; headers: Headers; signal: AbortSignal }): Promise<Response>;
+}
+
+interface Target {
+  upstream: UpstreamConfig;
+  repository: string;
+  /** Path after `/v2/<repository>/`, with query. */
+  path: string;
+  method: "GET" | "HEAD";
+  headers: Headers;
+  signal?: AbortSignal;
+  /** Error code for 404, and what was asked for (for messages). */
+  notFound: ErrorCode;
+  what: string;
+}
+
+export class UpstreamClient {
+  readonly #upstreams: UpstreamRegistry;
+  readonly #connectTimeoutMs: number;
+  readonly #idleTimeoutMs: number;
+  readonly #log: (msg: string) => void;
+  readonly #policy: Pick<AddressPolicy, "check">;
+  readonly #tokens = new TokenCache();
+  /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
+  readonly #basicUpstreams = new Set<string>();
+  #http: Deno.HttpClient | undefined;
+  #insecureAgent: https.Agent | undefined;
+  readonly #insecureLogged = new Set<string>();
+  #closed = false;
+
+  constructor(upstreams: UpstreamRegistry, options: UpstreamClientOptions = {}) {
+    this.#upstreams = upstreams;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
+    this.#log = options.log ?? (() => {});
+    this.#policy = options.addressPolicy ??
+      new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses });
+  }
+
+  /** GET or HEAD `/v2/<repository>/manifests/<reference>`; `accept` becomes the Accept header. */
+  manifest(
+    namespace: string,
+    repository: string,
+    reference: string,
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+  ): Promise<Response> {
+    if (!TAG.test(reference) && !DIGEST.test(reference)) {
+      return Promise.reject(
+        new RegistryError("NAME_INVALID", `invalid reference ${JSON.stringify(reference)}`),
+      );
+    }
+    const headers = new Headers();
+    if (init.accept.length > 0) headers.set("accept", init.accept.join(", "));
+    return this.#request(namespace, repository, {
+      path: `manifests/${reference}`,
+      method: init.method,
+      headers,
+      signal: init.signal,
+      notFound: "MANIFEST_UNKNOWN",
+      what: `manifest ${repository}${reference.includes(":") ? "@" : ":"}${reference}`,
+    });
+  }
+
+  /** GET or HEAD `/v2/<repository>/blobs/<digest>`, following redirects to storage/CDN hosts. */
+  blob(
+    namespace: string,
+    repository: string,
+    digest: string,
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; range?: string },
+  ): Promise<Response> {
+    if (!DIGEST.test(digest)) {
+      return Promise.reject(
+        new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`),
+      );
+    }
+    const headers = new Headers();
+    if (init.range) headers.set("range", init.range);
+    return this.#request(namespace, repository, {
+      path: `blobs/${digest}`,
+      method: init.method,
+      headers,
+      signal: init.signal,
+      notFound: "BLOB_UNKNOWN",
+      what: `blob ${digest} in ${repository}`,
+    });
+  }
+
+  /** GET `/v2/<repository>/tags/list`, passing through only `n` and `last`. */
+  tags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+    signal?: AbortSignal,
+  ): Promise<Response> {
+    const forwarded = new URLSearchParams();
+    for (const key of ["n", "last"]) {
+      const value = query.get(key);
+      if (value !== null) forwarded.set(key, value);
+    }
+    const search = forwarded.toString();
+    return this.#request(namespace, repository, {
+      path: `tags/list${search ? `?${search}` : ""}`,
+      method: "GET",
+      headers: new Headers({ accept: "application/json" }),
+      signal,
+      notFound: "NAME_UNKNOWN",
+      what: `repository ${repository}`,
+    });
+  }
+
+  /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */
+  close(): void {
+    this.#closed = true;
+    this.#http?.close();
+    this.#http = undefined;
+    this.#insecureAgent?.destroy();
+    this.#insecureAgent = undefined;
+    this.#tokens.clear();
+  }
+
+  async #request(
+    namespace: string,
+    repository: string,
+    request: Omit<Target, "upstream" | "repository">,
+  ): Promise<Response> {
+    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
+    if (!REPOSITORY.test(repository) || repository.length > 255) {
+      throw new RegistryError(
+        "NAME_INVALID",
+        `invalid repository name ${JSON.stringify(repository)}`,
+      );
+    }
+    const upstream = this.#upstreams.get(namespace);
+    if (!HOST.test(upstream.host)) {
+      throw new RegistryError(
+        "NAME_INVALID",
+        `invalid upstream host ${JSON.stringify(upstream.host)} for namespace ${namespace}`,
+      );
+    }
+    const target: Target = { ...request, upstream, repository };
+    const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${request.path}`);
+    const tokenKey = tokenCacheKey(upstream, repository);
+    let authorization = this.#proactiveAuthorization(upstream, tokenKey);
+
+    for (let attempt = 0;; attempt++) {
+      const headers = new Headers(request.headers);
+      headers.set("user-agent", upstream.userAgent ?? DEFAULT_USER_AGENT);
+      // Fetch would otherwise negotiate gzip/br and decompress: digests are over the exact bytes.
+      headers.set("accept-encoding", "identity");
+      if (authorization) headers.set("authorization", authorization);
+      const { response, url: finalUrl } = await this.#follow(
+        upstream,
+        url,
+        request.method,
+        headers,
+        request.signal,
+      );
+      if (response.ok) return this.#deliver(response, upstream, finalUrl, request.signal);
+      if (response.status === 401 && attempt === 0 && finalUrl.host === url.host) {
+        const challenge = response.headers.get("www-authenticate") ?? "";
+        await discard(response);
+        authorization = await this.#authorize(target, tokenKey, challenge, authorization);
+        continue;
+      }
+      throw await this.#failure(response, target, finalUrl, authorization !== undefined);
+    }
+  }
+
+  #proactiveAuthorization(upstream: UpstreamConfig, tokenKey: string): string | undefined {
+    const token = this.#tokens.get(tokenKey);
+    if (token !== undefined) return `Bearer ${token}`;
+    if (this.#basicUpstreams.has(upstream.namespace) && hasCredentials(upstream)) {
+      return basicAuthorization(upstream.username!, upstream.password!);
+    }
+    return undefined;
+  }
+
+  /** Answers a 401: a (possibly shared, possibly cached) bearer token, or Basic credentials. */
+  async #authorize(
+    target: Target,
+    tokenKey: string,
+    header: string,
+    sent: string | undefined,
+  ): Promise<string> {
+    const { upstream, repository } = target;
+    const challenges = parseWwwAuthenticate(header);
+    const bearer = challenges.find((c) => c.scheme === "bearer");
+    if (bearer) {
+      const rejected = sent?.startsWith("Bearer ") ? sent.slice(7) : undefined;
+      const token = await raceSignal(
+        this.#tokens.obtain(
+          tokenKey,
+          () => this.#issueToken(upstream, repository, bearer),
+          rejected,
+        ),
+        target.signal,
+      );
+      return `Bearer ${token}`;
+    }
+    if (challenges.some((c) => c.scheme === "basic")) {
+      if (!hasCredentials(upstream)) {
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${upstream.host} requires credentials for ${repository} and none are ` +
+            `configured for namespace ${upstream.namespace}`,
+        );
+      }
+      if (sent?.startsWith("Basic ")) throw rejectedCredentials(upstream, repository);
+      this.#basicUpstreams.add(upstream.namespace);
+      return basicAuthorization(upstream.username!, upstream.password!);
+    }
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream ${upstream.host} answered 401 without a usable WWW-Authenticate challenge`,
+    );
+  }
+
+  /** GET realm?service=..&scope=repository:<repo>:pull, with Basic credentials if configured. */
+  async #issueToken(
+    upstream: UpstreamConfig,
+    repository: string,
+    challenge: Challenge,
+  ): Promise<IssuedToken> {
+    const scope = pullScope(repository);
+    let realm: URL;
+    try {
+      realm = new URL(challenge.params.realm ?? "");
+    } catch {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.host} sent a Bearer challenge without a valid realm`,
+      );
+    }
+    if (realm.protocol !== "https:" && realm.protocol !== "http:") {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.host} sent a token realm that is not http(s)`,
+      );
+    }
+    realm.hash = "";
+    if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
+    realm.searchParams.set("scope", scope);
+    const headers = new Headers({
+      "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
+      accept: "application/json",
+      "accept-encoding": "identity",
+    });
+    const withCredentials = hasCredentials(upstream) &&
+      (realm.protocol === "https:" || !upstream.tls);
+    if (withCredentials) {
+      headers.set("authorization", basicAuthorization(upstream.username!, upstream.password!));
+    } else if (hasCredentials(upstream)) {
+      this.#log(
+        `upstream ${upstream.namespace}: not sending credentials to plain-http token realm ${realm.host}`,
+      );
+    }
+    // Not tied to any caller's signal: concurrent callers share this request.
+    const { response } = await this.#follow(upstream, realm, "GET", headers, undefined);
+    if (!response.ok) {
+      const status = response.status;
+      const summary = await errorSummary(response, secretsOf(upstream));
+      const where = `token server ${realm.host} for upstream ${upstream.host}`;
+      if (status === 429) throw tooManyRequests(where, response, summary);
+      if (status === 401 || status === 403) {
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          withCredentials
+            ? `${where} rejected the mirror's credentials (${status})${summary}`
+            : `${where} refused an anonymous token for ${scope} (${status})${summary}`,
+        );
+      }
+      throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
+    }
+    const text = !response.body ? "" : await readText(
+      this.#guard(response, upstream, realm, undefined),
+      MAX_TOKEN_RESPONSE_BYTES,
+    ).catch((e) => {
+      if (e instanceof RegistryError) throw e;
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `token server ${realm.host} sent an unreadable answer`,
+      );
+    });
+    let issued: IssuedToken | undefined;
+    try {
+      issued = parseTokenResponse(JSON.parse(text));
+    } catch {
+      issued = undefined;
+    }
+    if (!issued) {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `token server ${realm.host} for upstream ${upstream.host} answered without a token`,
+      );
+    }
+    this.#log(
+      `upstream ${upstream.namespace}: got ${
+        withCredentials ? "an authenticated" : "an anonymous"
+      } token for ${scope} (expires in ${Math.round(issued.lifetimeMs / 1000)}s)`,
+    );
+    return issued;
+  }
+
+  /**
+   * Sends a request and follows up to 5 redirects by hand: relative Locations are resolved,
+   * Authorization is dropped as soon as the host changes or the scheme downgrades to http,
+   * and every hop of an implicit upstream passes the address policy.
+   */
+  async #follow(
+    upstream: UpstreamConfig,
+    start: URL,
+    method: "GET" | "HEAD",
+    headers: Headers,
+    signal: AbortSignal | undefined,
+  ): Promise<{ response: Response; url: URL }> {
+    let url = start;
+    for (let hop = 0;; hop++) {
+      if (!upstream.configured) await this.#policy.check(url);
+      const response = await this.#send(upstream, url, method, headers, signal);
+      if (![301, 302, 303, 307, 308].includes(response.status)) return { response, url };
+      const location = response.headers.get("location");
+      await discard(response);
+      const from = describeHost(url, upstream);
+      if (!location) {
+        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected without a Location`);
+      }
+      if (hop >= MAX_REDIRECTS) {
+        throw new RegistryError("UPSTREAM_ERROR", `${from}: more than ${MAX_REDIRECTS} redirects`);
+      }
+      let next: URL;
+      try {
+        next = new URL(location, url);
+      } catch {
+        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected to an invalid Location`);
+      }
+      if (next.protocol !== "https:" && next.protocol !== "http:") {
+        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected to a non-http(s) URL`);
+      }
+      next.hash = "";
+      // Userinfo in a Location is never used (fetch refuses it; it would be a credential).
+      next.username = "";
+      next.password = "";
+      if (
+        headers.has("authorization") &&
+        (next.host !== url.host || (url.protocol === "https:" && next.protocol === "http:"))
+      ) {
+        headers = new Headers(headers);
+        headers.delete("authorization");
+      }
+      url = next;
+    }
+  }
+
+  /** One request with a connect/headers deadline; network failures become UNAVAILABLE. */
+  async #send(
+    upstream: UpstreamConfig,
+    url: URL,
+    method: string,
+    headers: Headers,
+    signal: AbortSignal | undefined,
+  ): Promise<Response> {
+    signal?.throwIfAborted();
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), this.#connectTimeoutMs);
+    const combined = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
+    try {
+      return await this.#transport(upstream, url)(url, { method, headers, signal: combined });
+    } catch (e) {
+      if (signal?.aborted) throw signal.reason;
+      const where = describeHost(url, upstream);
+      if (deadline.signal.aborted) {
+        throw new RegistryError(
+          "UNAVAILABLE",
+          `cannot reach ${where}: no response within ${this.#connectTimeoutMs / 1000}s`,
+        );
+      }
+      throw new RegistryError("UNAVAILABLE", `cannot reach ${where}: ${networkReason(e)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #transport(upstream: UpstreamConfig, url: URL): Transport {
+    if (upstream.acceptInvalidCerts && url.protocol === "https:") {
+      this.#insecureAgent ??= new https.Agent({ keepAlive: true, rejectUnauthorized: false });
+      if (!this.#insecureLogged.has(upstream.namespace)) {
+        this.#insecureLogged.add(upstream.namespace);
+        this.#log(`upstream ${upstream.namespace}: TLS certificate verification is disabled`);
+      }
+      const agent = this.#insecureAgent;
+      return (target, init) => nodeHttpsFetch(target, init, agent);
+    }
+    this.#http ??= Deno.createHttpClient({});
+    const client = this.#http;
+    return (target, init) =>
+      fetch(target, {
+        method: init.method,
+        headers: init.headers,
+        signal: init.signal,
+        redirect: "manual",
+        client,
+      });
+  }
+
+  /** The 2xx response handed to the caller: same status and headers, stall-guarded body. */
+  #deliver(
+    response: Response,
+    upstream: UpstreamConfig,
+    url: URL,
+    signal: AbortSignal | undefined,
+  ): Response {
+    if (!response.body) return response;
+    return new Response(this.#guard(response, upstream, url, signal), {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  }
+
+  #guard(
+    response: Response,
+    upstream: UpstreamConfig,
+    url: URL,
+    signal: AbortSignal | undefined,
+  ): ReadableStream<Uint8Array> {
+    return withIdleTimeout(
+      response.body!,
+      this.#idleTimeoutMs,
+      describeHost(url, upstream),
+      signal,
+    );
+  }
+
+  async #failure(
+    response: Response,
+    target: Target,
+    url: URL,
+    authorized: boolean,
+  ): Promise<RegistryError> {
+    const { upstream, repository, what } = target;
+    const status = response.status;
+    const fromUpstream = url.host === upstreamHost(upstream);
+    const where = describeHost(url, upstream);
+    const summary = await errorSummary(response, secretsOf(upstream));
+    if (status === 404) {
+      return new RegistryError(target.notFound, `${where} says ${what} is unknown${summary}`);
+    }
+    if (status === 429) return tooManyRequests(where, response, summary);
+    if (status === 416) {
+      const contentRange = response.headers.get("content-range");
+      return new RegistryError("RANGE_INVALID", `${where}: requested range not satisfiable`, {
+        headers: contentRange ? { "Content-Range": contentRange } : {},
+      });
+    }
+    if (fromUpstream && status === 401) {
+      return authorized && hasCredentials(upstream)
+        ? rejectedCredentials(upstream, repository)
+        : new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${upstream.host} refused the mirror access to ${repository} (401): the ` +
+            `repository may not exist, or the mirror needs credentials for it${summary}`,
+        );
+    }
+    if (fromUpstream && status === 403) {
+      return new RegistryError("DENIED", `${where} denied access to ${repository}${summary}`);
+    }
+    return new RegistryError("UPSTREAM_ERROR", `${where} answered ${status} for ${what}${summary}`);
+  }
+}
+
+function upstreamOrigin(upstream: UpstreamConfig): string {
+  return `${upstream.tls ? "https" : "http"}://${upstream.host}`;
+}
+
+function tokenCacheKey(upstream: UpstreamConfig, repository: string): string {
+  return `${upstream.namespace}\n${upstream.host}\n${pullScope(repository)}`;
+}
+
+function hasCredentials(upstream: UpstreamConfig): boolean {
+  return upstream.username !== undefined && upstream.password !== undefined;
+}
+
+function secretsOf(upstream: UpstreamConfig): string[] {
+  return upstream.password ? [upstream.password] : [];
+}
+
+/** host[:port] as URLs spell it (lower case, default port dropped). */
+function upstreamHost(upstream: UpstreamConfig): string {
+  return new URL(upstreamOrigin(upstream)).host;
+}
+
+/** "upstream HOST", or "OTHER (for upstream HOST)" for redirect targets and token servers. */
+function describeHost(url: URL, upstream: UpstreamConfig): string {
+  return url.host === upstreamHost(upstream)
+    ? `upstream ${url.host}`
+    : `${url.host} (for upstream ${upstream.host})`;
+}
+
+function rejectedCredentials(upstream: UpstreamConfig, repository: string): RegistryError {
+  return new RegistryError(
+    "UPSTREAM_ERROR",
+    `upstream ${upstream.host} rejected the mirror's credentials for ${repository} ` +
+      `(namespace ${upstream.namespace})`,
+  );
+}
+
+function tooManyRequests(where: string, response: Response, summary: string): RegistryError {
+  const retryAfter = response.headers.get("retry-after");
+  return new RegistryError("TOOMANYREQUESTS", `${where} is rate limiting the mirror${summary}`, {
+    headers: retryAfter ? { "Retry-After": retryAfter } : {},
+  });
+}
+
+/** Cancels a body we do not hand on (frees the connection; keeps the resource sanitizer calm). */
+async function discard(response: Response): Promise<void> {
+  try {
+    await response.body?.cancel();
+  } catch {
+    // already errored or closed
+  }
+}
+
+/**
+ * Reads at most 16 KiB of an error body and returns `: <first OCI error message>` (or ""),
+ * with control characters removed, capped, and any secret we hold scrubbed out.
+ */
+async function errorSummary(response: Response, secrets: string[]): Promise<string> {
+  if (!response.body) return "";
+  let text: string;
+  try {
+    text = await readText(response.body, MAX_ERROR_BODY_BYTES, true);
+  } catch {
+    return "";
+  }
+  let message: string | undefined;
+  try {
+    const parsed = JSON.parse(text) as { errors?: { message?: unknown; code?: unknown }[] };
+    const first = parsed.errors?.[0];
+    if (first && typeof first.message === "string" && first.message !== "") {
+      message = first.message;
+    } else if (first && typeof first.code === "string") message = first.code;
+  } catch {
+    message = undefined;
+  }
+  if (!message) return "";
+  for (const secret of secrets) message = message.split(secret).join("***");
+  // deno-lint-ignore no-control-regex
+  message = message.replace(/[\u0000-\u001f\u007f]+/g, " ").trim().slice(0, 200);
+  return message ? `: ${message}` : "";
+}
+
+/** Reads a stream as UTF-8, up to `limit` bytes; beyond it throws, or truncates if `truncate`. */
+async function readText(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+  truncate = false,
+): Promise<string> {
+  const reader = body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+      if (size > limit) {
+        if (truncate) break;
+        throw new RegistryError("UPSTREAM_ERROR", `upstream answer larger than ${limit} bytes`);
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  const all = new Uint8Array(Math.min(size, limit));
+  let offset = 0;
+  for (const chunk of chunks) {
+    const part = chunk.subarray(0, all.byteLength - offset);
+    all.set(part, offset);
+    offset += part.byteLength;
+    if (offset >= all.byteLength) break;
+  }
+  return new TextDecoder().decode(all);
+}
+
+/**
+ * Wraps a body so it errors with RegistryError UNAVAILABLE when no chunk arrives within
+ * `idleMs` while the consumer is waiting. The timer only runs during a pending upstream read
+ * (highWaterMark 0: no read-ahead), so a slow consumer never trips it. Mid-body network errors
+ * become UNAVAILABLE too; an abort by the caller's signal surfaces as its reason.
+ */
+export function withIdleTimeout(
+  body: ReadableStream<Uint8Array>,
+  idleMs: number,
+  where: string,
+  signal?: AbortSignal,
+): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let stalled = false;
+      timer = setTimeout(() => {
+        stalled = true;
+        reader.cancel().catch(() => {});
+      }, idleMs);
+      try {
+        const { done, value } = await reader.read();
+        if (stalled) {
+          controller.error(
+            new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`),
+          );
+        } else if (done) {
+          controller.close();
+        } else {
+          controller.enqueue(value);
+        }
+      } catch (e) {
+        if (signal?.aborted) controller.error(signal.reason);
+        else if (stalled) {
+          controller.error(
+            new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`),
+          );
+        } else if (e instanceof RegistryError) controller.error(e);
+        else {
+          controller.error(
+            new RegistryError(
+              "UNAVAILABLE",
+              `connection to ${where} failed mid-body: ${networkReason(e)}`,
+              {
+                cause: e,
+              },
+            ),
+          );
+        }
+      } finally {
+        clearTimeout(timer);
+        timer = undefined;
+      }
+    },
+    cancel(reason) {
+      clearTimeout(timer);
+      timer = undefined;
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */
+function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+/**
+ * A short, credential-free reason for a network failure. Raw messages are not passed on: they
+ * can contain full URLs (a redirect's presigned query string, for instance).
+ */
+function networkReason(error: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
+    const record = e as { message?: unknown; code?: unknown; cause?: unknown };
+    if (typeof record.message === "string") parts.push(record.message);
+    if (typeof record.code === "string") parts.push(record.code);
+    e = record.cause;
+  }
+  const text = parts.join(" ");
+  if (
+    /certificate|UnknownIssuer|CaUsedAsEndEntity|self[- ]signed|CERT_|NotValidForName/i.test(text)
+  ) {
+    return "TLS certificate verification failed (accept_invalid_certs: true skips it for a configured upstream)";
+  }
+  if (/tls|handshake|ssl/i.test(text)) return "TLS handshake failed";
+  if (/refused|ECONNREFUSED/i.test(text)) return "connection refused";
+  if (/dns error|ENOTFOUND|EAI_AGAIN|failed to lookup|Name or service not known/i.test(text)) {
+    return "DNS lookup failed";
+  }
+  if (/reset|ECONNRESET|broken pipe|EPIPE/i.test(text)) return "connection reset";
+  if (/timed? ?out|ETIMEDOUT/i.test(text)) return "timed out";
+  if (/unreachable|EHOSTUNREACH|ENETUNREACH/i.test(text)) return "host unreachable";
+  if (/closed|incomplete|unexpected end|EOF/i.test(text)) return "connection closed unexpectedly";
+  return "connection failed";
+}
+
+/**
+ * fetch-like request over node:https, used only for upstreams that accept invalid certificates
+ * (node's `rejectUnauthorized: false` is the one per-connection way Deno offers to skip
+ * verification). Returns the response without following redirects; the body streams.
+ */
+function nodeHttpsFetch(
+  url: URL,
+  init: { method: string; headers: Headers; signal: AbortSignal },
+  agent: https.Agent,
+): Promise<Response> {
+  return new Promise<Response>((resolve, reject) => {
+    const headers: Record<string, string> = {};
+    init.headers.forEach((value, key) => headers[key] = value);
+    const request = https.request(url, {
+      method: init.method,
+      headers,
+      agent,
+      signal: init.signal,
+      rejectUnauthorized: false,
+    }, (message: IncomingMessage) => {
+      const responseHeaders = new Headers();
+      for (let i = 0; i + 1 < message.rawHeaders.length; i += 2) {
+        try {
+          responseHeaders.append(message.rawHeaders[i], message.rawHeaders[i + 1]);
+        } catch {
+          // skip a header the Fetch API does not accept
+        }
+      }
+      const status = message.statusCode ?? 502;
+      const bodyless = init.method === "HEAD" || status === 204 || status === 304;
+      if (bodyless) message.resume();
+      try {
+        resolve(
+          new Response(
+            bodyless ? null : Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
+            { status, statusText: message.statusMessage ?? "", headers: responseHeaders },
+          ),
+        );
+      } catch (e) {
+        message.destroy();
+        reject(e);
+      }
+    });
+    request.on("error", reject);
+    request.end();
+  });
+}
