@@ -1,0 +1,278 @@
+/**
+ * Single-flight, streaming blob downloads.
+ *
+ * The first request for a missing blob starts ONE upstream download into a spool file while
+ * hashing it. Every request for the same digest, concurrent or later, follows the spool file at
+ * its own pace with its own file handle: a slow client never slows the download and a fast one
+ * never waits for the whole blob. The last byte is held back from readers until the digest is
+ * verified, so a corrupt download can never be delivered whole: readers are errored instead and
+ * the client's response is cut short. Verified spools are published to storage; nothing else is.
+ */
+import { Hasher, parseDigest } from "../digest.ts";
+import { RegistryError } from "../oci/errors.ts";
+import type { ByteRange, Storage } from "../storage/storage.ts";
+import { blobKey } from "../storage/layout.ts";
+
+const READ_CHUNK = 1 << 20;
+
+/**
+ * Starts the upstream GET for a digest; resolves once headers arrived (2xx only), or to null
+ * when the blob turned out to be stored already (published by a download that just ended).
+ */
+export type FetchBlob = () => Promise<Response | null>;
+
+type State = "downloading" | "verified" | "failed";
+
+export class Download {
+  readonly digest: string;
+  readonly spoolPath: string;
+  /** Size announced by upstream (Content-Length), when it announced one. */
+  readonly expectedSize: number | undefined;
+  /** Settles when the blob is published (or the download failed). */
+  readonly finished: Promise<void>;
+  #state: State = "downloading";
+  #error: unknown;
+  #written = 0;
+  #wake: (() => void)[] = [];
+  #storage: Storage;
+  #spool: Deno.FsFile;
+
+  constructor(
+    digest: string,
+    spoolPath: string,
+    spool: Deno.FsFile,
+    response: Response,
+    storage: Storage,
+    log: (message: string) => void,
+  ) {
+    this.digest = digest;
+    this.spoolPath = spoolPath;
+    this.#spool = spool;
+    this.#storage = storage;
+    const length = response.headers.get("content-length");
+    this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+    this.finished = this.#run(response.body!, log);
+    this.finished.catch(() => {}); // failures reach readers and are logged; never unhandled
+  }
+
+  /** Bytes of the blob readers may have now (all of them once verified). */
+  get available(): number {
+    return this.#state === "verified" ? this.#written : Math.max(0, this.#written - 1);
+  }
+
+  get failed(): boolean {
+    return this.#state === "failed";
+  }
+
+  async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
+    const hasher = new Hasher(parseDigest(this.digest).algorithm);
+    try {
+      for await (const chunk of body) {
+        if (
+          this.expectedSize !== undefined && this.#written + chunk.byteLength > this.expectedSize
+        ) {
+          throw new RegistryError(
+            "UPSTREAM_ERROR",
+            `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
+          );
+        }
+        hasher.update(chunk);
+        await writeAll(this.#spool, chunk);
+        this.#written += chunk.byteLength;
+        this.#notify();
+      }
+      const actual = hasher.digest();
+      if (actual !== this.digest) {
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent content with digest ${actual} for ${this.digest}; not cached`,
+        );
+      }
+      if (this.expectedSize !== undefined && this.#written !== this.expectedSize) {
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent ${this.#written} of ${this.expectedSize} bytes for ${this.digest}`,
+        );
+      }
+      this.#state = "verified";
+    } catch (e) {
+      this.#state = "failed";
+      this.#error = e instanceof RegistryError ? e : new RegistryError(
+        "UPSTREAM_ERROR",
+        `download of ${this.digest} failed: ${(e as Error)?.message ?? e}`,
+        { cause: e },
+      );
+      log(`blob ${this.digest}: ${(this.#error as Error).message}`);
+      await body.cancel().catch(() => {});
+    } finally {
+      this.#spool.close();
+      this.#notify();
+    }
+    if (this.#state === "failed") {
+      await Deno.remove(this.spoolPath).catch(() => {});
+      throw this.#error;
+    }
+    try {
+      await this.#storage.publishFile(blobKey(this.digest), this.spoolPath, {
+        size: this.#written,
+      });
+    } catch (e) {
+      log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
+      await Deno.remove(this.spoolPath).catch(() => {});
+    }
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = [];
+    for (const resolve of wake) resolve();
+  }
+
+  #changed(): Promise<void> {
+    return new Promise((resolve) => this.#wake.push(resolve));
+  }
+
+  /**
+   * A stream of the blob (or a range of it) that follows the download. Opens its own handle on
+   * the spool right away; if the spool was already published away, reads from storage instead.
+   */
+  reader(range?: ByteRange): ReadableStream<Uint8Array> {
+    let file: Deno.FsFile | undefined;
+    try {
+      file = Deno.openSync(this.spoolPath, { read: true });
+    } catch {
+      return this.#fromStorage(range);
+    }
+    const handle = file;
+    let position = range?.start ?? 0;
+    const end = range ? range.end + 1 : undefined; // exclusive
+    let positioned = position === 0;
+    const close = () => {
+      try {
+        handle.close();
+      } catch { /* already closed */ }
+    };
+    return new ReadableStream({
+      type: "bytes",
+      autoAllocateChunkSize: READ_CHUNK,
+      pull: async (controller: ReadableByteStreamController) => {
+        try {
+          while (true) {
+            const limit = Math.min(this.available, end ?? Infinity);
+            if (position < limit) {
+              if (!positioned) {
+                await handle.seek(position, Deno.SeekMode.Start);
+                positioned = true;
+              }
+              const view = controller.byobRequest!.view! as Uint8Array;
+              const want = Math.min(view.byteLength, limit - position);
+              const n = await handle.read(view.subarray(0, want));
+              if (n === null || n === 0) throw new Error("spool file ended early");
+              position += n;
+              controller.byobRequest!.respond(n);
+              return;
+            }
+            if (this.#state === "failed") throw this.#error;
+            if (this.#state === "verified" && position >= limit) {
+              close();
+              controller.close();
+              controller.byobRequest?.respond(0);
+              return;
+            }
+            await this.#changed();
+          }
+        } catch (e) {
+          close();
+          controller.error(e);
+        }
+      },
+      cancel: close,
+    });
+  }
+
+  /** For readers that arrive after the spool was published (or removed): read the result. */
+  #fromStorage(range?: ByteRange): ReadableStream<Uint8Array> {
+    let inner: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    return new ReadableStream<Uint8Array>({
+      start: async () => {
+        await this.finished; // a failed download rejects here, erroring this stream
+        const object = await this.#storage.read(blobKey(this.digest), range);
+        if (!object) {
+          throw new RegistryError("BLOB_UNKNOWN", `blob ${this.digest} was not stored`);
+        }
+        inner = object.body.getReader();
+      },
+      pull: async (controller) => {
+        const { done, value } = await inner!.read();
+        if (done) controller.close();
+        else controller.enqueue(value);
+      },
+      cancel: (reason) => inner?.cancel(reason),
+    });
+  }
+}
+
+async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.byteLength) offset += await file.write(chunk.subarray(offset));
+}
+
+/** The set of downloads under way, at most one per digest. */
+export class InflightDownloads {
+  readonly #downloads = new Map<string, Promise<Download | null>>();
+  readonly #spoolDir: string;
+  readonly #storage: Storage;
+  readonly #log: (message: string) => void;
+
+  constructor(spoolDir: string, storage: Storage, log: (message: string) => void) {
+    this.#spoolDir = spoolDir;
+    this.#storage = storage;
+    this.#log = log;
+  }
+
+  /** How many downloads are running (for metrics and tests). */
+  get size(): number {
+    return this.#downloads.size;
+  }
+
+  /** Resolves when every download under way has been published or has failed. */
+  async settled(): Promise<void> {
+    while (this.#downloads.size > 0) {
+      await Promise.allSettled(
+        [...this.#downloads.values()].map((d) => d.then((download) => download?.finished)),
+      );
+    }
+  }
+
+  /**
+   * Joins the download of `digest`, starting it with `fetch` if none is running. Rejects when
+   * the upstream request fails before any byte arrived.
+   */
+  join(digest: string, fetch: FetchBlob): Promise<Download | null> {
+    const running = this.#downloads.get(digest);
+    if (running) return running;
+    const started = this.#start(digest, fetch);
+    this.#downloads.set(digest, started);
+    const forget = () => void this.#downloads.delete(digest);
+    started.then(
+      (download) => download ? download.finished.catch(() => {}).finally(forget) : forget(),
+      forget,
+    );
+    return started;
+  }
+
+  async #start(digest: string, fetch: FetchBlob): Promise<Download | null> {
+    const response = await fetch();
+    if (!response) return null;
+    await Deno.mkdir(this.#spoolDir, { recursive: true });
+    const spoolPath = `${this.#spoolDir}/spool-${parseDigest(digest).hex}-${crypto.randomUUID()}`;
+    let spool: Deno.FsFile;
+    try {
+      spool = await Deno.open(spoolPath, { write: true, createNew: true });
+    } catch (e) {
+      await response.body?.cancel();
+      throw new RegistryError("UNAVAILABLE", `cannot create spool file: ${(e as Error).message}`);
+    }
+    return new Download(digest, spoolPath, spool, response, this.#storage, this.#log);
+  }
+}

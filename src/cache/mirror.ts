@@ -1,0 +1,391 @@
+/**
+ * The pull-through cache: decides, per request, between serving what storage holds, asking
+ * upstream whether a tag moved, fetching a miss, and serving stale content when upstream is
+ * unreachable. It knows nothing of HTTP routing; api/ turns its results into responses.
+ */
+import { digestOf } from "../digest.ts";
+import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import { isUnavailable, RegistryError } from "../oci/errors.ts";
+import {
+  acceptsMediaType,
+  ALL_MANIFEST_TYPES,
+  detectManifestMediaType,
+  indexEntries,
+  isIndexType,
+  MAX_MANIFEST_BYTES,
+} from "../oci/media_types.ts";
+import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
+import type { ByteRange, Storage } from "../storage/storage.ts";
+import { InflightDownloads } from "./inflight.ts";
+
+/** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
+export interface Upstream {
+  manifest(
+    namespace: string,
+    repository: string,
+    reference: string,
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+  ): Promise<Response>;
+  blob(
+    namespace: string,
+    repository: string,
+    digest: string,
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal },
+  ): Promise<Response>;
+  tags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+    signal?: AbortSignal,
+  ): Promise<Response>;
+}
+
+export interface ManifestResult {
+  digest: string;
+  mediaType: string;
+  bytes: Uint8Array;
+}
+
+export interface BlobResult {
+  /** Size of the whole blob, when known. */
+  size: number | undefined;
+  /** The bytes (of the range, when one was asked for); absent for HEAD. */
+  body?: ReadableStream<Uint8Array>;
+  /** A URL the client should fetch the bytes from instead (S3 --s3-redirect). */
+  redirect?: string;
+}
+
+export interface MirrorOptions {
+  storage: Storage;
+  upstream: Upstream;
+  upstreams: UpstreamRegistry;
+  /** Local directory for download spools (same filesystem as the store, when on disk). */
+  spoolDir: string;
+  log?: (message: string) => void;
+  /** Clock, for tests. */
+  now?: () => number;
+}
+
+export class Mirror {
+  readonly #storage: Storage;
+  readonly #upstream: Upstream;
+  readonly #upstreams: UpstreamRegistry;
+  readonly #downloads: InflightDownloads;
+  readonly #log: (message: string) => void;
+  readonly #now: () => number;
+  /** One upstream manifest fetch per key at a time. */
+  readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
+  readonly #blobConfirmations = new Map<string, number>();
+
+  constructor(options: MirrorOptions) {
+    this.#storage = options.storage;
+    this.#upstream = options.upstream;
+    this.#upstreams = options.upstreams;
+    this.#log = options.log ?? ((message) => console.error(message));
+    this.#now = options.now ?? Date.now;
+    this.#downloads = new InflightDownloads(options.spoolDir, options.storage, this.#log);
+  }
+
+  /** Blob downloads currently running. */
+  get activeDownloads(): number {
+    return this.#downloads.size;
+  }
+
+  /** Resolves when no blob download is running (for shutdown and tests). */
+  settled(): Promise<void> {
+    return this.#downloads.settled();
+  }
+
+  // ---- manifests -------------------------------------------------------------------------
+
+  /**
+   * The manifest for a tag or digest, in a media type the client accepts. For a client that
+   * cannot take an index, the linux/amd64 entry is served instead, as registries do.
+   */
+  async getManifest(
+    namespace: string,
+    repository: string,
+    reference: string,
+    accept: string[],
+  ): Promise<ManifestResult> {
+    // One lookup per reference at a time: concurrent requests share the storage read and any
+    // upstream request it leads to.
+    const manifest = await this.#singleFlight(
+      `${namespace}/${repository}/${reference}`,
+      () =>
+        reference.includes(":")
+          ? this.#manifestByDigest(namespace, repository, reference)
+          : this.#manifestByTag(namespace, repository, reference),
+    );
+    if (acceptsMediaType(accept, manifest.mediaType)) return manifest;
+    if (isIndexType(manifest.mediaType)) {
+      const entry = pickDefaultPlatform(manifest.bytes, accept);
+      if (entry) {
+        const child = await this.#manifestByDigest(namespace, repository, entry.digest);
+        if (acceptsMediaType(accept, child.mediaType)) return child;
+      }
+    }
+    throw new RegistryError(
+      "MANIFEST_UNKNOWN",
+      `manifest ${reference} is ${manifest.mediaType}, which the client's Accept header does not allow`,
+    );
+  }
+
+  async #manifestByDigest(
+    namespace: string,
+    repository: string,
+    digest: string,
+  ): Promise<ManifestResult> {
+    const bytes = await this.#storage.readBytes(manifestKey(digest));
+    if (bytes) return { digest, bytes, mediaType: mediaTypeOf(bytes) };
+    return await this.#singleFlight(
+      `${namespace}/${repository}@${digest}`,
+      () => this.#fetchManifest(namespace, repository, digest),
+    );
+  }
+
+  async #manifestByTag(
+    namespace: string,
+    repository: string,
+    tag: string,
+  ): Promise<ManifestResult> {
+    const config = this.#upstreams.get(namespace);
+    const link = await this.#readTagLink(namespace, repository, tag);
+    const cached = link ? await this.#storage.readBytes(manifestKey(link.digest)) : null;
+    if (!link || !cached) {
+      return await this.#singleFlight(
+        `${namespace}/${repository}:${tag}`,
+        () => this.#fetchManifest(namespace, repository, tag),
+      );
+    }
+    const result = { digest: link.digest, bytes: cached, mediaType: mediaTypeOf(cached) };
+    if (this.#now() - link.confirmedAt < config.manifestInvalidationMs) return result;
+    try {
+      return await this.#singleFlight(
+        `${namespace}/${repository}:${tag}?revalidate`,
+        () => this.#revalidateTag(namespace, repository, tag, link, result),
+      );
+    } catch (e) {
+      if (!servesStale(e)) throw e;
+      this.#log(
+        `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
+      );
+      return result;
+    }
+  }
+
+  /** HEAD upstream: same digest refreshes the link; a new digest is fetched. */
+  async #revalidateTag(
+    namespace: string,
+    repository: string,
+    tag: string,
+    link: TagLink,
+    cached: ManifestResult,
+  ): Promise<ManifestResult> {
+    const response = await this.#upstream.manifest(namespace, repository, tag, {
+      method: "HEAD",
+      accept: ALL_MANIFEST_TYPES,
+    });
+    await response.body?.cancel();
+    const digest = response.headers.get("docker-content-digest");
+    if (digest !== link.digest) return await this.#fetchManifest(namespace, repository, tag);
+    await this.#writeTagLink(namespace, repository, tag, { ...link, confirmedAt: this.#now() });
+    return cached;
+  }
+
+  /** GET a manifest upstream, verify it, store it (and the tag link for tags). */
+  async #fetchManifest(
+    namespace: string,
+    repository: string,
+    reference: string,
+  ): Promise<ManifestResult> {
+    const response = await this.#upstream.manifest(namespace, repository, reference, {
+      method: "GET",
+      accept: ALL_MANIFEST_TYPES,
+    });
+    const bytes = await readLimited(response, MAX_MANIFEST_BYTES, reference);
+    const digest = digestOf(bytes);
+    const announced = response.headers.get("docker-content-digest");
+    const isDigestReference = reference.includes(":");
+    if (isDigestReference ? digest !== reference : announced !== null && announced !== digest) {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream sent a manifest with digest ${digest} for ${reference}${
+          announced && !isDigestReference ? ` (it announced ${announced})` : ""
+        }; not cached`,
+      );
+    }
+    const contentType = response.headers.get("content-type")?.split(";")[0].trim();
+    const mediaType = detectManifestMediaType(bytes, contentType);
+    if (!mediaType) {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream sent an unparseable manifest for ${reference}`,
+      );
+    }
+    await this.#storage.write(manifestKey(digest), bytes, { digest });
+    if (!isDigestReference) {
+      await this.#writeTagLink(namespace, repository, reference, {
+        digest,
+        mediaType,
+        size: bytes.byteLength,
+        confirmedAt: this.#now(),
+      });
+    }
+    return { digest, bytes, mediaType };
+  }
+
+  async #readTagLink(namespace: string, repository: string, tag: string): Promise<TagLink | null> {
+    const bytes = await this.#storage.readBytes(tagKey(namespace, repository, tag));
+    if (!bytes) return null;
+    try {
+      const link = JSON.parse(new TextDecoder().decode(bytes)) as TagLink;
+      return typeof link.digest === "string" && typeof link.confirmedAt === "number" ? link : null;
+    } catch {
+      return null; // a damaged link is treated as a miss and rewritten
+    }
+  }
+
+  async #writeTagLink(namespace: string, repository: string, tag: string, link: TagLink) {
+    await this.#storage.write(
+      tagKey(namespace, repository, tag),
+      new TextEncoder().encode(JSON.stringify(link)),
+    );
+  }
+
+  #singleFlight(key: string, fetch: () => Promise<ManifestResult>): Promise<ManifestResult> {
+    const running = this.#manifestFlights.get(key);
+    if (running) return running;
+    const flight = fetch().finally(() => this.#manifestFlights.delete(key));
+    this.#manifestFlights.set(key, flight);
+    return flight;
+  }
+
+  // ---- blobs -----------------------------------------------------------------------------
+
+  /**
+   * A blob, from storage when cached (and, past blob_invalidation_time, still confirmed by
+   * upstream), else from the single download every concurrent request follows.
+   */
+  async getBlob(
+    namespace: string,
+    repository: string,
+    digest: string,
+    options: {
+      method: "GET" | "HEAD";
+      range?: (size: number | undefined) => ByteRange | undefined;
+    },
+  ): Promise<BlobResult> {
+    const key = blobKey(digest);
+    const info = await this.#storage.stat(key);
+    if (info && await this.#blobStillConfirmed(namespace, repository, digest, info.modified)) {
+      if (options.method === "HEAD") return { size: info.size };
+      const range = options.range?.(info.size);
+      const redirect = range ? undefined : await this.#storage.directUrl?.(key);
+      if (redirect) return { size: info.size, redirect };
+      const object = await this.#storage.read(key, range);
+      if (object) return { size: info.size, body: object.body };
+      // Deleted between stat and read: fall through to upstream.
+    }
+    if (options.method === "HEAD") {
+      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      await response.body?.cancel();
+      const length = response.headers.get("content-length");
+      return { size: length !== null ? Number(length) : undefined };
+    }
+    const download = await this.#downloads.join(digest, async () => {
+      // Re-checked inside the flight: a download may have been published since the stat.
+      if (await this.#storage.stat(key)) return null;
+      return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
+    });
+    if (!download) return await this.getBlob(namespace, repository, digest, options);
+    const range = options.range?.(download.expectedSize);
+    return { size: download.expectedSize, body: download.reader(range) };
+  }
+
+  /** Whether a cached blob may be served without asking upstream (blob_invalidation_time). */
+  async #blobStillConfirmed(
+    namespace: string,
+    repository: string,
+    digest: string,
+    stored: Date,
+  ): Promise<boolean> {
+    const config: UpstreamConfig = this.#upstreams.get(namespace);
+    const confirmationKey = `${namespace}/${repository}@${digest}`;
+    const confirmed = Math.max(stored.getTime(), this.#blobConfirmations.get(confirmationKey) ?? 0);
+    if (this.#now() - confirmed < config.blobInvalidationMs) return true;
+    try {
+      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      await response.body?.cancel();
+      this.#blobConfirmations.set(confirmationKey, this.#now());
+      return true;
+    } catch (e) {
+      if (servesStale(e)) return true; // content-addressed: stale bytes are still the right bytes
+      throw e;
+    }
+  }
+
+  // ---- tags ------------------------------------------------------------------------------
+
+  /** The upstream's tag list, passed through (with `n` and `last`). */
+  listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
+    return this.#upstream.tags(namespace, repository, query);
+  }
+}
+
+/** Upstream failures after which cached content is served rather than an error. */
+function servesStale(e: unknown): boolean {
+  return isUnavailable(e) ||
+    (e instanceof RegistryError && (e.code === "DENIED" || e.code === "UNAUTHORIZED"));
+}
+
+function describe(e: unknown): string {
+  return e instanceof RegistryError ? `${e.code}: ${e.message}` : String(e);
+}
+
+function mediaTypeOf(bytes: Uint8Array): string {
+  return detectManifestMediaType(bytes) ?? "application/octet-stream";
+}
+
+/** The linux/amd64 entry of an index whose media type the client accepts, else the first one. */
+function pickDefaultPlatform(bytes: Uint8Array, accept: string[]) {
+  const entries = indexEntries(bytes).filter((entry) => acceptsMediaType(accept, entry.mediaType));
+  return entries.find((entry) =>
+    entry.platform?.os === "linux" && entry.platform?.architecture === "amd64"
+  ) ?? entries[0];
+}
+
+async function readLimited(
+  response: Response,
+  limit: number,
+  reference: string,
+): Promise<Uint8Array> {
+  const length = Number(response.headers.get("content-length") ?? 0);
+  if (length > limit) {
+    await response.body?.cancel();
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream manifest ${reference} is larger than ${limit} bytes`,
+    );
+  }
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for await (const chunk of response.body ?? new ReadableStream<Uint8Array>()) {
+    total += chunk.byteLength;
+    if (total > limit) {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream manifest ${reference} is larger than ${limit} bytes`,
+      );
+    }
+    chunks.push(chunk);
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}

@@ -1,0 +1,266 @@
+/**
+ * The cache's decisions against an in-process fake upstream (edge cases a real registry will
+ * not produce on demand: lying, slow, down, rate-limited). tests/e2e proves the same with the
+ * real docker-registry.
+ */
+import { assert, assertEquals, assertRejects } from "../../tests/support/assert.ts";
+import { UpstreamRegistry } from "../config.ts";
+import { digestOf } from "../digest.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
+import { blobKey, manifestKey } from "../storage/layout.ts";
+import { FilesystemStorage } from "../storage/filesystem.ts";
+import { Mirror } from "./mirror.ts";
+import { FakeUpstream, randomBytes, readAll } from "../../tests/support/fake_upstream.ts";
+
+async function withMirror(
+  fn: (
+    mirror: Mirror,
+    upstream: FakeUpstream,
+    storage: FilesystemStorage,
+    clock: { now: number },
+  ) => Promise<void>,
+  manifestInvalidation = "1h",
+) {
+  const root = await Deno.makeTempDir({ prefix: "mirror-test-" });
+  const storage = new FilesystemStorage(root);
+  const upstream = new FakeUpstream();
+  const clock = { now: 1_000_000 };
+  const upstreams = new UpstreamRegistry([{
+    namespace: "registry.test",
+    host: "127.0.0.1:1",
+    tls: false,
+    acceptInvalidCerts: false,
+    manifestInvalidationMs: manifestInvalidation === "1h" ? 3_600_000 : 0,
+    blobInvalidationMs: 30 * 86_400_000,
+    configured: true,
+  }]);
+  const logs: string[] = [];
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams,
+    spoolDir: storage.tempDir,
+    log: (line) => logs.push(line),
+    now: () => clock.now,
+  });
+  try {
+    await fn(mirror, upstream, storage, clock);
+  } finally {
+    await mirror.settled();
+    await storage.close();
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+const NS = "registry.test";
+const REPO = "library/app";
+const image = (layer: string) => ({
+  schemaVersion: 2,
+  mediaType: OCI_MANIFEST,
+  config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: layer, size: 2 },
+  layers: [],
+});
+
+Deno.test("a cached tag is served without asking upstream until it expires", async () => {
+  await withMirror(async (mirror, upstream, _storage, clock) => {
+    const digest = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
+    const first = await mirror.getManifest(NS, REPO, "1", []);
+    assertEquals(first.digest, digest);
+    assertEquals(first.mediaType, OCI_MANIFEST);
+    clock.now += 59 * 60_000;
+    await mirror.getManifest(NS, REPO, "1", []);
+    assertEquals(upstream.calls.map((c) => c.method), ["GET"]);
+
+    // Expired: revalidated with HEAD only, since the digest did not change.
+    clock.now += 2 * 60_000;
+    await mirror.getManifest(NS, REPO, "1", []);
+    assertEquals(upstream.calls.map((c) => c.method), ["GET", "HEAD"]);
+    // Confirmation refreshed the link: no new HEAD right after.
+    await mirror.getManifest(NS, REPO, "1", []);
+    assertEquals(upstream.calls.length, 2);
+  });
+});
+
+Deno.test("a tag moved upstream is picked up after expiry, not before", async () => {
+  await withMirror(async (mirror, upstream, _storage, clock) => {
+    const old = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, old);
+    const moved = upstream.addManifest("1", image("sha256:" + "b".repeat(64)));
+    clock.now += 30 * 60_000;
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, old);
+    clock.now += 31 * 60_000;
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, moved);
+    assertEquals(upstream.calls.map((c) => c.method), ["GET", "HEAD", "GET"]);
+  });
+});
+
+Deno.test("stale tags, digests and blobs are served when upstream is down or rate-limits", async () => {
+  for (
+    const failure of [
+      new RegistryError("UNAVAILABLE", "connection refused"),
+      new RegistryError("TOOMANYREQUESTS", "slow down"),
+      new RegistryError("UPSTREAM_ERROR", "500"),
+    ]
+  ) {
+    await withMirror(async (mirror, upstream, _storage, clock) => {
+      const blob = upstream.addBlob(randomBytes(1000));
+      const digest = upstream.addManifest("1", image(blob));
+      await mirror.getManifest(NS, REPO, "1", []);
+      await readAll((await mirror.getBlob(NS, REPO, blob, { method: "GET" })).body!);
+      upstream.failure = failure;
+      clock.now += 2 * 3_600_000;
+      assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, digest);
+      assertEquals((await mirror.getManifest(NS, REPO, digest, [])).digest, digest);
+      const cached = await mirror.getBlob(NS, REPO, blob, { method: "GET" });
+      assertEquals(digestOf(await readAll(cached.body!)), blob);
+      // Never cached: the upstream's failure is the answer.
+      const error = await assertRejects(() => mirror.getManifest(NS, REPO, "2", []), RegistryError);
+      assertEquals(error.code, failure.code);
+    });
+  }
+});
+
+Deno.test("a manifest whose bytes do not match the digest asked for is refused and not stored", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const digest = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
+    const other = upstream.addManifest("2", image("sha256:" + "b".repeat(64)));
+    upstream.manifests.set(digest, upstream.manifests.get(other)!); // lies about digest
+    const error = await assertRejects(
+      () => mirror.getManifest(NS, REPO, digest, []),
+      RegistryError,
+    );
+    assertEquals(error.code, "UPSTREAM_ERROR");
+    assertEquals(await storage.stat(manifestKey(digest)), null);
+  });
+});
+
+Deno.test("20 concurrent cold reads of one blob make ONE upstream GET and all get the bytes", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(4 * 1024 * 1024 + 123);
+    const digest = upstream.addBlob(bytes);
+    upstream.chunkDelayMs = 1;
+    const bodies = await Promise.all(
+      Array.from({ length: 20 }, () => mirror.getBlob(NS, REPO, digest, { method: "GET" })),
+    );
+    const results = await Promise.all(bodies.map((b) => readAll(b.body!)));
+    for (const result of results) assertEquals(digestOf(result), digest);
+    assertEquals(upstream.count("blob", "GET"), 1);
+    await mirror.settled();
+    assertEquals((await storage.stat(blobKey(digest)))?.size, bytes.byteLength);
+    // Now cached: no more upstream traffic.
+    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    assertEquals(upstream.count("blob"), 1);
+  });
+});
+
+Deno.test("readers stream while the download is still running", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const bytes = randomBytes(2 * 1024 * 1024);
+    const digest = upstream.addBlob(bytes);
+    upstream.chunkDelayMs = 20;
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const reader = blob.body!.getReader();
+    const first = await reader.read();
+    assert(!first.done && first.value.byteLength > 0);
+    assertEquals(mirror.activeDownloads, 1, "first bytes arrived before the download ended");
+    await reader.cancel();
+  });
+});
+
+Deno.test("a lying blob upstream: readers are cut off, nothing is stored, a later honest fetch heals", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(300_000);
+    const digest = upstream.addBlob(bytes);
+    const lie = bytes.slice();
+    lie[1000] ^= 0xff;
+    upstream.lie = lie;
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const error = await assertRejects(() => readAll(blob.body!));
+    assert(error.message.includes("not cached") || error.message.includes("digest"), error.message);
+    await mirror.settled();
+    assertEquals(await storage.stat(blobKey(digest)), null);
+    assertEquals(
+      [...Deno.readDirSync(storage.tempDir)].filter((e) => e.name.startsWith("spool")),
+      [],
+    );
+
+    upstream.lie = undefined;
+    const healed = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(healed.body!)), digest);
+    assertEquals(upstream.count("blob", "GET"), 2);
+  });
+});
+
+Deno.test("a short upstream body fails the download and leaves nothing behind", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(100_000);
+    const digest = upstream.addBlob(bytes);
+    upstream.lie = bytes.slice(0, 50_000);
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    await assertRejects(() => readAll(blob.body!));
+    assertEquals(await storage.stat(blobKey(digest)), null);
+  });
+});
+
+Deno.test("ranges of a cold blob are served from the download", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const bytes = randomBytes(1_000_000);
+    const digest = upstream.addBlob(bytes);
+    const blob = await mirror.getBlob(NS, REPO, digest, {
+      method: "GET",
+      range: (size) => size === undefined ? undefined : { start: 999_000, end: 999_999 },
+    });
+    assertEquals(await readAll(blob.body!), bytes.slice(999_000));
+  });
+});
+
+Deno.test("a client that cannot take an index gets the linux/amd64 manifest", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const amd64 = upstream.addManifest("amd64", {
+      ...image("sha256:" + "a".repeat(64)),
+      mediaType: DOCKER_MANIFEST,
+    });
+    const arm64 = upstream.addManifest("arm64", {
+      ...image("sha256:" + "b".repeat(64)),
+      mediaType: DOCKER_MANIFEST,
+    });
+    const index = upstream.addManifest("1", {
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [
+        {
+          mediaType: DOCKER_MANIFEST,
+          digest: arm64,
+          size: 1,
+          platform: { os: "linux", architecture: "arm64" },
+        },
+        {
+          mediaType: DOCKER_MANIFEST,
+          digest: amd64,
+          size: 1,
+          platform: { os: "linux", architecture: "amd64" },
+        },
+      ],
+    });
+    assertEquals(
+      (await mirror.getManifest(NS, REPO, "1", [OCI_INDEX, DOCKER_MANIFEST])).digest,
+      index,
+    );
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, index);
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [DOCKER_MANIFEST])).digest, amd64);
+    const error = await assertRejects(
+      () => mirror.getManifest(NS, REPO, amd64, [OCI_MANIFEST]),
+      RegistryError,
+    );
+    assertEquals(error.code, "MANIFEST_UNKNOWN");
+  });
+});
+
+Deno.test("concurrent misses of one tag make one upstream manifest request", async () => {
+  await withMirror(async (mirror, upstream) => {
+    upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
+    await Promise.all(Array.from({ length: 10 }, () => mirror.getManifest(NS, REPO, "1", [])));
+    assertEquals(upstream.count("manifest"), 1);
+  });
+});

@@ -1,0 +1,101 @@
+/**
+ * An in-process upstream whose answers a test scripts (lying, slow, down, rate-limited), for
+ * unit tests of edge cases only; end-to-end tests use the real docker-registry.
+ */
+import { digestOf } from "../../src/digest.ts";
+import { RegistryError } from "../../src/oci/errors.ts";
+import { OCI_MANIFEST } from "../../src/oci/media_types.ts";
+import type { Upstream } from "../../src/cache/mirror.ts";
+
+const encoder = new TextEncoder();
+
+export interface Call {
+  kind: "manifest" | "blob" | "tags";
+  method: string;
+  reference: string;
+}
+
+/** An upstream whose answers a test scripts, recording every call. */
+export class FakeUpstream implements Upstream {
+  calls: Call[] = [];
+  manifests = new Map<string, { bytes: Uint8Array; mediaType: string }>();
+  blobs = new Map<string, Uint8Array>();
+  /** When set, every call fails with this error. */
+  failure?: RegistryError;
+  /** Bytes served instead of the real blob content (a lying upstream). */
+  lie?: Uint8Array;
+  /** Delay between blob chunks, to make downloads observable in flight. */
+  chunkDelayMs = 0;
+  chunkSize = 64 * 1024;
+
+  addManifest(tag: string, document: unknown): string {
+    const bytes = encoder.encode(JSON.stringify(document));
+    const digest = digestOf(bytes);
+    const mediaType = (document as { mediaType?: string }).mediaType ?? OCI_MANIFEST;
+    this.manifests.set(tag, { bytes, mediaType });
+    this.manifests.set(digest, { bytes, mediaType });
+    return digest;
+  }
+
+  addBlob(bytes: Uint8Array): string {
+    const digest = digestOf(bytes);
+    this.blobs.set(digest, bytes);
+    return digest;
+  }
+
+  count(kind: Call["kind"], method?: string): number {
+    return this.calls.filter((c) => c.kind === kind && (!method || c.method === method)).length;
+  }
+
+  manifest(_ns: string, _repo: string, reference: string, init: { method: "GET" | "HEAD" }) {
+    this.calls.push({ kind: "manifest", method: init.method, reference });
+    if (this.failure) return Promise.reject(this.failure);
+    const found = this.manifests.get(reference);
+    if (!found) return Promise.reject(new RegistryError("MANIFEST_UNKNOWN", "upstream: unknown"));
+    return Promise.resolve(
+      new Response(init.method === "HEAD" ? null : found.bytes as Uint8Array<ArrayBuffer>, {
+        headers: {
+          "content-type": found.mediaType,
+          "docker-content-digest": digestOf(found.bytes),
+          "content-length": String(found.bytes.byteLength),
+        },
+      }),
+    );
+  }
+
+  blob(_ns: string, _repo: string, digest: string, init: { method: "GET" | "HEAD" }) {
+    this.calls.push({ kind: "blob", method: init.method, reference: digest });
+    if (this.failure) return Promise.reject(this.failure);
+    const real = this.blobs.get(digest);
+    if (!real) return Promise.reject(new RegistryError("BLOB_UNKNOWN", "upstream: unknown"));
+    const bytes = this.lie ?? real;
+    const headers = { "content-length": String(bytes.byteLength) };
+    if (init.method === "HEAD") return Promise.resolve(new Response(null, { headers }));
+    let offset = 0;
+    const { chunkDelayMs, chunkSize } = this;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (chunkDelayMs) await new Promise((r) => setTimeout(r, chunkDelayMs));
+        if (offset >= bytes.byteLength) return controller.close();
+        controller.enqueue(bytes.slice(offset, offset + chunkSize));
+        offset += chunkSize;
+      },
+    });
+    return Promise.resolve(new Response(body, { headers }));
+  }
+
+  tags() {
+    this.calls.push({ kind: "tags", method: "GET", reference: "" });
+    return Promise.resolve(Response.json({ name: "x", tags: ["1"] }));
+  }
+}
+
+export async function readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+export function randomBytes(size: number): Uint8Array {
+  const bytes = new Uint8Array(size);
+  for (let i = 0; i < size; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+  return bytes;
+}
