@@ -16,6 +16,7 @@ import {
   skopeoPush,
   writeOciLayout,
 } from "../support/images.ts";
+import { podmanClient, startContainerd } from "../support/clients.ts";
 import { startMirror, upstreamYaml } from "../support/mirror.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
 import { run, sha256File, tempDir } from "../support/tools.ts";
@@ -265,4 +266,40 @@ Deno.test("harness: built layers are tar archives real tools can read", async ()
   });
   assertEquals(await Deno.readTextFile(dir.join("rootfs/etc/hello.txt")), "hi\n");
   assertEquals(blobsOf(image).length, 2);
+});
+
+Deno.test("harness: containerd and podman unpack the hand-built images", async () => {
+  await using up = await startUpstream();
+  const index = await pushImage(up, "library/multi", "1", buildIndex());
+  const docker = await pushImage(up, "library/docker", "1", buildImage({ format: "docker" }));
+
+  await using containerd = await startContainerd();
+  // The upstream stands in for a mirror here: registry.test resolves to it through hosts.toml.
+  await containerd.pull("registry.test/library/multi:1", { mirror: up.host });
+  await containerd.pull("registry.test/library/docker:1", { mirror: up.host });
+  assertEquals((await containerd.images()).sort(), [
+    "registry.test/library/docker:1",
+    "registry.test/library/multi:1",
+  ]);
+  const snapshots = await containerd.ctr(["snapshots", "ls"], { check: true });
+  assertMatch(snapshots.stdout, /Committed/, "layers were unpacked");
+  assertEquals(await up.countManifestGets(index.digest), 1);
+
+  await using podman = await podmanClient({
+    registries: [{ prefix: "registry.test", location: up.host, insecure: true }],
+  });
+  await podman.pull("registry.test/library/docker:1");
+  const listed = await podman.podman(["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"], {
+    check: true,
+  });
+  assertMatch(listed.stdout, /registry\.test\/library\/docker:1 /);
+  assert(docker.config.sha256.startsWith(listed.stdout.trim().split(" ")[1]), listed.stdout);
+  const inspected = await podman.skopeo([
+    "inspect",
+    "--raw",
+    "docker://registry.test/library/multi:1",
+  ], {
+    check: true,
+  });
+  assertEquals(inspected.stdout, new TextDecoder().decode(index.manifest.bytes));
 });
