@@ -1,0 +1,40 @@
+/** GET/HEAD /v2/<name>/blobs/<digest> */
+import type { Mirror } from "../cache/mirror.ts";
+import { parseDigest } from "../digest.ts";
+import type { ResolvedName } from "../oci/namespace.ts";
+import type { ByteRange } from "../storage/storage.ts";
+import { parseRange } from "./range.ts";
+
+export async function getBlob(
+  mirror: Mirror,
+  name: ResolvedName,
+  reference: string,
+  request: Request,
+): Promise<Response> {
+  const digest = parseDigest(reference).toString();
+  const method = request.method === "HEAD" ? "HEAD" : "GET";
+  let range: ByteRange | undefined;
+  const blob = await mirror.getBlob(name.namespace, name.repository, digest, {
+    method,
+    range: (size) => (range = parseRange(request.headers.get("range"), size)),
+  });
+  const headers = new Headers({
+    "content-type": "application/octet-stream",
+    "docker-content-digest": digest,
+    "etag": `"${digest}"`,
+    "accept-ranges": "bytes",
+    // Content-addressed: the bytes behind a digest never change.
+    "cache-control": "max-age=31536000, immutable",
+  });
+  if (blob.redirect) {
+    headers.set("location", blob.redirect);
+    return new Response(null, { status: 307, headers });
+  }
+  if (range && blob.size !== undefined) {
+    headers.set("content-range", `bytes ${range.start}-${range.end}/${blob.size}`);
+    headers.set("content-length", String(range.end - range.start + 1));
+    return new Response(blob.body ?? null, { status: 206, headers });
+  }
+  if (blob.size !== undefined) headers.set("content-length", String(blob.size));
+  return new Response(blob.body ?? null, { status: 200, headers });
+}

@@ -1,0 +1,35 @@
+/** GET /v2/<name>/tags/list, passed through to upstream with its pagination. */
+import type { Mirror } from "../cache/mirror.ts";
+import type { ResolvedName } from "../oci/namespace.ts";
+
+export async function listTags(
+  mirror: Mirror,
+  name: ResolvedName,
+  pathName: string,
+  url: URL,
+): Promise<Response> {
+  const query = new URLSearchParams();
+  for (const key of ["n", "last"]) {
+    const value = url.searchParams.get(key);
+    if (value !== null) query.set(key, value);
+  }
+  const upstream = await mirror.listTags(name.namespace, name.repository, query);
+  const headers = new Headers({ "content-type": "application/json" });
+  const next = nextLink(upstream.headers.get("link"), pathName, url.searchParams.get("ns"));
+  if (next) headers.set("link", next);
+  return new Response(upstream.body, { status: 200, headers });
+}
+
+/** Rewrites upstream's `Link: </v2/repo/tags/list?last=x&n=y>; rel="next"` for our paths. */
+function nextLink(link: string | null, pathName: string, ns: string | null): string | undefined {
+  const match = link ? /<([^>]*)>\s*;\s*rel="?next"?/.exec(link) : null;
+  if (!match) return undefined;
+  const upstreamQuery = new URL(match[1], "http://upstream").searchParams;
+  const query = new URLSearchParams();
+  for (const key of ["n", "last"]) {
+    const value = upstreamQuery.get(key);
+    if (value !== null) query.set(key, value);
+  }
+  if (ns) query.set("ns", ns);
+  return `</v2/${pathName}/tags/list?${query}>; rel="next"`;
+}

@@ -1,0 +1,101 @@
+/**
+ * Entry point: command line + environment -> settings -> storage -> mirror -> HTTP server.
+ * Configuration problems print one clear line and exit 2; nothing here prints secrets.
+ */
+import { Mirror } from "./cache/mirror.ts";
+import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
+import { ConfigError, loadUpstreams } from "./config.ts";
+import { createHandler } from "./server.ts";
+import type { Storage } from "./storage/storage.ts";
+import { UpstreamClient } from "./upstream/client.ts";
+
+export const VERSION = "0.1.0";
+
+async function openStorage(
+  settings: StorageSettings,
+): Promise<{ storage: Storage; spoolDir: string }> {
+  if (settings.kind === "filesystem") {
+    const { FilesystemStorage } = await import("./storage/filesystem.ts");
+    // Cleans what a killed predecessor left half-written before anything is served.
+    const storage = new FilesystemStorage(settings.root);
+    // Spools live beside the store so that publishing a verified download is a rename.
+    return { storage, spoolDir: storage.tempDir };
+  }
+  const { S3Storage } = await import("./storage/s3.ts");
+  const storage = new S3Storage({
+    bucket: settings.bucket,
+    endpoint: settings.endpoint,
+    region: settings.region,
+    prefix: settings.prefix,
+    accessKeyId: settings.accessKeyId,
+    secretAccessKey: settings.secretAccessKey,
+    redirect: settings.redirect,
+  });
+  const spoolDir = settings.spoolDir ?? await Deno.makeTempDir({ prefix: "oci-registry-spool-" });
+  return { storage, spoolDir };
+}
+
+async function main(): Promise<number> {
+  let settings: Settings;
+  let upstreams;
+  try {
+    const parsed = parseCommandLine(Deno.args, (name) => Deno.env.get(name));
+    if (parsed.kind === "help") {
+      console.log(parsed.text);
+      return 0;
+    }
+    if (parsed.kind === "version") {
+      console.log(`oci-registry ${VERSION}`);
+      return 0;
+    }
+    settings = parsed.settings;
+    upstreams = await loadUpstreams(
+      settings.upstreamConfigFile,
+      Deno.env.get("UPSTREAM_CREDENTIALS"),
+    );
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(`oci-registry: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+
+  const log = (line: string) => console.log(line);
+  const { storage, spoolDir } = await openStorage(settings.storage);
+  const upstream = new UpstreamClient(upstreams, {
+    allowPrivateAddresses: settings.allowPrivateUpstreams,
+    log,
+  });
+  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log });
+  const handler = createHandler({ mirror, defaultNamespace: settings.defaultNamespace, log });
+
+  const named = upstreams.configured().map((u) => u.namespace).join(", ") || "none";
+  const announce = (where: string) =>
+    log(
+      `oci-registry ${VERSION} listening on ${where} (storage: ${storage.description}; configured upstreams: ${named})`,
+    );
+  const listen = settings.listen;
+  const server = listen.kind === "unix"
+    ? Deno.serve({ path: listen.path, onListen: ({ path }) => announce(`unix:${path}`) }, handler)
+    : Deno.serve({
+      hostname: listen.hostname,
+      port: listen.port,
+      onListen: ({ hostname, port }) => announce(`http://${hostname}:${port}`),
+    }, handler);
+
+  const stop = () => {
+    log("shutting down");
+    server.shutdown();
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  await server.finished;
+  upstream.close();
+  await storage.close?.();
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
