@@ -66,21 +66,24 @@ export class Download {
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
     const hasher = new Hasher(parseDigest(this.digest).algorithm);
+    const writer = new SpoolWriter(this.#spool, (bytes) => {
+      this.#written += bytes;
+      this.#notify();
+    });
+    let received = 0;
     try {
       for await (const chunk of body) {
-        if (
-          this.expectedSize !== undefined && this.#written + chunk.byteLength > this.expectedSize
-        ) {
+        received += chunk.byteLength;
+        if (this.expectedSize !== undefined && received > this.expectedSize) {
           throw new RegistryError(
             "UPSTREAM_ERROR",
             `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
           );
         }
         hasher.update(chunk);
-        await writeAll(this.#spool, chunk);
-        this.#written += chunk.byteLength;
-        this.#notify();
+        await writer.append(chunk);
       }
+      await writer.flush();
       const actual = hasher.digest();
       if (actual !== this.digest) {
         throw new RegistryError(
@@ -105,6 +108,7 @@ export class Download {
       log(`blob ${this.digest}: ${(this.#error as Error).message}`);
       await body.cancel().catch(() => {});
     } finally {
+      await writer.flush().catch(() => {});
       this.#spool.close();
       this.#notify();
     }
@@ -210,6 +214,77 @@ export class Download {
       cancel: (reason) => inner?.cancel(reason),
     });
   }
+}
+
+/** Most bytes a download holds in memory while the spool write before them is under way. */
+const MAX_PENDING = 8 << 20;
+
+/**
+ * Appends to the spool with at most one write in flight, coalescing the chunks that arrive
+ * meanwhile into the next write: far fewer write calls than one per network chunk, while the
+ * network read, the hashing and the disk write overlap.
+ */
+class SpoolWriter {
+  readonly #file: Deno.FsFile;
+  readonly #onWritten: (bytes: number) => void;
+  #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
+  #inFlight: Promise<void> | undefined;
+  #error: unknown;
+
+  constructor(file: Deno.FsFile, onWritten: (bytes: number) => void) {
+    this.#file = file;
+    this.#onWritten = onWritten;
+  }
+
+  async append(chunk: Uint8Array): Promise<void> {
+    this.#throwIfFailed();
+    this.#pending.push(chunk);
+    this.#pendingBytes += chunk.byteLength;
+    this.#pump();
+    while (this.#pendingBytes >= MAX_PENDING && this.#inFlight) await this.#inFlight;
+    this.#throwIfFailed();
+  }
+
+  /** Resolves once everything appended is on disk. */
+  async flush(): Promise<void> {
+    while (this.#inFlight) await this.#inFlight;
+    this.#throwIfFailed();
+  }
+
+  #pump(): void {
+    if (this.#inFlight || this.#pendingBytes === 0 || this.#error !== undefined) return;
+    const data = this.#pending.length === 1
+      ? this.#pending[0]
+      : concat(this.#pending, this.#pendingBytes);
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#inFlight = writeAll(this.#file, data).then(
+      () => {
+        this.#inFlight = undefined;
+        this.#onWritten(data.byteLength);
+        this.#pump();
+      },
+      (e) => {
+        this.#inFlight = undefined;
+        this.#error = e;
+      },
+    );
+  }
+
+  #throwIfFailed(): void {
+    if (this.#error !== undefined) throw this.#error;
+  }
+}
+
+function concat(chunks: Uint8Array[], total: number): Uint8Array {
+  const data = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    data.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return data;
 }
 
 async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {
