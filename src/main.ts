@@ -31,6 +31,7 @@ async function openStorage(
     secretAccessKey: settings.secretAccessKey,
     redirect: settings.redirect,
   });
+  await storage.init(); // a wrong bucket or unreachable endpoint fails here, not on a pull
   const spoolDir = settings.spoolDir ?? await Deno.makeTempDir({ prefix: "oci-registry-spool-" });
   return { storage, spoolDir };
 }

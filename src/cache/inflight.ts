@@ -1,12 +1,16 @@
 /**
  * Single-flight, streaming blob downloads.
  *
- * The first request for a missing blob starts ONE upstream download into a spool file while
- * hashing it. Every request for the same digest, concurrent or later, follows the spool file at
- * its own pace with its own file handle: a slow client never slows the download and a fast one
- * never waits for the whole blob. The last byte is held back from readers until the digest is
- * verified, so a corrupt download can never be delivered whole: readers are errored instead and
- * the client's response is cut short. Verified spools are published to storage; nothing else is.
+ * The first request for a missing blob starts ONE upstream download that is hashed as it
+ * arrives and written to a spool file. Every request for the same digest, concurrent or later,
+ * follows the download at its own pace: readers at the head copy the newest bytes straight from
+ * memory (the disk write is not on their path), readers further behind read the spool file with
+ * their own handle. A slow client never slows the download, a fast one never waits for the
+ * whole blob, and memory per download is bounded whatever the blob size.
+ *
+ * The last byte is held back from every reader until the digest is verified, so a corrupt
+ * download is never delivered whole: readers are errored instead and the client's response is
+ * cut short. Only verified spools are published to storage.
  */
 import { Hasher, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
@@ -14,6 +18,8 @@ import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
 
 const READ_CHUNK = 1 << 20;
+/** Bytes already on disk that stay in memory too, for readers just behind the head. */
+const MEMORY_TAIL = 4 << 20;
 
 /**
  * Starts the upstream GET for a digest; resolves once headers arrived (2xx only), or to null
@@ -22,6 +28,12 @@ const READ_CHUNK = 1 << 20;
 export type FetchBlob = () => Promise<Response | null>;
 
 type State = "downloading" | "verified" | "failed";
+
+/** A received chunk and where it sits in the blob. */
+interface Segment {
+  offset: number;
+  bytes: Uint8Array;
+}
 
 export class Download {
   readonly digest: string;
@@ -32,7 +44,12 @@ export class Download {
   readonly finished: Promise<void>;
   #state: State = "downloading";
   #error: unknown;
+  /** Bytes received (and hashed) so far. */
+  #received = 0;
+  /** Bytes on disk in the spool so far. */
   #written = 0;
+  /** The newest received bytes, oldest first: everything not yet on disk plus a tail. */
+  #memory: Segment[] = [];
   #wake: (() => void)[] = [];
   #storage: Storage;
   #spool: Deno.FsFile;
@@ -57,33 +74,31 @@ export class Download {
 
   /** Bytes of the blob readers may have now (all of them once verified). */
   get available(): number {
-    return this.#state === "verified" ? this.#written : Math.max(0, this.#written - 1);
-  }
-
-  get failed(): boolean {
-    return this.#state === "failed";
+    return this.#state === "verified" ? this.#received : Math.max(0, this.#received - 1);
   }
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
     const hasher = new Hasher(parseDigest(this.digest).algorithm);
     const writer = new SpoolWriter(this.#spool, (bytes) => {
       this.#written += bytes;
-      this.#notify();
+      this.#trimMemory();
     });
-    let received = 0;
     try {
       for await (const chunk of body) {
-        received += chunk.byteLength;
-        if (this.expectedSize !== undefined && received > this.expectedSize) {
+        if (
+          this.expectedSize !== undefined && this.#received + chunk.byteLength > this.expectedSize
+        ) {
           throw new RegistryError(
             "UPSTREAM_ERROR",
             `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
           );
         }
         hasher.update(chunk);
+        this.#memory.push({ offset: this.#received, bytes: chunk });
+        this.#received += chunk.byteLength;
+        this.#notify();
         await writer.append(chunk);
       }
-      await writer.flush();
       const actual = hasher.digest();
       if (actual !== this.digest) {
         throw new RegistryError(
@@ -91,13 +106,15 @@ export class Download {
           `upstream sent content with digest ${actual} for ${this.digest}; not cached`,
         );
       }
-      if (this.expectedSize !== undefined && this.#written !== this.expectedSize) {
+      if (this.expectedSize !== undefined && this.#received !== this.expectedSize) {
         throw new RegistryError(
           "UPSTREAM_ERROR",
-          `upstream sent ${this.#written} of ${this.expectedSize} bytes for ${this.digest}`,
+          `upstream sent ${this.#received} of ${this.expectedSize} bytes for ${this.digest}`,
         );
       }
       this.#state = "verified";
+      this.#notify();
+      await writer.flush();
     } catch (e) {
       this.#state = "failed";
       this.#error = e instanceof RegistryError ? e : new RegistryError(
@@ -113,17 +130,55 @@ export class Download {
       this.#notify();
     }
     if (this.#state === "failed") {
+      this.#memory = [];
       await Deno.remove(this.spoolPath).catch(() => {});
       throw this.#error;
     }
     try {
       await this.#storage.publishFile(blobKey(this.digest), this.spoolPath, {
-        size: this.#written,
+        size: this.#received,
       });
     } catch (e) {
       log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
       await Deno.remove(this.spoolPath).catch(() => {});
+    } finally {
+      this.#memory = []; // all on disk now; late readers use the file
     }
+  }
+
+  /** Drops in-memory segments that are on disk and older than the tail readers may want. */
+  #trimMemory(): void {
+    let drop = 0;
+    while (
+      drop < this.#memory.length &&
+      this.#memory[drop].offset + this.#memory[drop].bytes.byteLength <= this.#written &&
+      this.#received - (this.#memory[drop].offset + this.#memory[drop].bytes.byteLength) >=
+        MEMORY_TAIL
+    ) drop++;
+    if (drop > 0) this.#memory.splice(0, drop);
+  }
+
+  /** Copies bytes at `position` from memory into `view`; 0 when they are not in memory. */
+  #copyFromMemory(position: number, view: Uint8Array): number {
+    const memory = this.#memory;
+    if (memory.length === 0 || position < memory[0].offset) return 0;
+    let low = 0;
+    let high = memory.length - 1;
+    while (low < high) { // last segment starting at or before position
+      const mid = (low + high + 1) >> 1;
+      if (memory[mid].offset <= position) low = mid;
+      else high = mid - 1;
+    }
+    let copied = 0;
+    for (let i = low; i < memory.length && copied < view.byteLength; i++) {
+      const { offset, bytes } = memory[i];
+      const from = position + copied - offset;
+      if (from >= bytes.byteLength) continue;
+      const part = bytes.subarray(from, from + view.byteLength - copied);
+      view.set(part, copied);
+      copied += part.byteLength;
+    }
+    return copied;
   }
 
   #notify(): void {
@@ -150,7 +205,7 @@ export class Download {
     const handle = file;
     let position = range?.start ?? 0;
     const end = range ? range.end + 1 : undefined; // exclusive
-    let positioned = position === 0;
+    let filePosition = 0;
     const close = () => {
       try {
         handle.close();
@@ -162,21 +217,28 @@ export class Download {
       pull: async (controller: ReadableByteStreamController) => {
         try {
           while (true) {
+            if (this.#state === "failed") throw this.#error;
             const limit = Math.min(this.available, end ?? Infinity);
             if (position < limit) {
-              if (!positioned) {
-                await handle.seek(position, Deno.SeekMode.Start);
-                positioned = true;
+              const view = (controller.byobRequest!.view! as Uint8Array).subarray(
+                0,
+                limit - position,
+              );
+              let n = this.#copyFromMemory(position, view);
+              if (n === 0) {
+                // Behind the in-memory tail: this part is on disk.
+                if (filePosition !== position) {
+                  await handle.seek(position, Deno.SeekMode.Start);
+                  filePosition = position;
+                }
+                n = await handle.read(view.subarray(0, this.#written - position)) ?? 0;
+                if (n === 0) throw new Error("spool file ended early");
+                filePosition += n;
               }
-              const view = controller.byobRequest!.view! as Uint8Array;
-              const want = Math.min(view.byteLength, limit - position);
-              const n = await handle.read(view.subarray(0, want));
-              if (n === null || n === 0) throw new Error("spool file ended early");
               position += n;
               controller.byobRequest!.respond(n);
               return;
             }
-            if (this.#state === "failed") throw this.#error;
             if (this.#state === "verified" && position >= limit) {
               close();
               controller.close();
