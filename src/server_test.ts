@@ -1,0 +1,205 @@
+/**
+ * The HTTP surface over a real socket: status codes, OCI error bodies, the headers clients
+ * rely on, ranges and conditional requests. Upstream is an in-process fake (edge cases only).
+ */
+import { assert, assertEquals } from "../tests/support/assert.ts";
+import { FakeUpstream, randomBytes } from "../tests/support/fake_upstream.ts";
+import { Mirror } from "./cache/mirror.ts";
+import { UpstreamRegistry } from "./config.ts";
+import { digestOf } from "./digest.ts";
+import { DOCKER_MANIFEST, OCI_MANIFEST } from "./oci/media_types.ts";
+import { RegistryError } from "./oci/errors.ts";
+import { createHandler } from "./server.ts";
+import { FilesystemStorage } from "./storage/filesystem.ts";
+
+interface Fixture {
+  url: string;
+  upstream: FakeUpstream;
+  logs: string[];
+}
+
+async function withServer(fn: (fixture: Fixture) => Promise<void>) {
+  const root = await Deno.makeTempDir({ prefix: "server-test-" });
+  const storage = new FilesystemStorage(root);
+  const upstream = new FakeUpstream();
+  const logs: string[] = [];
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams: new UpstreamRegistry([]),
+    spoolDir: storage.tempDir,
+    log: (line) => logs.push(line),
+  });
+  const handler = createHandler({
+    mirror,
+    defaultNamespace: "docker.io",
+    log: (l) => logs.push(l),
+  });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
+  try {
+    await fn({ url: `http://127.0.0.1:${server.addr.port}`, upstream, logs });
+  } finally {
+    await server.shutdown();
+    await mirror.settled();
+    await storage.close();
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+async function errorOf(
+  response: Response,
+): Promise<{ status: number; code: string; type: string | null }> {
+  const body = await response.json();
+  return {
+    status: response.status,
+    code: body.errors?.[0]?.code,
+    type: response.headers.get("content-type"),
+  };
+}
+
+const manifest = {
+  schemaVersion: 2,
+  mediaType: DOCKER_MANIFEST,
+  config: {
+    mediaType: "application/vnd.docker.container.image.v1+json",
+    digest: "sha256:" + "c".repeat(64),
+    size: 2,
+  },
+  layers: [],
+};
+
+Deno.test("liveness and the /v2/ ping", async () => {
+  await withServer(async ({ url }) => {
+    const root = await fetch(`${url}/`);
+    assertEquals(root.status, 200);
+    await root.body?.cancel();
+    const ping = await fetch(`${url}/v2/`);
+    assertEquals(ping.status, 200);
+    assertEquals(await ping.json(), {});
+    assertEquals(ping.headers.get("docker-distribution-api-version"), "registry/2.0");
+  });
+});
+
+Deno.test("manifests carry digest, type, length and ETag on GET and HEAD; 304 on If-None-Match", async () => {
+  await withServer(async ({ url, upstream }) => {
+    const digest = upstream.addManifest("1", manifest);
+    const size = String(new TextEncoder().encode(JSON.stringify(manifest)).byteLength);
+    for (const method of ["GET", "HEAD"]) {
+      const response = await fetch(`${url}/v2/library/alpine/manifests/1`, { method });
+      assertEquals(response.status, 200);
+      assertEquals(response.headers.get("docker-content-digest"), digest);
+      assertEquals(response.headers.get("content-type"), DOCKER_MANIFEST);
+      assertEquals(response.headers.get("content-length"), size, `${method} Content-Length`);
+      assertEquals(response.headers.get("etag"), `"${digest}"`);
+      assertEquals(response.headers.get("docker-distribution-api-version"), "registry/2.0");
+      const body = new Uint8Array(await response.arrayBuffer());
+      assertEquals(body.byteLength, method === "GET" ? Number(size) : 0);
+    }
+    const byDigest = await fetch(`${url}/v2/alpine/manifests/${encodeURIComponent(digest)}`);
+    assertEquals(digestOf(new Uint8Array(await byDigest.arrayBuffer())), digest);
+    const notModified = await fetch(`${url}/v2/alpine/manifests/1`, {
+      headers: { "if-none-match": `"${digest}"` },
+    });
+    assertEquals(notModified.status, 304);
+    await notModified.body?.cancel();
+  });
+});
+
+Deno.test("blobs: full, ranged (206), unsatisfiable (416) and HEAD", async () => {
+  await withServer(async ({ url, upstream }) => {
+    const bytes = randomBytes(100_000);
+    const digest = upstream.addBlob(bytes);
+    const path = `${url}/v2/library/x/blobs/${digest}`;
+    const full = await fetch(path);
+    assertEquals(full.status, 200);
+    assertEquals(full.headers.get("content-length"), "100000");
+    assertEquals(full.headers.get("docker-content-digest"), digest);
+    assertEquals(full.headers.get("accept-ranges"), "bytes");
+    assertEquals(new Uint8Array(await full.arrayBuffer()), bytes);
+
+    const ranged = await fetch(path, { headers: { range: "bytes=10-19" } });
+    assertEquals(ranged.status, 206);
+    assertEquals(ranged.headers.get("content-range"), "bytes 10-19/100000");
+    assertEquals(new Uint8Array(await ranged.arrayBuffer()), bytes.slice(10, 20));
+
+    const suffix = await fetch(path, { headers: { range: "bytes=-5" } });
+    assertEquals(new Uint8Array(await suffix.arrayBuffer()), bytes.slice(-5));
+
+    const unsatisfiable = await fetch(path, { headers: { range: "bytes=100000-" } });
+    assertEquals(unsatisfiable.status, 416);
+    assertEquals(unsatisfiable.headers.get("content-range"), "bytes */100000");
+    assertEquals((await errorOf(unsatisfiable)).code, "RANGE_INVALID");
+
+    const head = await fetch(path, { method: "HEAD" });
+    assertEquals(head.status, 200);
+    assertEquals(head.headers.get("content-length"), "100000");
+    await head.body?.cancel();
+  });
+});
+
+Deno.test("bad input gets OCI JSON errors with the spec's status codes", async () => {
+  await withServer(async ({ url }) => {
+    const cases: [string, RequestInit, number, string][] = [
+      ["/v2/Bad_Name/manifests/1", {}, 400, "NAME_INVALID"],
+      ["/v2/x/manifests/sha256:abc", {}, 400, "DIGEST_INVALID"],
+      ["/v2/x/blobs/sha256:zz", {}, 400, "DIGEST_INVALID"],
+      ["/v2/x/blobs/notadigest", {}, 400, "DIGEST_INVALID"],
+      ["/v2/x/manifests/bad!tag", {}, 400, "MANIFEST_INVALID"],
+      ["/v2/x/manifests/1?ns=not%20a%20host", {}, 400, "NAME_INVALID"],
+      ["/v2/x/manifests/1", { method: "PUT", body: "{}" }, 405, "UNSUPPORTED"],
+      ["/v2/x/manifests/1", { method: "DELETE" }, 405, "UNSUPPORTED"],
+      ["/v2/x/blobs/uploads/", { method: "POST" }, 405, "UNSUPPORTED"],
+      ["/v2/x/nothing/here", {}, 404, "NAME_UNKNOWN"],
+      ["/v2/a/..%2f..%2fetc/manifests/passwd", {}, 400, "NAME_INVALID"],
+      ["/v2/x/blobs/sha256:..%2f..%2f" + "a".repeat(58), {}, 400, "DIGEST_INVALID"],
+    ];
+    for (const [path, init, status, code] of cases) {
+      const error = await errorOf(await fetch(`${url}${path}`, init));
+      assertEquals(
+        error,
+        { status, code, type: "application/json" },
+        `${init.method ?? "GET"} ${path}`,
+      );
+    }
+  });
+});
+
+Deno.test("upstream failures map to 404, 429 and 503 with OCI bodies", async () => {
+  await withServer(async ({ url, upstream }) => {
+    const unknown = await errorOf(await fetch(`${url}/v2/library/x/manifests/1`));
+    assertEquals([unknown.status, unknown.code], [404, "MANIFEST_UNKNOWN"]);
+    upstream.failure = new RegistryError("TOOMANYREQUESTS", "slow down", {
+      headers: { "retry-after": "30" },
+    });
+    const limited = await fetch(`${url}/v2/library/x/manifests/2`);
+    assertEquals(limited.status, 429);
+    assertEquals(limited.headers.get("retry-after"), "30");
+    await limited.body?.cancel();
+    upstream.failure = new RegistryError("UNAVAILABLE", "connection refused");
+    const down = await errorOf(await fetch(`${url}/v2/library/x/blobs/sha256:${"a".repeat(64)}`));
+    assertEquals([down.status, down.code], [503, "UNAVAILABLE"]);
+  });
+});
+
+Deno.test("a client that accepts only Docker manifests never gets an OCI one", async () => {
+  await withServer(async ({ url, upstream }) => {
+    upstream.addManifest("oci", { ...manifest, mediaType: OCI_MANIFEST });
+    const response = await fetch(`${url}/v2/library/x/manifests/oci`, {
+      headers: { accept: DOCKER_MANIFEST },
+    });
+    const error = await errorOf(response);
+    assertEquals([error.status, error.code], [404, "MANIFEST_UNKNOWN"]);
+  });
+});
+
+Deno.test("one access-log line per request, without credentials", async () => {
+  await withServer(async ({ url, logs }) => {
+    const response = await fetch(`${url}/v2/`, {
+      headers: { authorization: "Basic c2VjcmV0OnNlY3JldA==" },
+    });
+    await response.body?.cancel();
+    const line = logs.find((l) => l.startsWith("GET /v2/ 200"));
+    assert(line, logs.join("\n"));
+    assert(!logs.join("\n").includes("c2VjcmV0"), "no credentials in logs");
+  });
+});
