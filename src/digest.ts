@@ -81,7 +81,10 @@ export function verifyingStream(
       const actual = hasher.digest();
       if (actual !== expected) {
         controller.error(
-          new RegistryError("DIGEST_INVALID", `content digest ${actual} does not match ${expected}`),
+          new RegistryError(
+            "DIGEST_INVALID",
+            `content digest ${actual} does not match ${expected}`,
+          ),
         );
       }
     },
