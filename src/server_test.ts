@@ -192,6 +192,25 @@ Deno.test("a client that accepts only Docker manifests never gets an OCI one", a
   });
 });
 
+Deno.test("tags/list pagination links point back at the mirror, keeping the prefix or ns", async () => {
+  await withServer(async ({ url }) => {
+    const page = await fetch(`${url}/v2/quay.io/org/app/tags/list?n=2`);
+    assertEquals(await page.json(), { name: "org/app", tags: ["1", "2"] });
+    const link = page.headers.get("link")!;
+    assertEquals(link, `</v2/quay.io/org/app/tags/list?n=2&last=2>; rel="next"`);
+    const next = await fetch(`${url}${/<([^>]+)>/.exec(link)![1]}`);
+    assertEquals((await next.json()).tags, ["3"]);
+    assertEquals(next.headers.get("link"), null);
+
+    const byNs = await fetch(`${url}/v2/org/app/tags/list?n=1&ns=quay.io`);
+    await byNs.body?.cancel();
+    assertEquals(
+      byNs.headers.get("link"),
+      `</v2/org/app/tags/list?n=1&last=1&ns=quay.io>; rel="next"`,
+    );
+  });
+});
+
 Deno.test("one access-log line per request, without credentials", async () => {
   await withServer(async ({ url, logs }) => {
     const response = await fetch(`${url}/v2/`, {

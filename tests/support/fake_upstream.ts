@@ -84,9 +84,20 @@ export class FakeUpstream implements Upstream {
     return Promise.resolve(new Response(body, { headers }));
   }
 
-  tags() {
-    this.calls.push({ kind: "tags", method: "GET", reference: "" });
-    return Promise.resolve(Response.json({ name: "x", tags: ["1"] }));
+  /** Three tags, paginated like Docker Hub when `n` is given. */
+  tags(_ns: string, repository: string, query: URLSearchParams) {
+    this.calls.push({ kind: "tags", method: "GET", reference: query.toString() });
+    if (this.failure) return Promise.reject(this.failure);
+    const all = ["1", "2", "3"];
+    const last = query.get("last");
+    const start = last ? all.indexOf(last) + 1 : 0;
+    const n = Number(query.get("n") ?? all.length);
+    const tags = all.slice(start, start + n);
+    const headers = new Headers();
+    if (start + n < all.length) {
+      headers.set("link", `</v2/${repository}/tags/list?last=${tags.at(-1)}&n=${n}>; rel="next"`);
+    }
+    return Promise.resolve(Response.json({ name: repository, tags }, { headers }));
   }
 }
 
