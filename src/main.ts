@@ -36,6 +36,10 @@ async function openStorage(
   return { storage, spoolDir };
 }
 
+function describeListen(listen: Settings["listen"]): string {
+  return listen.kind === "unix" ? `unix:${listen.path}` : `${listen.hostname}:${listen.port}`;
+}
+
 async function main(): Promise<number> {
   let settings: Settings;
   let upstreams;
@@ -63,7 +67,14 @@ async function main(): Promise<number> {
   }
 
   const log = (line: string) => console.log(line);
-  const { storage, spoolDir } = await openStorage(settings.storage);
+  let storage: Storage;
+  let spoolDir: string;
+  try {
+    ({ storage, spoolDir } = await openStorage(settings.storage));
+  } catch (e) {
+    console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
+    return 1;
+  }
   const upstream = new UpstreamClient(upstreams, {
     allowPrivateAddresses: settings.allowPrivateUpstreams,
     log,
@@ -77,13 +88,23 @@ async function main(): Promise<number> {
       `oci-registry ${VERSION} listening on ${where} (storage: ${storage.description}; configured upstreams: ${named})`,
     );
   const listen = settings.listen;
-  const server = listen.kind === "unix"
-    ? Deno.serve({ path: listen.path, onListen: ({ path }) => announce(`unix:${path}`) }, handler)
-    : Deno.serve({
-      hostname: listen.hostname,
-      port: listen.port,
-      onListen: ({ hostname, port }) => announce(`http://${hostname}:${port}`),
-    }, handler);
+  let server: Deno.HttpServer;
+  try {
+    server = listen.kind === "unix"
+      ? Deno.serve({ path: listen.path, onListen: ({ path }) => announce(`unix:${path}`) }, handler)
+      : Deno.serve({
+        hostname: listen.hostname,
+        port: listen.port,
+        onListen: ({ hostname, port }) => announce(`http://${hostname}:${port}`),
+      }, handler);
+  } catch (e) {
+    console.error(
+      `oci-registry: cannot listen on ${describeListen(listen)}: ${(e as Error).message}`,
+    );
+    upstream.close();
+    await storage.close?.();
+    return 1;
+  }
 
   const stop = () => {
     log("shutting down");

@@ -11,10 +11,13 @@ import { sha256File, tempDir } from "../support/tools.ts";
 
 const NS = "registry.test";
 
-async function failedStart(options: Parameters<typeof startMirror>[0]): Promise<string> {
+async function failedStart(
+  options: Parameters<typeof startMirror>[0],
+  exitCode = 2,
+): Promise<string> {
   await using mirror = await startMirror({ ...options, noWait: true });
   const status = await mirror.waitForExit();
-  assertEquals(status.code, 2, mirror.logs());
+  assertEquals(status.code, exitCode, mirror.logs());
   const output = mirror.logs();
   assert(!/\n\s+at /.test(output), `no stack trace:\n${output}`);
   return output;
@@ -41,6 +44,26 @@ Deno.test("bad UPSTREAM_CREDENTIALS stops start-up without printing the secret",
 Deno.test("an unknown flag stops start-up with a usage hint", async () => {
   const output = await failedStart({ extraArgs: ["--colour", "blue"] });
   assertMatch(output, /unknown flag --colour \(see --help\)/);
+});
+
+Deno.test("unreachable storage or a taken port stops start-up with one line, exit 1", async () => {
+  const s3 = await failedStart({
+    storageArgs: [
+      "s3",
+      "--bucket",
+      "cache",
+      "--endpoint",
+      "http://127.0.0.1:9",
+      "--access-key",
+      "k",
+      "--secret-key",
+      "s",
+    ],
+  }, 1);
+  assertMatch(s3, /oci-registry: cannot open storage: .*cache/);
+  await using running = await startMirror({});
+  const taken = await failedStart({ port: running.port }, 1);
+  assertMatch(taken, new RegExp(`cannot listen on 127\\.0\\.0\\.1:${running.port}: `));
 });
 
 Deno.test("accept_invalid_certs: a self-signed HTTPS upstream works only where it is set", async () => {
