@@ -61,16 +61,16 @@ Deno.test("example.yaml: the commented private-registry entry is valid once unco
   assertEquals(entry.blobInvalidationMs, parseDuration("14d"));
 });
 
-Deno.test("docs/clients.md: its upstream YAML and UPSTREAM_CREDENTIALS examples are valid", async () => {
-  const docs = await Deno.readTextFile(new URL("../docs/clients.md", import.meta.url));
+Deno.test("README.md: its upstream YAML and UPSTREAM_CREDENTIALS examples are valid", async () => {
+  const docs = await Deno.readTextFile(new URL("../README.md", import.meta.url));
   const yamlBlocks = [...docs.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]);
-  assert(yamlBlocks.length >= 1, "docs/clients.md shows the upstream YAML");
+  assert(yamlBlocks.length >= 1, "README.md shows the upstream YAML");
   for (const block of yamlBlocks) {
-    const upstreams = parseUpstreamYaml(block, "docs/clients.md");
+    const upstreams = parseUpstreamYaml(block, "README.md");
     assert(upstreams.length >= 1);
   }
   const credentials = /UPSTREAM_CREDENTIALS='([^']+)'/.exec(docs);
-  assert(credentials, "docs/clients.md shows UPSTREAM_CREDENTIALS");
+  assert(credentials, "README.md shows UPSTREAM_CREDENTIALS");
   const [merged] = mergeCredentials([], credentials[1]);
   assertEquals(merged.namespace, "docker.io");
   assertEquals(merged.host, "registry-1.docker.io");

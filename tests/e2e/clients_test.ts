@@ -1,5 +1,5 @@
 /**
- * Every real client through the mirror, end to end, configured exactly as docs/clients.md tells
+ * Every real client through the mirror, end to end, configured exactly as README.md tells
  * users to (with `.test` names standing in for docker.io, ghcr.io, registry.k8s.io):
  *
  * - containerd (private daemon, `ctr images pull --hosts-dir`): plain host entry (`?ns=`) and
@@ -55,7 +55,7 @@ const DOCKERD_MANIFEST_ACCEPT = [
 ];
 
 // ---------------------------------------------------------------------------------------------
-// The client configuration, rendered once for the tests and for docs/clients.md
+// The client configuration, rendered once for the tests and for README.md
 
 /**
  * containerd's `hosts.toml` for one registry: the plain host entry, or, given the registry's
@@ -738,12 +738,12 @@ Deno.test("clients: private Basic and Bearer upstreams and docker.io in one mirr
   );
 });
 
-Deno.test("clients: docs/clients.md shows exactly the client configuration these tests use", async () => {
-  const docs = await Deno.readTextFile(new URL("../../docs/clients.md", import.meta.url));
+Deno.test("clients: README.md shows exactly the client configuration these tests use", async () => {
+  const docs = await Deno.readTextFile(new URL("../../README.md", import.meta.url));
   const mirror = "oci-registry.internal:8080";
   const blocks = [...docs.matchAll(/```(\w*)\n([\s\S]*?)```/g)].map((m) => m[2]);
   const shows = (text: string, what: string) =>
-    assert(blocks.includes(text), `docs/clients.md should show ${what} as a block:\n${text}`);
+    assert(blocks.includes(text), `README.md should show ${what} as a block:\n${text}`);
   shows(daemonJson(mirror) + "\n", "Docker's daemon.json");
   shows(hostsToml(mirror), "containerd's plain hosts.toml");
   shows(hostsToml(mirror, "ghcr.io"), "containerd's override_path hosts.toml");
