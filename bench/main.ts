@@ -1,0 +1,801 @@
+/**
+ * `deno task bench`: oci-registry side by side with CNCF distribution 2.8.2 in proxy mode (the
+ * peer) and nginx sendfile (the limit), in one run, on loopback. Prints a markdown table of
+ * medians and ratios to stdout and writes it to bench/results.md; progress goes to stderr.
+ *
+ *   deno task bench                  full run (1 GiB blobs, 3-5 repetitions; ~6-8 minutes)
+ *   deno task bench --quick          smoke run (small sizes, 1-2 repetitions; ~1-2 minutes)
+ *   deno task bench --only blob,cold run some sections only
+ *
+ * Sections: startup, blob, s3, manifest, cold, concurrent (`memory` = startup,blob,manifest).
+ * Every server is a fresh process with fresh storage per section (per repetition for the cold
+ * ones); repetitions rotate the order of the servers so background noise is shared fairly.
+ */
+import { parseArgs } from "node:util";
+import { httpGet, mibPerSecond, receiverName } from "./http.ts";
+import { load, type LoadResult } from "./load.ts";
+import { fmt, median, type Row, table } from "./report.ts";
+import {
+  addBlob,
+  addManifest,
+  readMemory,
+  RssSampler,
+  type Server,
+  startDistributionProxy,
+  startMirror,
+  startNginx,
+  stopAll,
+} from "./servers.ts";
+import { buildImage, MediaTypes, pushImage, pushRandomBlob } from "../tests/support/images.ts";
+import { startUpstream, type Upstream } from "../tests/support/upstream.ts";
+import { delay, REPO_ROOT, run, tempDir, which } from "../tests/support/tools.ts";
+import { installPackages } from "../tests/support/setup.ts";
+
+const MiB = 1 << 20;
+const SECTIONS = ["startup", "blob", "s3", "manifest", "cold", "concurrent"] as const;
+type Section = typeof SECTIONS[number];
+const ALIASES: Record<string, Section[]> = { memory: ["startup", "blob", "manifest"] };
+
+const MANIFEST_ACCEPT = [
+  MediaTypes.ociManifest,
+  MediaTypes.ociIndex,
+  MediaTypes.dockerManifest,
+  MediaTypes.dockerManifestList,
+].join(", ");
+
+interface Plan {
+  quick: boolean;
+  blobSize: number;
+  blobReps: number;
+  s3Reps: number;
+  manifestReps: number;
+  manifestSeconds: number;
+  connections: number;
+  coldSize: number;
+  coldReps: number;
+  concurrentSize: number;
+  concurrentClients: number[];
+  concurrentReps: number;
+  startupReps: number;
+}
+
+const FULL: Plan = {
+  quick: false,
+  blobSize: 1024 * MiB,
+  blobReps: 5,
+  s3Reps: 3,
+  manifestReps: 3,
+  manifestSeconds: 5,
+  connections: 50,
+  coldSize: 256 * MiB,
+  coldReps: 3,
+  concurrentSize: 32 * MiB,
+  concurrentClients: [20, 100],
+  concurrentReps: 3,
+  startupReps: 5,
+};
+
+const QUICK: Plan = {
+  quick: true,
+  blobSize: 256 * MiB,
+  blobReps: 2,
+  s3Reps: 1,
+  manifestReps: 1,
+  manifestSeconds: 2,
+  connections: 50,
+  coldSize: 64 * MiB,
+  coldReps: 1,
+  concurrentSize: 8 * MiB,
+  concurrentClients: [20, 100],
+  concurrentReps: 1,
+  startupReps: 2,
+};
+
+/** The whole run is killed after this long, whatever happens. */
+const RUN_LIMIT_MS = 40 * 60_000;
+
+const rows: Row[] = [];
+const notes: string[] = [];
+
+function progress(message: string) {
+  const time = new Date().toISOString().slice(11, 19);
+  console.error(`[bench ${time}] ${message}`);
+}
+
+function sizeLabel(bytes: number): string {
+  return bytes >= 1024 * MiB ? `${bytes / (1024 * MiB)} GiB` : `${bytes / MiB} MiB`;
+}
+
+function mb(bytes: number): number {
+  return bytes / 1e6;
+}
+
+/** `servers` rotated by `n`: repetition n starts with a different server. */
+function rotate<T>(servers: T[], n: number): T[] {
+  const k = n % servers.length;
+  return [...servers.slice(k), ...servers.slice(0, k)];
+}
+
+async function getOk(url: string, size: number, label: string, bufferSize?: number) {
+  const r = await httpGet(url, { timeoutMs: 300_000, bufferSize });
+  if (r.status !== 200 || r.bytes !== size) {
+    throw new Error(`${label}: GET ${url} gave ${r.status} with ${r.bytes} of ${size} bytes`);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+
+async function ensureTools() {
+  const needed: Record<string, string> = {
+    "/usr/bin/docker-registry": "docker-registry",
+    "/usr/sbin/nginx": "nginx-light",
+    "/usr/bin/wrk": "wrk",
+    "/usr/bin/ab": "apache2-utils",
+  };
+  const missing = [
+    ...new Set(Object.entries(needed).filter(([bin]) => !which(bin)).map(([, p]) => p)),
+  ];
+  if (missing.length > 0) await installPackages(missing);
+  const still = Object.keys(needed).filter((bin) => !which(bin));
+  if (still.length > 0) {
+    throw new Error(`missing ${still.join(", ")} (apt-get install -y ${missing.join(" ")})`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+
+interface Fixture {
+  upstream: Upstream;
+  /** Repository + blob paths on the upstream. */
+  big?: { repo: string; digest: string; size: number; file: string };
+  cold?: { repo: string; digest: string; size: number };
+  concurrent?: { repo: string; digest: string; size: number };
+  manifest?: { repo: string; tag: string; digest: string; bytes: Uint8Array };
+}
+
+function upstreamBlobFile(upstream: Upstream, digest: string): string {
+  const hex = digest.slice("sha256:".length);
+  return `${upstream.dir}/data/docker/registry/v2/blobs/sha256/${hex.slice(0, 2)}/${hex}/data`;
+}
+
+async function startup(fx: Fixture, plan: Plan) {
+  progress(`startup: ${plan.startupReps} starts of each server`);
+  // One untimed start so the mirror's module cache is warm, like every later start.
+  await (await startMirror({ upstreamHost: fx.upstream.host })).stop();
+  const times: Record<string, number[]> = { oci: [], dist: [], nginx: [] };
+  const idle: Record<string, number[]> = { oci: [], dist: [], nginx: [] };
+  for (let rep = 0; rep < plan.startupReps; rep++) {
+    const servers: [string, Server][] = [];
+    try {
+      for (const key of rotate(["oci", "dist", "nginx"], rep)) {
+        const server = key === "oci"
+          ? await startMirror({ upstreamHost: fx.upstream.host })
+          : key === "dist"
+          ? await startDistributionProxy(fx.upstream.url)
+          : await startNginx();
+        servers.push([key, server]);
+        times[key].push(server.startupMs);
+      }
+      await delay(1_000);
+      for (const [key, server] of servers) idle[key].push(readMemory(server.pids).rss);
+    } finally {
+      await Promise.all(servers.map(([, s]) => s.stop()));
+    }
+  }
+  rows.push({
+    measure: "Start-up to first served request",
+    unit: "ms",
+    oci: median(times.oci),
+    dist: median(times.dist),
+    limit: median(times.nginx),
+    lowerIsBetter: true,
+  });
+  rows.push({
+    measure: "RSS idle (after start + 1 s)",
+    unit: "MB",
+    oci: mb(median(idle.oci)),
+    dist: mb(median(idle.dist)),
+    limit: mb(median(idle.nginx)),
+    lowerIsBetter: true,
+    target: "< 60 MB",
+    met: mb(median(idle.oci)) < 60,
+  });
+}
+
+async function blob(fx: Fixture, plan: Plan) {
+  const big = fx.big!;
+  const label = sizeLabel(big.size);
+  progress(`blob: warm ${label} GET x${plan.blobReps}`);
+  const mirror = await startMirror({ upstreamHost: fx.upstream.host });
+  const dist = await startDistributionProxy(fx.upstream.url);
+  const nginx = await startNginx();
+  try {
+    await addBlob(nginx, big.digest, big.file);
+    const path = `${big.repo}/blobs/${big.digest}`;
+    const urlOf = (s: Server) => `${s.url}${s.prefix}${path}`;
+
+    // Cold pull-through first (fills both caches), then one untimed warm GET each.
+    const coldPeak: Record<string, { before: number; peak: number }> = {};
+    for (const server of [mirror, dist]) {
+      const sampler = new RssSampler(server.pids);
+      await getOk(urlOf(server), big.size, server.label);
+      coldPeak[server.kind] = { before: sampler.before, peak: sampler.stop() };
+    }
+    for (const server of [mirror, dist, nginx]) await getOk(urlOf(server), big.size, server.label);
+
+    const speeds: Record<string, number[]> = { "oci-registry": [], distribution: [], nginx: [] };
+    const warm: Record<string, { before: number; peak: number }> = {};
+    for (const server of [mirror, dist, nginx]) {
+      warm[server.kind] = { before: readMemory(server.pids).rss, peak: 0 };
+    }
+    for (let rep = 0; rep < plan.blobReps; rep++) {
+      for (const server of rotate([mirror, dist, nginx], rep)) {
+        const sampler = new RssSampler(server.pids);
+        const r = await getOk(urlOf(server), big.size, server.label);
+        const peak = sampler.stop();
+        warm[server.kind].peak = Math.max(warm[server.kind].peak, peak);
+        speeds[server.kind].push(mibPerSecond(r.bytes, r.ms));
+      }
+    }
+    const oci = median(speeds["oci-registry"]);
+    const d = median(speeds.distribution);
+    const n = median(speeds.nginx);
+    rows.push({
+      measure: `Warm ${label} blob GET, filesystem`,
+      unit: "MiB/s",
+      oci,
+      dist: d,
+      limit: n,
+      target: ">= 1.0x dist, >= 0.6x nginx",
+      met: oci >= d && oci >= 0.6 * n,
+    });
+    for (const [what, m] of [["cold pull-through", coldPeak], ["warm GETs", warm]] as const) {
+      const o = m["oci-registry"];
+      const di = m.distribution;
+      const ng = m.nginx;
+      rows.push({
+        measure: `RSS peak during ${label} ${what} (added)`,
+        unit: "MB",
+        oci: mb(o.peak),
+        dist: mb(di.peak),
+        limit: ng ? mb(ng.peak) : undefined,
+        text: {
+          oci: `${fmt(mb(o.peak))} (+${fmt(mb(o.peak - o.before))})`,
+          dist: `${fmt(mb(di.peak))} (+${fmt(mb(di.peak - di.before))})`,
+          limit: ng ? `${fmt(mb(ng.peak))} (+${fmt(mb(ng.peak - ng.before))})` : "",
+        },
+        lowerIsBetter: true,
+        target: "adds < 32 MB",
+        met: mb(o.peak - o.before) < 32,
+      });
+    }
+  } finally {
+    await Promise.all([mirror.stop(), dist.stop(), nginx.stop()]);
+  }
+}
+
+async function s3(fx: Fixture, plan: Plan) {
+  const big = fx.big!;
+  const label = sizeLabel(big.size);
+  const s3File = `${REPO_ROOT}/src/storage/s3.ts`;
+  try {
+    await Deno.stat(s3File);
+  } catch {
+    notes.push("S3 rows skipped: src/storage/s3.ts is not there yet.");
+    return;
+  }
+  progress(`s3: warm ${label} GET through s3rver x${plan.s3Reps}`);
+  const { startS3rver } = await import("../tests/support/s3rver.ts");
+  let s3rver: Awaited<ReturnType<typeof startS3rver>> | undefined;
+  const servers: Server[] = [];
+  try {
+    s3rver = await startS3rver("bench");
+    const s3Args = (redirect: boolean) => (dir: { join(...s: string[]): string }) => [
+      "s3",
+      "--bucket",
+      s3rver!.bucket,
+      "--endpoint",
+      s3rver!.endpoint,
+      "--access-key",
+      "S3RVER",
+      "--secret-key",
+      "S3RVER",
+      "--spool-dir",
+      dir.join("spool"),
+      ...(redirect ? ["--s3-redirect"] : []),
+    ];
+    const plain = await startMirror({
+      upstreamHost: fx.upstream.host,
+      storageArgs: s3Args(false),
+      label: "oci-registry s3",
+    });
+    servers.push(plain);
+    const redirect = await startMirror({
+      upstreamHost: fx.upstream.host,
+      storageArgs: s3Args(true),
+      label: "oci-registry s3 redirect",
+    });
+    servers.push(redirect);
+    const url = (s: Server) => `${s.url}${s.prefix}${big.repo}/blobs/${big.digest}`;
+    const started = performance.now();
+    await getOk(url(plain), big.size, plain.label); // pull-through into the bucket
+    progress(`s3: cold pull-through into s3rver took ${fmt(performance.now() - started)} ms`);
+    // The blob reaches S3 after the download was verified. s3rver's CompleteMultipartUpload is
+    // not atomic (the object appears and grows while the parts are joined; real S3 is atomic),
+    // so wait until the object is whole before measuring anything served from the bucket.
+    const hex = big.digest.slice("sha256:".length);
+    const objectUrl = `${s3rver.endpoint}/${s3rver.bucket}/blobs/sha256/${hex.slice(0, 2)}/${hex}`;
+    const waitStarted = performance.now();
+    for (let whole = 0; whole < 3;) {
+      const r = await httpGet(objectUrl, { method: "HEAD", timeoutMs: 10_000 });
+      whole = r.status === 200 && Number(r.headers.get("content-length")) === big.size
+        ? whole + 1
+        : 0;
+      if (performance.now() - waitStarted > 180_000) {
+        throw new Error(`the blob never appeared whole in the bucket (last: ${r.status})`);
+      }
+      await delay(200);
+    }
+    progress(`s3: object whole in the bucket ${fmt(performance.now() - waitStarted)} ms later`);
+    for (const server of [plain, redirect]) await getOk(url(server), big.size, server.label);
+    const first = await httpGet(url(redirect), { maxRedirects: 0 });
+    const direct = first.status === 307 ? first.headers.get("location") : undefined;
+    if (!direct) {
+      notes.push(`--s3-redirect answered a blob GET with ${first.status}, not a 307 redirect.`);
+    }
+    const speeds: Record<string, number[]> = { plain: [], redirect: [], direct: [] };
+    for (let rep = 0; rep < plan.s3Reps; rep++) {
+      for (const which of rotate(["plain", "redirect", "direct"], rep)) {
+        if (which === "direct" && !direct) continue;
+        const target = which === "plain"
+          ? url(plain)
+          : which === "redirect"
+          ? url(redirect)
+          : direct!;
+        const r = await getOk(target, big.size, `s3 ${which}`);
+        speeds[which].push(mibPerSecond(r.bytes, r.ms));
+      }
+    }
+    const blobRow = rows.find((r) =>
+      r.measure.startsWith("Warm") && r.measure.endsWith("filesystem")
+    );
+    const s3Limit = speeds.direct.length ? median(speeds.direct) : undefined;
+    for (const which of ["plain", "redirect"] as const) {
+      const oci = median(speeds[which]);
+      rows.push({
+        measure: `Warm ${label} blob GET, S3 (s3rver)${
+          which === "redirect" ? " --s3-redirect" : ""
+        }`,
+        unit: "MiB/s",
+        oci,
+        dist: blobRow?.dist,
+        limit: blobRow?.limit,
+        text: {
+          dist: blobRow?.dist !== undefined ? `${fmt(blobRow.dist)} (fs)` : "",
+          limit: blobRow?.limit !== undefined ? `${fmt(blobRow.limit)} (fs)` : "",
+        },
+        target: ">= 1.0x dist, >= 0.6x nginx",
+        met: blobRow?.dist !== undefined && blobRow.limit !== undefined
+          ? oci >= blobRow.dist && oci >= 0.6 * blobRow.limit
+          : undefined,
+      });
+    }
+    if (s3Limit !== undefined) {
+      notes.push(
+        `S3 rows compare with the filesystem peers of the row above (distribution and nginx on ` +
+          `local disk). s3rver itself serves the object at ${fmt(s3Limit)} MiB/s (presigned GET ` +
+          `straight to s3rver, no mirror): that is the ceiling of both S3 rows on this machine.`,
+      );
+    }
+  } catch (e) {
+    notes.push(`S3 rows skipped: ${(e as Error).message.split("\n")[0]}`);
+    for (const server of servers) {
+      const log = await server.log();
+      if (log.trim()) progress(`${server.label} output (tail):\n${log.slice(-2000)}`);
+    }
+  } finally {
+    await Promise.all(servers.map((s) => s.stop()));
+    await s3rver?.stop();
+  }
+}
+
+async function manifest(fx: Fixture, plan: Plan) {
+  const m = fx.manifest!;
+  progress(
+    `manifest: GET/HEAD by tag/digest, ${plan.connections} connections, ${plan.manifestSeconds} s x${plan.manifestReps}`,
+  );
+  const scratch = await tempDir("oci-bench-load-");
+  const mirror = await startMirror({ upstreamHost: fx.upstream.host });
+  const dist = await startDistributionProxy(fx.upstream.url);
+  const nginx = await startNginx();
+  try {
+    await addManifest(nginx, m.tag, m.bytes);
+    await addManifest(nginx, m.digest, m.bytes);
+    const servers = [mirror, dist, nginx];
+    const url = (s: Server, ref: string) => `${s.url}${s.prefix}${m.repo}/manifests/${ref}`;
+    for (const server of servers) {
+      for (const ref of [m.tag, m.digest]) {
+        for (let i = 0; i < 2; i++) { // the first fills the cache
+          const r = await httpGet(url(server, ref), { headers: { accept: MANIFEST_ACCEPT } });
+          if (r.status !== 200 || r.bytes !== m.bytes.length) {
+            throw new Error(`${server.label}: manifest ${ref} gave ${r.status}, ${r.bytes} bytes`);
+          }
+        }
+      }
+    }
+    const variants = [
+      ["GET", "tag"],
+      ["GET", "digest"],
+      ["HEAD", "tag"],
+      ["HEAD", "digest"],
+    ] as const;
+    const results = new Map<string, LoadResult[]>();
+    const peaks: Record<string, { before: number; peak: number }> = {};
+    for (const server of servers) {
+      peaks[server.kind] = { before: readMemory(server.pids).rss, peak: 0 };
+    }
+    for (let rep = 0; rep < plan.manifestReps; rep++) {
+      for (const [method, kind] of variants) {
+        for (const server of rotate(servers, rep)) {
+          const sampler = new RssSampler(server.pids, 20);
+          const result = await load({
+            url: url(server, kind === "tag" ? m.tag : m.digest),
+            method,
+            headers: { Accept: MANIFEST_ACCEPT },
+            connections: plan.connections,
+            durationS: plan.manifestSeconds,
+            scratchDir: scratch.path,
+          });
+          const peak = sampler.stop();
+          peaks[server.kind].peak = Math.max(peaks[server.kind].peak, peak);
+          const key = `${method} ${kind} ${server.kind}`;
+          results.set(key, [...(results.get(key) ?? []), result]);
+          if (result.errors > 0) {
+            notes.push(
+              `${server.label} ${method} by ${kind}: ${result.errors} errors of ${result.requests} requests (rep ${
+                rep + 1
+              }).`,
+            );
+          }
+        }
+      }
+    }
+    for (const [method, kind] of variants) {
+      const get = (k: string) => results.get(`${method} ${kind} ${k}`)!;
+      const rps = (k: string) => median(get(k).map((r) => r.rps));
+      const p99 = (k: string) => median(get(k).map((r) => r.p99Ms));
+      const tool = get("oci-registry")[0].tool;
+      const oci = rps("oci-registry");
+      const d = rps("distribution");
+      rows.push({
+        measure: `Manifest ${method} by ${kind}, ${plan.connections} conns (${tool})`,
+        unit: "req/s",
+        oci,
+        dist: d,
+        limit: rps("nginx"),
+        target: method === "GET" ? ">= 10x dist" : undefined,
+        met: method === "GET" ? oci >= 10 * d : undefined,
+      });
+      rows.push({
+        measure: `Manifest ${method} by ${kind}: p99 latency`,
+        unit: "ms",
+        oci: p99("oci-registry"),
+        dist: p99("distribution"),
+        limit: p99("nginx"),
+        lowerIsBetter: true,
+        target: "< 20 ms",
+        met: p99("oci-registry") < 20,
+      });
+    }
+    const o = peaks["oci-registry"];
+    const di = peaks.distribution;
+    const ng = peaks.nginx;
+    rows.push({
+      measure: `RSS peak under ${plan.connections}-connection load`,
+      unit: "MB",
+      oci: mb(o.peak),
+      dist: mb(di.peak),
+      limit: mb(ng.peak),
+      lowerIsBetter: true,
+      target: "< 120 MB",
+      met: mb(o.peak) < 120,
+    });
+  } finally {
+    await Promise.all([mirror.stop(), dist.stop(), nginx.stop()]);
+    await scratch.cleanup();
+  }
+}
+
+async function cold(fx: Fixture, plan: Plan) {
+  const c = fx.cold!;
+  const label = sizeLabel(c.size);
+  progress(`cold: ${label} pull-through x${plan.coldReps}`);
+  const path = `${c.repo}/blobs/${c.digest}`;
+  const direct = `${fx.upstream.url}/v2/${path}`;
+  await getOk(direct, c.size, "upstream"); // the upstream's file is in the page cache from now on
+  const times: Record<string, number[]> = { direct: [], oci: [], dist: [] };
+  const added: number[] = [];
+  for (let rep = 0; rep < plan.coldReps; rep++) {
+    for (const which of rotate(["direct", "oci", "dist"], rep)) {
+      if (which === "direct") {
+        times.direct.push((await getOk(direct, c.size, "upstream")).ms);
+        continue;
+      }
+      const server = which === "oci"
+        ? await startMirror({ upstreamHost: fx.upstream.host })
+        : await startDistributionProxy(fx.upstream.url);
+      try {
+        const sampler = new RssSampler(server.pids);
+        times[which].push(
+          (await getOk(`${server.url}${server.prefix}${path}`, c.size, server.label)).ms,
+        );
+        const peak = sampler.stop();
+        if (which === "oci") added.push(peak - sampler.before);
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+  const oci = median(times.oci);
+  const d = median(times.dist);
+  const direct_ = median(times.direct);
+  rows.push({
+    measure: `Cold ${label} pull-through (limit: direct from upstream)`,
+    unit: "s",
+    oci: oci / 1000,
+    dist: d / 1000,
+    limit: direct_ / 1000,
+    lowerIsBetter: true,
+    target: "<= 1.2x direct",
+    met: oci <= 1.2 * direct_,
+  });
+  rows.push({
+    measure: `RSS added during cold ${label} pull-through`,
+    unit: "MB",
+    oci: mb(median(added)),
+    lowerIsBetter: true,
+    target: "adds < 32 MB",
+    met: mb(median(added)) < 32,
+  });
+}
+
+async function concurrent(fx: Fixture, plan: Plan) {
+  const c = fx.concurrent!;
+  const label = sizeLabel(c.size);
+  const path = `${c.repo}/blobs/${c.digest}`;
+  for (const clients of plan.concurrentClients) {
+    progress(`concurrent: ${clients} cold clients of one ${label} blob x${plan.concurrentReps}`);
+    const times: Record<string, number[]> = { oci: [], dist: [], direct: [] };
+    const gets: Record<string, number[]> = { oci: [], dist: [] };
+    for (let rep = 0; rep < plan.concurrentReps; rep++) {
+      for (const which of rotate(["oci", "dist", "direct"], rep)) {
+        const server = which === "oci"
+          ? await startMirror({ upstreamHost: fx.upstream.host })
+          : which === "dist"
+          ? await startDistributionProxy(fx.upstream.url)
+          : undefined;
+        try {
+          const url = server
+            ? `${server.url}${server.prefix}${path}`
+            : `${fx.upstream.url}/v2/${path}`;
+          await fx.upstream.sync();
+          fx.upstream.clearLog();
+          const started = performance.now();
+          const results = await Promise.allSettled(
+            Array.from({ length: clients }, () => getOk(url, c.size, which, 256 << 10)),
+          );
+          times[which].push(performance.now() - started);
+          const failed = results.filter((r) => r.status === "rejected");
+          if (failed.length > 0) {
+            notes.push(
+              `${clients} concurrent via ${which}: ${failed.length} of ${clients} clients failed ` +
+                `(${String((failed[0] as PromiseRejectedResult).reason?.message).split("\n")[0]}).`,
+            );
+          }
+          if (which !== "direct") gets[which].push(await fx.upstream.countBlobGets(c.digest));
+        } finally {
+          await server?.stop();
+        }
+      }
+    }
+    const list = (xs: number[]) => xs.length > 1 ? ` (${xs.join(", ")})` : "";
+    rows.push({
+      measure: `${clients} concurrent cold pulls of one ${label} blob: upstream GETs`,
+      unit: "GETs",
+      oci: Math.max(...gets.oci),
+      dist: Math.max(...gets.dist),
+      text: {
+        oci: `${Math.max(...gets.oci)}${list(gets.oci)}`,
+        dist: `${Math.max(...gets.dist)}${list(gets.dist)}`,
+      },
+      lowerIsBetter: true,
+      target: "exactly 1",
+      met: gets.oci.every((n) => n === 1),
+    });
+    rows.push({
+      measure: `${clients} concurrent cold pulls: total time (limit: direct from upstream)`,
+      unit: "s",
+      oci: median(times.oci) / 1000,
+      dist: median(times.dist) / 1000,
+      limit: median(times.direct) / 1000,
+      lowerIsBetter: true,
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+function parseOptions(args: string[]) {
+  const { values } = parseArgs({
+    args,
+    options: {
+      quick: { type: "boolean", default: false },
+      only: { type: "string", multiple: true },
+      output: { type: "string", default: `${REPO_ROOT}/bench/results.md` },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(
+      "usage: deno task bench [--quick] [--only SECTION[,SECTION]] [--output FILE]\n" +
+        `sections: ${SECTIONS.join(", ")}, memory (= startup,blob,manifest)`,
+    );
+    Deno.exit(0);
+  }
+  let sections = new Set<Section>(SECTIONS);
+  if (values.only?.length) {
+    sections = new Set();
+    for (const name of values.only.flatMap((v) => v.split(","))) {
+      const expanded = ALIASES[name] ??
+        (SECTIONS.includes(name as Section) ? [name as Section] : undefined);
+      if (!expanded) {
+        console.error(
+          `bench: unknown section ${JSON.stringify(name)}; one of ${SECTIONS.join(", ")}, memory`,
+        );
+        Deno.exit(2);
+      }
+      for (const s of expanded) sections.add(s);
+    }
+    // S3 rows are compared with the filesystem blob row.
+    if (sections.has("s3")) sections.add("blob");
+  }
+  return { plan: values.quick ? QUICK : FULL, sections, output: values.output };
+}
+
+async function describeRun(plan: Plan, sections: Set<Section>, startedAt: Date, load: string[]) {
+  const git = async (...args: string[]) =>
+    (await run("git", args, { cwd: REPO_ROOT, timeoutMs: 10_000 })).stdout.trim();
+  const commit = await git("rev-parse", "--short", "HEAD");
+  const dirty = (await git("status", "--porcelain", "--", "src")).split("\n").filter(Boolean);
+  const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => ""))
+    .match(/^model name\s*:\s*(.+)$/m)?.[1] ?? "unknown CPU";
+  return [
+    `Run ${startedAt.toISOString()} (${plan.quick ? "--quick" : "full"}; sections: ${
+      [...sections].join(", ")
+    }), ` +
+    `commit ${commit}${dirty.length ? ` + ${dirty.length} uncommitted change(s) in src/` : ""}, ` +
+    `Deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} CPUs (${cpu}), ` +
+    `download client: ${receiverName()}, ` +
+    `load average ${load.join(" -> ")} (start -> end).`,
+  ];
+}
+
+function loadAverage(): string {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  } catch {
+    return "?";
+  }
+}
+
+async function main(): Promise<number> {
+  const { plan, sections, output } = parseOptions(Deno.args);
+  const startedAt = new Date();
+  const loadAtStart = loadAverage();
+  await ensureTools();
+  const has = (s: Section) => sections.has(s);
+
+  progress("starting the upstream registry and pushing test content");
+  const upstream = await startUpstream({ logLevel: "error" });
+  let exitCode = 0;
+  const cleanup = async () => {
+    await stopAll();
+    await upstream.close();
+  };
+  const onSignal = () => {
+    progress("interrupted: cleaning up");
+    cleanup().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  const watchdog = setTimeout(() => {
+    progress(`run limit of ${RUN_LIMIT_MS / 60_000} minutes reached: giving up`);
+    cleanup().finally(() => Deno.exit(3));
+  }, RUN_LIMIT_MS);
+  Deno.unrefTimer(watchdog);
+
+  try {
+    const fx: Fixture = { upstream };
+    if (has("blob") || has("s3")) {
+      const repo = "bench/big";
+      const t = performance.now();
+      const b = await pushRandomBlob(upstream, repo, plan.blobSize);
+      progress(`pushed ${sizeLabel(plan.blobSize)} blob in ${fmt(performance.now() - t)} ms`);
+      fx.big = { repo, digest: b.digest, size: b.size, file: upstreamBlobFile(upstream, b.digest) };
+    }
+    if (has("cold")) {
+      const b = await pushRandomBlob(upstream, "bench/cold", plan.coldSize);
+      fx.cold = { repo: "bench/cold", digest: b.digest, size: b.size };
+    }
+    if (has("concurrent")) {
+      const b = await pushRandomBlob(upstream, "bench/concurrent", plan.concurrentSize);
+      fx.concurrent = { repo: "bench/concurrent", digest: b.digest, size: b.size };
+    }
+    if (has("manifest")) {
+      const image = buildImage({ layers: 1, layerSize: 1024 });
+      await pushImage(upstream, "bench/app", "v1", image);
+      fx.manifest = {
+        repo: "bench/app",
+        tag: "v1",
+        digest: image.digest,
+        bytes: image.manifest.bytes,
+      };
+    }
+
+    const sectionsToRun: [Section, (fx: Fixture, plan: Plan) => Promise<void>][] = [
+      ["startup", startup],
+      ["blob", blob],
+      ["s3", s3],
+      ["manifest", manifest],
+      ["cold", cold],
+      ["concurrent", concurrent],
+    ];
+    for (const [name, fn] of sectionsToRun) {
+      if (!has(name)) continue;
+      const t = performance.now();
+      try {
+        await fn(fx, plan);
+      } catch (e) {
+        exitCode = 1;
+        notes.push(`Section ${name} failed: ${(e as Error).message.split("\n")[0]}`);
+        progress(`section ${name} failed: ${(e as Error).stack ?? e}`);
+        await stopAll();
+      }
+      progress(`${name} done in ${fmt((performance.now() - t) / 1000)} s`);
+    }
+  } finally {
+    await cleanup();
+    clearTimeout(watchdog);
+  }
+
+  const header = await describeRun(plan, sections, startedAt, [loadAtStart, loadAverage()]);
+  const text = [
+    "# oci-registry benchmark",
+    "",
+    ...header,
+    "",
+    "Command: `deno task bench" + (plan.quick ? " --quick" : "") + "`. Peer: CNCF distribution " +
+    "2.8.2 (Debian docker-registry) in proxy mode; limit: nginx 1.22 sendfile serving the same " +
+    "files (or, for cold pulls, the client fetching straight from the upstream registry). Medians " +
+    `of ${plan.blobReps} (blob), ${plan.manifestReps} x ${plan.manifestSeconds} s (manifest), ` +
+    `${plan.coldReps} (cold), ${plan.concurrentReps} (concurrent), ${plan.startupReps} (start-up) runs.`,
+    "",
+    table(rows),
+    "",
+    ...(notes.length ? ["Notes:", "", ...notes.map((n) => `- ${n}`), ""] : []),
+  ].join("\n");
+  await Deno.writeTextFile(output, text);
+  // The repository's `deno fmt --check` covers this file: store it formatted.
+  await run(Deno.execPath(), ["fmt", "--quiet", output], { timeoutMs: 30_000 });
+  console.log(await Deno.readTextFile(output));
+  progress(`wrote ${output}`);
+  return exitCode;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
