@@ -5,6 +5,7 @@
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
+import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
@@ -79,8 +80,19 @@ async function main(): Promise<number> {
     allowPrivateAddresses: settings.allowPrivateUpstreams,
     log,
   });
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log });
-  const handler = createHandler({ mirror, defaultNamespace: settings.defaultNamespace, log });
+  const metrics = new Metrics();
+  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics });
+  metrics.gauge(
+    "oci_registry_blob_downloads_in_flight",
+    "Blob downloads from upstream under way.",
+    () => mirror.activeDownloads,
+  );
+  const handler = createHandler({
+    mirror,
+    defaultNamespace: settings.defaultNamespace,
+    metrics,
+    log,
+  });
 
   const named = upstreams.configured().map((u) => u.namespace).join(", ") || "none";
   const announce = (where: string) =>

@@ -9,10 +9,13 @@ import { listTags } from "./api/tags.ts";
 import type { Mirror } from "./cache/mirror.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { resolveName } from "./oci/namespace.ts";
+import type { Metrics } from "./metrics.ts";
 
 export interface ServerOptions {
   mirror: Mirror;
   defaultNamespace: string;
+  /** Request counters, and what GET /metrics renders. */
+  metrics: Metrics;
   /** Access and error log sink (one line per call). */
   log?: (line: string) => void;
 }
@@ -36,6 +39,11 @@ export function createHandler(options: ServerOptions): Handler {
     if (url.pathname.startsWith("/v2")) {
       response.headers.set("docker-distribution-api-version", "registry/2.0");
     }
+    options.metrics.requests.inc({
+      method: request.method,
+      endpoint: endpointOf(url.pathname),
+      status: String(response.status),
+    });
     const elapsed = (performance.now() - started).toFixed(1);
     log(
       `${request.method} ${url.pathname}${url.search} ${response.status} ${
@@ -56,6 +64,12 @@ function router(options: ServerOptions): Handler {
       if (!reading) throw unsupported(request);
       return new Response(request.method === "HEAD" ? null : "ok\n", {
         headers: { "content-type": "text/plain" },
+      });
+    }
+    if (path === "/metrics") {
+      if (!reading) throw unsupported(request);
+      return new Response(request.method === "HEAD" ? null : options.metrics.render(), {
+        headers: { "content-type": "text/plain; version=0.0.4" },
       });
     }
     if (path === "/v2" || path === "/v2/") {
@@ -85,6 +99,16 @@ function router(options: ServerOptions): Handler {
         return await listTags(mirror, name, pathName, url);
     }
   };
+}
+
+/** A low-cardinality name for what a path asks for, for metrics labels. */
+function endpointOf(path: string): string {
+  if (path === "/v2" || path === "/v2/") return "ping";
+  const kind = RESOURCE_PATH.exec(path)?.[2];
+  if (kind) return kind;
+  return path === "/" || path === "/healthz" || path === "/metrics"
+    ? path.slice(1) || "root"
+    : "other";
 }
 
 /** Path segments may be percent-encoded (`sha256%3A...`); a bad escape is a bad reference. */

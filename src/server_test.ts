@@ -9,11 +9,13 @@ import { UpstreamRegistry } from "./config.ts";
 import { digestOf } from "./digest.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "./oci/media_types.ts";
 import { RegistryError } from "./oci/errors.ts";
+import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
 import { FilesystemStorage } from "./storage/filesystem.ts";
 
 interface Fixture {
   url: string;
+  mirror: Mirror;
   upstream: FakeUpstream;
   logs: string[];
 }
@@ -23,21 +25,24 @@ async function withServer(fn: (fixture: Fixture) => Promise<void>) {
   const storage = new FilesystemStorage(root);
   const upstream = new FakeUpstream();
   const logs: string[] = [];
+  const metrics = new Metrics();
   const mirror = new Mirror({
     storage,
     upstream,
     upstreams: new UpstreamRegistry([]),
     spoolDir: storage.tempDir,
     log: (line) => logs.push(line),
+    metrics,
   });
   const handler = createHandler({
     mirror,
     defaultNamespace: "docker.io",
+    metrics,
     log: (l) => logs.push(l),
   });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
   try {
-    await fn({ url: `http://127.0.0.1:${server.addr.port}`, upstream, logs });
+    await fn({ url: `http://127.0.0.1:${server.addr.port}`, mirror, upstream, logs });
   } finally {
     await server.shutdown();
     await mirror.settled();
@@ -208,6 +213,24 @@ Deno.test("tags/list pagination links point back at the mirror, keeping the pref
       byNs.headers.get("link"),
       `</v2/org/app/tags/list?n=1&last=1&ns=quay.io>; rel="next"`,
     );
+  });
+});
+
+Deno.test("GET /metrics counts requests, cache results and upstream requests", async () => {
+  await withServer(async ({ url, mirror, upstream }) => {
+    const digest = upstream.addBlob(randomBytes(1000));
+    for (let i = 0; i < 3; i++) {
+      const response = await fetch(`${url}/v2/library/x/blobs/${digest}`);
+      await response.arrayBuffer();
+      await mirror.settled(); // published: the next request is a hit
+    }
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const has = (line: string) => assert(text.split("\n").includes(line), `${line} in\n${text}`);
+    has('oci_registry_http_requests_total{method="GET",endpoint="blobs",status="200"} 3');
+    has('oci_registry_cache_requests_total{kind="blob",result="miss"} 1');
+    has('oci_registry_cache_requests_total{kind="blob",result="hit"} 2');
+    has('oci_registry_upstream_requests_total{namespace="docker.io",kind="blob",method="GET"} 1');
+    assert(/^process_resident_memory_bytes \d+$/m.test(text), text);
   });
 });
 

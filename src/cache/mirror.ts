@@ -17,6 +17,7 @@ import {
 import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { InflightDownloads } from "./inflight.ts";
+import { Metrics } from "../metrics.ts";
 
 /** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
 export interface Upstream {
@@ -62,6 +63,8 @@ export interface MirrorOptions {
   /** Local directory for download spools (same filesystem as the store, when on disk). */
   spoolDir: string;
   log?: (message: string) => void;
+  /** Where cache results and upstream requests are counted. */
+  metrics?: Metrics;
   /** Clock, for tests. */
   now?: () => number;
 }
@@ -73,6 +76,7 @@ export class Mirror {
   readonly #downloads: InflightDownloads;
   readonly #log: (message: string) => void;
   readonly #now: () => number;
+  readonly #metrics: Metrics;
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
@@ -80,7 +84,8 @@ export class Mirror {
 
   constructor(options: MirrorOptions) {
     this.#storage = options.storage;
-    this.#upstream = options.upstream;
+    this.#metrics = options.metrics ?? new Metrics();
+    this.#upstream = countingUpstream(options.upstream, this.#metrics);
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
@@ -280,6 +285,7 @@ export class Mirror {
     const key = blobKey(digest);
     const info = await this.#storage.stat(key);
     if (info && await this.#blobStillConfirmed(namespace, repository, digest, info.modified)) {
+      this.#count("blob", "hit");
       if (options.method === "HEAD") return { size: info.size };
       const range = options.range?.(info.size);
       const redirect = range ? undefined : await this.#storage.directUrl?.(key);
@@ -288,6 +294,7 @@ export class Mirror {
       if (object) return { size: info.size, body: object.body };
       // Deleted between stat and read: fall through to upstream.
     }
+    this.#count("blob", "miss");
     if (options.method === "HEAD") {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
@@ -326,12 +333,36 @@ export class Mirror {
     }
   }
 
+  #count(kind: "manifest" | "blob", result: "hit" | "miss" | "stale" | "revalidated"): void {
+    this.#metrics.cache.inc({ kind, result });
+  }
+
   // ---- tags ------------------------------------------------------------------------------
 
   /** The upstream's tag list, passed through (with `n` and `last`). */
   listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
     return this.#upstream.tags(namespace, repository, query);
   }
+}
+
+/** Wraps the upstream so that every request made to it is counted. */
+function countingUpstream(upstream: Upstream, metrics: Metrics): Upstream {
+  const count = (namespace: string, kind: string, method: string) =>
+    metrics.upstream.inc({ namespace, kind, method });
+  return {
+    manifest: (namespace, repository, reference, init) => {
+      count(namespace, "manifest", init.method);
+      return upstream.manifest(namespace, repository, reference, init);
+    },
+    blob: (namespace, repository, digest, init) => {
+      count(namespace, "blob", init.method);
+      return upstream.blob(namespace, repository, digest, init);
+    },
+    tags: (namespace, repository, query, signal) => {
+      count(namespace, "tags", "GET");
+      return upstream.tags(namespace, repository, query, signal);
+    },
+  };
 }
 
 /** Upstream failures after which cached content is served rather than an error. */
