@@ -12,6 +12,7 @@ import { digestOf, Hasher } from "../src/digest.ts";
 import { blobKey, manifestKey, tagKey, type TagLink } from "../src/storage/layout.ts";
 import type { Storage } from "../src/storage/storage.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";
+import { pathExists } from "./support/tools.ts";
 
 export interface StorageFixture {
   storage: Storage;
@@ -401,7 +402,7 @@ const CASES: Record<string, Case> = {
     await storage.publishFile(key, path, { digest, size: bytes.byteLength });
     assertEquals((await storage.stat(key))?.size, bytes.byteLength);
     assertEquals(await bytesOf((await storage.read(key))!.body), bytes);
-    assert(!(await exists(path)), "the spool file is consumed");
+    assert(!(await pathExists(path)), "the spool file is consumed");
     // Without options (the caller verified while downloading).
     const small = encoder.encode("small blob");
     const smallKey = blobKey(digestOf(small));
@@ -426,7 +427,7 @@ const CASES: Record<string, Case> = {
     assertEquals(await storage.stat(blobKey(wrong)), null);
     assertEquals(await storage.stat(blobKey(digest)), null);
     // A rejected file stays where it was, for the caller to remove.
-    assert(await exists(path), "the rejected spool file is left to the caller");
+    assert(await pathExists(path), "the rejected spool file is left to the caller");
     await Deno.remove(path);
     assertEquals(await rawKeys(), [], "nothing left behind");
   },
@@ -458,7 +459,7 @@ const CASES: Record<string, Case> = {
       );
       await assertRejects(() => storage.publishFile(key, path), TypeError);
       await assertRejects(() => storage.delete(key), TypeError);
-      assert(await exists(path), `spool untouched by ${label}`);
+      assert(await pathExists(path), `spool untouched by ${label}`);
     }
     for (const prefix of ["../", "/", "blobs/../../", "a//"]) {
       await assertRejects(() => collect(storage.list(prefix)), TypeError);
@@ -589,15 +590,6 @@ async function pool<T>(items: T[], size: number, fn: (item: T) => Promise<void>)
   await Promise.all(Array.from({ length: size }, async () => {
     while (next < items.length) await fn(items[next++]);
   }));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function mb(bytes: number): string {

@@ -5,7 +5,8 @@ import { S3Storage, type S3StorageOptions } from "../src/storage/s3.ts";
 import { blobKey } from "../src/storage/layout.ts";
 import { digestOf } from "../src/digest.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";
-import { freePort, type S3rver, startS3rver } from "./support/s3rver.ts";
+import { type S3rver, startS3rver } from "./support/s3rver.ts";
+import { freePort } from "./support/tools.ts";
 import { pattern, storageContract } from "./storage_contract.ts";
 
 let server: S3rver | undefined;

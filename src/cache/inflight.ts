@@ -12,6 +12,7 @@
  * download is never delivered whole: readers are errored instead and the client's response is
  * cut short. Only verified spools are published to storage.
  */
+import { concatBytes } from "../bytes.ts";
 import { Hasher, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
@@ -318,7 +319,7 @@ class SpoolWriter {
     if (this.#inFlight || this.#pendingBytes === 0 || this.#error !== undefined) return;
     const data = this.#pending.length === 1
       ? this.#pending[0]
-      : concat(this.#pending, this.#pendingBytes);
+      : concatBytes(this.#pending, this.#pendingBytes);
     this.#pending = [];
     this.#pendingBytes = 0;
     this.#inFlight = writeAll(this.#file, data).then(
@@ -337,16 +338,6 @@ class SpoolWriter {
   #throwIfFailed(): void {
     if (this.#error !== undefined) throw this.#error;
   }
-}
-
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  const data = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    data.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return data;
 }
 
 async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {

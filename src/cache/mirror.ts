@@ -3,6 +3,7 @@
  * upstream whether a tag moved, fetching a miss, and serving stale content when upstream is
  * unreachable. It knows nothing of HTTP routing; api/ turns its results into responses.
  */
+import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { isUnavailable, RegistryError } from "../oci/errors.ts";
@@ -412,11 +413,5 @@ async function readLimited(
     }
     chunks.push(chunk);
   }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
+  return concatBytes(chunks, total);
 }

@@ -11,7 +11,7 @@
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { buildImage, type Image, pushImage, skopeoPullDir } from "../support/images.ts";
 import { startMirror } from "../support/mirror.ts";
-import { startS3rver } from "../support/s3rver.ts";
+import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { startUpstream } from "../support/upstream.ts";
 import { freePort, REPO_ROOT, run, sha256File, type TempDir, tempDir } from "../support/tools.ts";
 
@@ -177,19 +177,7 @@ Deno.test("the bundled program runs on its own and pulls byte-exact images", asy
         command: bundle.command,
         env: bundle.env,
         upstreams: [{ namespace: NS, host: up.host, tls: false }],
-        storageArgs: [
-          "s3",
-          "--bucket",
-          s3.bucket,
-          "--endpoint",
-          s3.endpoint,
-          "--prefix",
-          "bundle/",
-          "--access-key",
-          s3.options.accessKeyId,
-          "--secret-key",
-          s3.options.secretAccessKey,
-        ],
+        storageArgs: s3MirrorArgs(s3, "--prefix", "bundle/"),
       });
       assertMatch(mirror.logs(), /storage: s3\b/);
       await pullAndCompare(mirror.host, "library/s3", image);

@@ -8,9 +8,9 @@ import { createHash } from "node:crypto";
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { buildImage, pushImage, pushRandomBlob, skopeoPullDir } from "../support/images.ts";
 import { type MirrorOptions, startMirror } from "../support/mirror.ts";
-import { startS3rver } from "../support/s3rver.ts";
+import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
-import { delay, sha256File, tempDir, waitFor } from "../support/tools.ts";
+import { delay, pathExists, sha256File, tempDir, waitFor } from "../support/tools.ts";
 
 const NS = "registry.test";
 
@@ -24,17 +24,7 @@ const BACKENDS: Record<string, () => Promise<Backend>> = {
   s3: async () => {
     const s3 = await startS3rver("mirror-cache");
     return {
-      storageArgs: [
-        "s3",
-        "--bucket",
-        s3.bucket,
-        "--endpoint",
-        s3.endpoint,
-        "--access-key",
-        "S3RVER",
-        "--secret-key",
-        "S3RVER",
-      ],
+      storageArgs: s3MirrorArgs(s3),
       [Symbol.asyncDispose]: () => s3.stop(),
     };
   },
@@ -237,7 +227,7 @@ testEachBackend(
 
     if (mirror.root) {
       const blobPath = `${mirror.root}/blobs/sha256/${blob.sha256.slice(0, 2)}/${blob.sha256}`;
-      assertEquals(await exists(blobPath), false, "no blob published by the killed process");
+      assertEquals(await pathExists(blobPath), false, "no blob published by the killed process");
     }
     // Restarted with upstream down: the half-downloaded blob must not be served.
     await up.stop();
@@ -304,13 +294,4 @@ async function sha256Of(response: Response): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of response.body!) hash.update(chunk);
   return hash.digest("hex");
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

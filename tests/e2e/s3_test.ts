@@ -6,26 +6,11 @@ import { createHash } from "node:crypto";
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { buildImage, pushImage, pushRandomBlob, skopeoPullDir } from "../support/images.ts";
 import { startMirror } from "../support/mirror.ts";
-import { startS3rver } from "../support/s3rver.ts";
+import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { startUpstream } from "../support/upstream.ts";
 import { sha256File, tempDir } from "../support/tools.ts";
 
 const NS = "registry.test";
-
-function s3Args(endpoint: string, bucket: string, ...extra: string[]): string[] {
-  return [
-    "s3",
-    "--bucket",
-    bucket,
-    "--endpoint",
-    endpoint,
-    "--access-key",
-    "S3RVER",
-    "--secret-key",
-    "S3RVER",
-    ...extra,
-  ];
-}
 
 async function sha256Of(response: Response): Promise<string> {
   const hash = createHash("sha256");
@@ -40,11 +25,11 @@ Deno.test("two mirrors sharing one bucket: what one cached the other serves with
     const upstreams = [{ namespace: NS, host: up.host, tls: false }];
     await using first = await startMirror({
       upstreams,
-      storageArgs: s3Args(s3.endpoint, s3.bucket),
+      storageArgs: s3MirrorArgs(s3),
     });
     await using second = await startMirror({
       upstreams,
-      storageArgs: s3Args(s3.endpoint, s3.bucket),
+      storageArgs: s3MirrorArgs(s3),
     });
     const image = await pushImage(up, "library/shared", "1", buildImage({ layers: 3 }));
     await using dest = await tempDir();
@@ -67,7 +52,7 @@ Deno.test("a 512 MiB blob pulled cold through the S3-backed mirror is byte-exact
   try {
     await using mirror = await startMirror({
       upstreams: [{ namespace: NS, host: up.host, tls: false }],
-      storageArgs: s3Args(s3.endpoint, s3.bucket),
+      storageArgs: s3MirrorArgs(s3),
     });
     const blob = await pushRandomBlob(up, "library/huge", 512 << 20);
     const path = `/v2/library/huge/blobs/${blob.digest}?ns=${NS}`;
@@ -96,7 +81,7 @@ Deno.test("--s3-redirect: blob GETs answer 307 to a presigned S3 URL, manifests 
   try {
     await using mirror = await startMirror({
       upstreams: [{ namespace: NS, host: up.host, tls: false }],
-      storageArgs: s3Args(s3.endpoint, s3.bucket, "--s3-redirect"),
+      storageArgs: s3MirrorArgs(s3, "--s3-redirect"),
     });
     const image = await pushImage(up, "library/redirected", "1", buildImage());
     await using dest = await tempDir();

@@ -39,6 +39,22 @@ export interface S3rver {
   stop(): Promise<void>;
 }
 
+/** The mirror's command line for this server's bucket: `s3 --bucket ... [extra flags]`. */
+export function s3MirrorArgs(s3: S3rver, ...extra: string[]): string[] {
+  return [
+    "s3",
+    "--bucket",
+    s3.bucket,
+    "--endpoint",
+    s3.endpoint,
+    "--access-key",
+    s3.options.accessKeyId,
+    "--secret-key",
+    s3.options.secretAccessKey,
+    ...extra,
+  ];
+}
+
 export async function startS3rver(bucket = "test-bucket"): Promise<S3rver> {
   const dir = await Deno.makeTempDir({ prefix: "s3rver-" });
   const child = new Deno.Command(Deno.execPath(), {
@@ -112,14 +128,6 @@ export async function startS3rver(bucket = "test-bucket"): Promise<S3rver> {
     resume: () => child.kill("SIGCONT"),
     stop,
   };
-}
-
-/** A port nobody listens on right now. */
-export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 /** The subprocess: s3rver on 127.0.0.1 and an ephemeral port, data in Deno.args[0]. */

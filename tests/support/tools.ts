@@ -178,6 +178,16 @@ export function freePort(): number {
   throw new Error("freePort: could not find an unused port");
 }
 
+/** True when `path` exists (file, directory or anything else). */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export async function isListening(port: number, hostname = "127.0.0.1"): Promise<boolean> {
   try {
