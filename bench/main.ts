@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { httpGet, mibPerSecond, receiverName } from "./http.ts";
 import { load, type LoadResult } from "./load.ts";
-import { fmt, median, type Row, table } from "./report.ts";
+import { fmt, median, type Row, runs, table } from "./report.ts";
 import {
   addBlob,
   addManifest,
@@ -191,6 +191,7 @@ async function startup(fx: Fixture, plan: Plan) {
     oci: median(times.oci),
     dist: median(times.dist),
     limit: median(times.nginx),
+    runs: { oci: times.oci, dist: times.dist, limit: times.nginx },
     lowerIsBetter: true,
   });
   rows.push({
@@ -199,6 +200,7 @@ async function startup(fx: Fixture, plan: Plan) {
     oci: mb(median(idle.oci)),
     dist: mb(median(idle.dist)),
     limit: mb(median(idle.nginx)),
+    runs: { oci: idle.oci.map(mb), dist: idle.dist.map(mb), limit: idle.nginx.map(mb) },
     lowerIsBetter: true,
     target: "< 60 MB",
     met: mb(median(idle.oci)) < 60,
@@ -249,6 +251,7 @@ async function blob(fx: Fixture, plan: Plan) {
       oci,
       dist: d,
       limit: n,
+      runs: { oci: speeds["oci-registry"], dist: speeds.distribution, limit: speeds.nginx },
       target: ">= 1.0x dist, >= 0.6x nginx",
       met: oci >= d && oci >= 0.6 * n,
     });
@@ -373,6 +376,7 @@ async function s3(fx: Fixture, plan: Plan) {
         oci,
         dist: blobRow?.dist,
         limit: blobRow?.limit,
+        runs: { oci: speeds[which] },
         text: {
           dist: blobRow?.dist !== undefined ? `${fmt(blobRow.dist)} (fs)` : "",
           limit: blobRow?.limit !== undefined ? `${fmt(blobRow.limit)} (fs)` : "",
@@ -476,6 +480,11 @@ async function manifest(fx: Fixture, plan: Plan) {
         oci,
         dist: d,
         limit: rps("nginx"),
+        runs: {
+          oci: get("oci-registry").map((r) => r.rps),
+          dist: get("distribution").map((r) => r.rps),
+          limit: get("nginx").map((r) => r.rps),
+        },
         target: method === "GET" ? ">= 10x dist" : undefined,
         met: method === "GET" ? oci >= 10 * d : undefined,
       });
@@ -485,6 +494,11 @@ async function manifest(fx: Fixture, plan: Plan) {
         oci: p99("oci-registry"),
         dist: p99("distribution"),
         limit: p99("nginx"),
+        runs: {
+          oci: get("oci-registry").map((r) => r.p99Ms),
+          dist: get("distribution").map((r) => r.p99Ms),
+          limit: get("nginx").map((r) => r.p99Ms),
+        },
         lowerIsBetter: true,
         target: "< 20 ms",
         met: p99("oci-registry") < 20,
@@ -548,6 +562,11 @@ async function cold(fx: Fixture, plan: Plan) {
     oci: oci / 1000,
     dist: d / 1000,
     limit: direct_ / 1000,
+    runs: {
+      oci: times.oci.map((t) => t / 1000),
+      dist: times.dist.map((t) => t / 1000),
+      limit: times.direct.map((t) => t / 1000),
+    },
     lowerIsBetter: true,
     target: "<= 1.2x direct",
     met: oci <= 1.2 * direct_,
@@ -556,6 +575,7 @@ async function cold(fx: Fixture, plan: Plan) {
     measure: `RSS added during cold ${label} pull-through`,
     unit: "MB",
     oci: mb(median(added)),
+    runs: { oci: added.map(mb) },
     lowerIsBetter: true,
     target: "adds < 32 MB",
     met: mb(median(added)) < 32,
@@ -621,6 +641,11 @@ async function concurrent(fx: Fixture, plan: Plan) {
       oci: median(times.oci) / 1000,
       dist: median(times.dist) / 1000,
       limit: median(times.direct) / 1000,
+      runs: {
+        oci: times.oci.map((t) => t / 1000),
+        dist: times.dist.map((t) => t / 1000),
+        limit: times.direct.map((t) => t / 1000),
+      },
       lowerIsBetter: true,
     });
   }
@@ -786,6 +811,7 @@ async function main(): Promise<number> {
     "",
     table(rows),
     "",
+    ...runs(rows),
     ...(notes.length ? ["Notes:", "", ...notes.map((n) => `- ${n}`), ""] : []),
   ].join("\n");
   await Deno.writeTextFile(output, text);

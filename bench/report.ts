@@ -9,6 +9,8 @@ export interface Row {
   limit?: number;
   /** Text shown instead of the plain number, per column. */
   text?: { oci?: string; dist?: string; limit?: string };
+  /** Every repetition behind the medians, in the row's unit. */
+  runs?: { oci?: number[]; dist?: number[]; limit?: number[] };
   /** For the reader: which direction is better. */
   lowerIsBetter?: boolean;
   target?: string;
@@ -66,4 +68,23 @@ export function table(rows: Row[]): string {
     ]);
   }
   return lines.map((cells) => `| ${cells.join(" | ")} |`).join("\n");
+}
+
+/** Lines listing every repetition of the rows that had more than one. */
+export function runs(rows: Row[]): string[] {
+  const lines: string[] = [];
+  for (const row of rows) {
+    const parts: string[] = [];
+    for (
+      const [name, values] of [
+        ["oci-registry", row.runs?.oci],
+        ["distribution", row.runs?.dist],
+        ["limit", row.runs?.limit],
+      ] as const
+    ) {
+      if (values && values.length > 1) parts.push(`${name} ${values.map(fmt).join(", ")}`);
+    }
+    if (parts.length) lines.push(`- ${row.measure} (${row.unit}): ${parts.join("; ")}`);
+  }
+  return lines.length ? ["Every run behind the medians:", "", ...lines, ""] : [];
 }
