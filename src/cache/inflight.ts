@@ -1,26 +1,31 @@
 /**
  * Single-flight, streaming blob downloads.
  *
- * The first request for a missing blob starts ONE upstream download that is hashed as it
- * arrives and written to a spool file. Every request for the same digest, concurrent or later,
- * follows the download at its own pace: readers at the head copy the newest bytes straight from
- * memory (the disk write is not on their path), readers further behind read the spool file with
- * their own handle. A slow client never slows the download, a fast one never waits for the
- * whole blob, and memory per download is bounded whatever the blob size.
+ * The first request for a missing blob starts ONE upstream download. Its bytes are read
+ * straight into a small ring of fixed blocks (no per-chunk allocation), hashed, and written
+ * block by block to a spool file. Every request for the same digest, concurrent or later,
+ * follows the download at its own pace: readers near the head copy from the ring (the disk
+ * write is not on their path), readers further behind read the spool with their own handle. A
+ * slow client never slows the download, a fast one never waits for the whole blob, and memory
+ * per download is the ring (BLOCK_SIZE x RING_BLOCKS) whatever the blob size.
  *
  * The last byte is held back from every reader until the digest is verified, so a corrupt
  * download is never delivered whole: readers are errored instead and the client's response is
  * cut short. Only verified spools are published to storage.
  */
-import { concatBytes } from "../bytes.ts";
 import { Hasher, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
 
+/** Bytes per ring block, and per spool write: large writes are what make the disk keep up. */
+const BLOCK_SIZE = 1 << 20;
+/** Blocks in the ring: how far the network may run ahead of the disk, plus a tail for readers. */
+const RING_BLOCKS = 4;
+/** Buffer for reading the network body. */
+const RECEIVE_SIZE = 256 * 1024;
+/** Buffer a client's stream reads into. */
 const READ_CHUNK = 1 << 20;
-/** Bytes already on disk that stay in memory too, for readers just behind the head. */
-const MEMORY_TAIL = 4 << 20;
 
 /**
  * Starts the upstream GET for a digest; resolves once headers arrived (2xx only), or to null
@@ -29,12 +34,6 @@ const MEMORY_TAIL = 4 << 20;
 export type FetchBlob = () => Promise<Response | null>;
 
 type State = "downloading" | "verified" | "failed";
-
-/** A received chunk and where it sits in the blob. */
-interface Segment {
-  offset: number;
-  bytes: Uint8Array;
-}
 
 export class Download {
   readonly digest: string;
@@ -49,8 +48,10 @@ export class Download {
   #received = 0;
   /** Bytes on disk in the spool so far. */
   #written = 0;
-  /** The newest received bytes, oldest first: everything not yet on disk plus a tail. */
-  #memory: Segment[] = [];
+  /** Block `b` of the blob lives in `#ring[b % RING_BLOCKS]` while `b >= #oldestInRing`. */
+  #ring: Uint8Array[] = [];
+  #oldestInRing = 0;
+  #writeFailure: unknown;
   #wake: (() => void)[] = [];
   #storage: Storage;
   #spool: Deno.FsFile;
@@ -80,12 +81,9 @@ export class Download {
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
     const hasher = new Hasher(parseDigest(this.digest).algorithm);
-    const writer = new SpoolWriter(this.#spool, (bytes) => {
-      this.#written += bytes;
-      this.#trimMemory();
-    });
+    let writing: Promise<void> = Promise.resolve();
     try {
-      for await (const chunk of body) {
+      for await (const chunk of bodyChunks(body)) {
         if (
           this.expectedSize !== undefined && this.#received + chunk.byteLength > this.expectedSize
         ) {
@@ -95,10 +93,27 @@ export class Download {
           );
         }
         hasher.update(chunk);
-        this.#memory.push({ offset: this.#received, bytes: chunk });
-        this.#received += chunk.byteLength;
+        let offset = 0;
+        while (offset < chunk.byteLength) {
+          const position = this.#received;
+          const block = Math.floor(position / BLOCK_SIZE);
+          const within = position % BLOCK_SIZE;
+          if (within === 0) {
+            // Starting a block evicts the one RING_BLOCKS back: it must be on disk first.
+            while (this.#written < (block - RING_BLOCKS + 1) * BLOCK_SIZE) {
+              if (this.#writeFailure !== undefined) throw this.#writeFailure;
+              await this.#changed();
+            }
+            this.#oldestInRing = Math.max(0, block - RING_BLOCKS + 1);
+          }
+          const slot = this.#slot(block);
+          const n = Math.min(chunk.byteLength - offset, BLOCK_SIZE - within);
+          slot.set(chunk.subarray(offset, offset + n), within);
+          offset += n;
+          this.#received += n;
+          if (within + n === BLOCK_SIZE) writing = this.#writeBlock(writing, block, BLOCK_SIZE);
+        }
         this.#notify();
-        await writer.append(chunk);
       }
       const actual = hasher.digest();
       if (actual !== this.digest) {
@@ -115,7 +130,11 @@ export class Download {
       }
       this.#state = "verified";
       this.#notify();
-      await writer.flush();
+      const partial = this.#received % BLOCK_SIZE;
+      if (partial > 0) {
+        writing = this.#writeBlock(writing, Math.floor(this.#received / BLOCK_SIZE), partial);
+      }
+      await writing;
     } catch (e) {
       this.#state = "failed";
       this.#error = e instanceof RegistryError ? e : new RegistryError(
@@ -126,15 +145,16 @@ export class Download {
       log(`blob ${this.digest}: ${(this.#error as Error).message}`);
       await body.cancel().catch(() => {});
     } finally {
-      await writer.flush().catch(() => {});
+      await writing.catch(() => {});
       this.#spool.close();
       this.#notify();
     }
     if (this.#state === "failed") {
-      this.#memory = [];
+      this.#releaseRing();
       await Deno.remove(this.spoolPath).catch(() => {});
       throw this.#error;
     }
+    this.#releaseRing(); // everything is on disk now; readers use the file
     try {
       await this.#storage.publishFile(blobKey(this.digest), this.spoolPath, {
         size: this.#received,
@@ -142,42 +162,52 @@ export class Download {
     } catch (e) {
       log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
       await Deno.remove(this.spoolPath).catch(() => {});
-    } finally {
-      this.#memory = []; // all on disk now; late readers use the file
     }
   }
 
-  /** Drops in-memory segments that are on disk and older than the tail readers may want. */
-  #trimMemory(): void {
-    let drop = 0;
-    while (
-      drop < this.#memory.length &&
-      this.#memory[drop].offset + this.#memory[drop].bytes.byteLength <= this.#written &&
-      this.#received - (this.#memory[drop].offset + this.#memory[drop].bytes.byteLength) >=
-        MEMORY_TAIL
-    ) drop++;
-    if (drop > 0) this.#memory.splice(0, drop);
+  /** The ring slot for `block`, allocated on first use (small blobs get small slots). */
+  #slot(block: number): Uint8Array {
+    const index = block % RING_BLOCKS;
+    if (!this.#ring[index]) {
+      const left = this.expectedSize === undefined
+        ? BLOCK_SIZE
+        : this.expectedSize - block * BLOCK_SIZE;
+      this.#ring[index] = new Uint8Array(Math.max(1, Math.min(BLOCK_SIZE, left)));
+    }
+    return this.#ring[index];
   }
 
-  /** Copies bytes at `position` from memory into `view`; 0 when they are not in memory. */
-  #copyFromMemory(position: number, view: Uint8Array): number {
-    const memory = this.#memory;
-    if (memory.length === 0 || position < memory[0].offset) return 0;
-    let low = 0;
-    let high = memory.length - 1;
-    while (low < high) { // last segment starting at or before position
-      const mid = (low + high + 1) >> 1;
-      if (memory[mid].offset <= position) low = mid;
-      else high = mid - 1;
-    }
+  /** Queues the write of `length` bytes of `block` after `previous`; one write at a time. */
+  #writeBlock(previous: Promise<void>, block: number, length: number): Promise<void> {
+    return previous.then(async () => {
+      const data = this.#ring[block % RING_BLOCKS].subarray(0, length);
+      let offset = 0;
+      while (offset < length) offset += await this.#spool.write(data.subarray(offset));
+      this.#written += length;
+      this.#notify();
+    }).catch((e) => {
+      this.#writeFailure ??= e;
+      this.#notify();
+      throw e;
+    });
+  }
+
+  #releaseRing(): void {
+    this.#oldestInRing = Infinity;
+    this.#ring = [];
+  }
+
+  /** Copies bytes at `position` (below `limit`) from the ring into `view`; 0 when not there. */
+  #copyFromRing(position: number, limit: number, view: Uint8Array): number {
     let copied = 0;
-    for (let i = low; i < memory.length && copied < view.byteLength; i++) {
-      const { offset, bytes } = memory[i];
-      const from = position + copied - offset;
-      if (from >= bytes.byteLength) continue;
-      const part = bytes.subarray(from, from + view.byteLength - copied);
-      view.set(part, copied);
-      copied += part.byteLength;
+    while (copied < view.byteLength && position + copied < limit) {
+      const at = position + copied;
+      const block = Math.floor(at / BLOCK_SIZE);
+      if (block < this.#oldestInRing) break;
+      const within = at % BLOCK_SIZE;
+      const n = Math.min(view.byteLength - copied, BLOCK_SIZE - within, limit - at);
+      view.set(this.#ring[block % RING_BLOCKS].subarray(within, within + n), copied);
+      copied += n;
     }
     return copied;
   }
@@ -225,9 +255,9 @@ export class Download {
                 0,
                 limit - position,
               );
-              let n = this.#copyFromMemory(position, view);
+              let n = this.#copyFromRing(position, limit, view);
               if (n === 0) {
-                // Behind the in-memory tail: this part is on disk.
+                // Behind the ring: this part is on disk.
                 if (filePosition !== position) {
                   await handle.seek(position, Deno.SeekMode.Start);
                   filePosition = position;
@@ -279,73 +309,31 @@ export class Download {
   }
 }
 
-/** Most bytes a download holds in memory while the spool write before them is under way. */
-const MAX_PENDING = 8 << 20;
-
 /**
- * Appends to the spool with at most one write in flight, coalescing the chunks that arrive
- * meanwhile into the next write: far fewer write calls than one per network chunk, while the
- * network read, the hashing and the disk write overlap.
+ * The chunks of a body, read with BYOB into one reused buffer when the body is a byte stream
+ * (each chunk is only valid until the next is asked for), else as the body hands them out.
  */
-class SpoolWriter {
-  readonly #file: Deno.FsFile;
-  readonly #onWritten: (bytes: number) => void;
-  #pending: Uint8Array[] = [];
-  #pendingBytes = 0;
-  #inFlight: Promise<void> | undefined;
-  #error: unknown;
-
-  constructor(file: Deno.FsFile, onWritten: (bytes: number) => void) {
-    this.#file = file;
-    this.#onWritten = onWritten;
+async function* bodyChunks(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let reader: ReadableStreamBYOBReader;
+  try {
+    reader = body.getReader({ mode: "byob" });
+  } catch {
+    yield* body;
+    return;
   }
-
-  async append(chunk: Uint8Array): Promise<void> {
-    this.#throwIfFailed();
-    this.#pending.push(chunk);
-    this.#pendingBytes += chunk.byteLength;
-    this.#pump();
-    while (this.#pendingBytes >= MAX_PENDING && this.#inFlight) await this.#inFlight;
-    this.#throwIfFailed();
-  }
-
-  /** Resolves once everything appended is on disk. */
-  async flush(): Promise<void> {
-    while (this.#inFlight) await this.#inFlight;
-    this.#throwIfFailed();
-  }
-
-  #pump(): void {
-    if (this.#inFlight || this.#pendingBytes === 0 || this.#error !== undefined) return;
-    const data = this.#pending.length === 1
-      ? this.#pending[0]
-      : concatBytes(this.#pending, this.#pendingBytes);
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    this.#inFlight = writeAll(this.#file, data).then(
-      () => {
-        this.#inFlight = undefined;
-        this.#onWritten(data.byteLength);
-        this.#pump();
-      },
-      (e) => {
-        this.#inFlight = undefined;
-        this.#error = e;
-      },
-    );
-  }
-
-  #throwIfFailed(): void {
-    if (this.#error !== undefined) throw this.#error;
+  let buffer = new Uint8Array(RECEIVE_SIZE);
+  try {
+    while (true) {
+      const { done, value } = await reader.read(buffer);
+      if (done) return;
+      yield value;
+      buffer = new Uint8Array(value.buffer); // the same memory, handed back after the read
+    }
+  } finally {
+    reader.releaseLock();
   }
 }
 
-async function writeAll(file: Deno.FsFile, chunk: Uint8Array): Promise<void> {
-  let offset = 0;
-  while (offset < chunk.byteLength) offset += await file.write(chunk.subarray(offset));
-}
-
-/** The set of downloads under way, at most one per digest. */
 export class InflightDownloads {
   readonly #downloads = new Map<string, Promise<Download | null>>();
   readonly #spoolDir: string;

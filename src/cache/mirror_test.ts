@@ -168,6 +168,35 @@ Deno.test("readers stream while the download is still running", async () => {
   });
 });
 
+Deno.test("readers far behind the download read the spool; readers at the head the ring", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const bytes = randomBytes(12 * 1024 * 1024 + 7);
+    const digest = upstream.addBlob(bytes);
+    upstream.byteStreams = true;
+    upstream.chunkSize = 256 * 1024;
+    const slow = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const fast = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const slowReader = slow.body!.getReader();
+    const first = await slowReader.read(); // then falls far behind
+    const fastBytes = await readAll(fast.body!);
+    assertEquals(digestOf(fastBytes), digest);
+    const rest = await readAll(
+      new ReadableStream({
+        pull: async (controller) => {
+          const { done, value } = await slowReader.read();
+          if (done) controller.close();
+          else controller.enqueue(value);
+        },
+      }),
+    );
+    const slowBytes = new Uint8Array(first.value!.byteLength + rest.byteLength);
+    slowBytes.set(first.value!);
+    slowBytes.set(rest, first.value!.byteLength);
+    assertEquals(digestOf(slowBytes), digest);
+    assertEquals(upstream.count("blob", "GET"), 1);
+  });
+});
+
 Deno.test("a lying blob upstream: readers are cut off, nothing is stored, a later honest fetch heals", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const bytes = randomBytes(300_000);

@@ -645,6 +645,10 @@ async function readText(
  * `idleMs` while the consumer is waiting. The timer only runs during a pending upstream read
  * (highWaterMark 0: no read-ahead), so a slow consumer never trips it. Mid-body network errors
  * become UNAVAILABLE too; an abort by the caller's signal surfaces as its reason.
+ *
+ * The result is a byte stream: a consumer's BYOB reads go straight through to the network
+ * body when it is a byte stream too (Deno's fetch bodies are), so the bytes land in the
+ * consumer's own buffer with no copy and no per-chunk allocation.
  */
 export function withIdleTimeout(
   body: ReadableStream<Uint8Array>,
@@ -652,41 +656,58 @@ export function withIdleTimeout(
   where: string,
   signal?: AbortSignal,
 ): ReadableStream<Uint8Array> {
-  const reader = body.getReader();
+  let byob: ReadableStreamBYOBReader | undefined;
+  let plain: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  try {
+    byob = body.getReader({ mode: "byob" });
+  } catch {
+    plain = body.getReader(); // e.g. node:https bodies (accept_invalid_certs)
+  }
+  const reader = (byob ?? plain)!;
   let timer: ReturnType<typeof setTimeout> | undefined;
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
+  const stalledError = () =>
+    new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`);
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: 64 * 1024,
+    async pull(controller: ReadableByteStreamController) {
       let stalled = false;
       timer = setTimeout(() => {
         stalled = true;
         reader.cancel().catch(() => {});
       }, idleMs);
       try {
-        const { done, value } = await reader.read();
-        if (stalled) {
-          controller.error(
-            new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`),
-          );
-        } else if (done) {
-          controller.close();
+        // autoAllocateChunkSize guarantees a request, whatever kind of reader the consumer has.
+        const request = controller.byobRequest!;
+        if (byob) {
+          const { done, value } = await byob.read(request.view as Uint8Array);
+          if (stalled) throw stalledError();
+          if (done) {
+            controller.close();
+            if (value) request.respondWithNewView(value);
+          } else {
+            request.respondWithNewView(value);
+          }
         } else {
-          controller.enqueue(value);
+          const { done, value } = await plain!.read();
+          if (stalled) throw stalledError();
+          if (done) {
+            controller.close();
+            request.respond(0);
+          } else {
+            controller.enqueue(value);
+          }
         }
       } catch (e) {
         if (signal?.aborted) controller.error(signal.reason);
-        else if (stalled) {
-          controller.error(
-            new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`),
-          );
-        } else if (e instanceof RegistryError) controller.error(e);
+        else if (stalled) controller.error(stalledError());
+        else if (e instanceof RegistryError) controller.error(e);
         else {
           controller.error(
             new RegistryError(
               "UNAVAILABLE",
               `connection to ${where} failed mid-body: ${networkReason(e)}`,
-              {
-                cause: e,
-              },
+              { cause: e },
             ),
           );
         }

@@ -27,6 +27,8 @@ export class FakeUpstream implements Upstream {
   /** Delay between blob chunks, to make downloads observable in flight. */
   chunkDelayMs = 0;
   chunkSize = 64 * 1024;
+  /** Serve blob bodies as byte streams (like Deno's fetch) instead of plain streams. */
+  byteStreams = false;
 
   addManifest(tag: string, document: unknown): string {
     const bytes = encoder.encode(JSON.stringify(document));
@@ -73,14 +75,21 @@ export class FakeUpstream implements Upstream {
     if (init.method === "HEAD") return Promise.resolve(new Response(null, { headers }));
     let offset = 0;
     const { chunkDelayMs, chunkSize } = this;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (chunkDelayMs) await new Promise((r) => setTimeout(r, chunkDelayMs));
-        if (offset >= bytes.byteLength) return controller.close();
-        controller.enqueue(bytes.slice(offset, offset + chunkSize));
-        offset += chunkSize;
-      },
-    });
+    const pull = async (
+      controller: ReadableStreamDefaultController | ReadableByteStreamController,
+    ) => {
+      if (chunkDelayMs) await new Promise((r) => setTimeout(r, chunkDelayMs));
+      if (offset >= bytes.byteLength) {
+        controller.close();
+        (controller as ReadableByteStreamController).byobRequest?.respond(0);
+        return;
+      }
+      controller.enqueue(bytes.slice(offset, offset + chunkSize));
+      offset += chunkSize;
+    };
+    const body = this.byteStreams
+      ? new ReadableStream({ type: "bytes", pull })
+      : new ReadableStream<Uint8Array>({ pull });
     return Promise.resolve(new Response(body, { headers }));
   }
 
