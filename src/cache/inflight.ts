@@ -14,6 +14,7 @@
  * cut short. Only verified spools are published to storage.
  */
 import { Hasher, parseDigest } from "../digest.ts";
+import { noteStreamed } from "../memory.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
@@ -268,6 +269,7 @@ export class Download {
               }
               position += n;
               controller.byobRequest!.respond(n);
+              noteStreamed(n);
               return;
             }
             if (this.#state === "verified" && position >= limit) {

@@ -7,6 +7,7 @@
  * removes what a crashed predecessor left in `root/.tmp/`. A second process sharing the root
  * works too but leaves the temp directory alone.
  */
+import { noteStreamed } from "../memory.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { Hasher, parseDigest } from "../digest.ts";
 import {
@@ -381,6 +382,7 @@ export function fileStream(file: Deno.FsFile, length: number): ReadableStream<Ui
         }
         remaining -= n;
         request.respond(n);
+        noteStreamed(n);
         if (remaining <= 0) {
           close();
           controller.close();

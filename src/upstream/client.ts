@@ -15,12 +15,10 @@
  * `accept_invalid_certs: true` are fetched through node:https with `rejectUnauthorized: false`,
  * which Deno implements for real; everything else uses fetch with full verification.
  */
-import https from "node:https";
-import type { IncomingMessage } from "node:http";
-import { Readable } from "node:stream";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { AddressPolicy } from "./address_policy.ts";
+import type { InsecureTransport } from "./insecure_transport.ts";
 import {
   basicAuthorization,
   type Challenge,
@@ -81,7 +79,8 @@ export class UpstreamClient {
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
   readonly #basicUpstreams = new Set<string>();
   #http: Deno.HttpClient | undefined;
-  #insecureAgent: https.Agent | undefined;
+  /** Loaded on first use: node:https is only needed for accept_invalid_certs upstreams. */
+  #insecure: Promise<InsecureTransport> | undefined;
   readonly #insecureLogged = new Set<string>();
   #closed = false;
 
@@ -170,8 +169,8 @@ export class UpstreamClient {
     this.#closed = true;
     this.#http?.close();
     this.#http = undefined;
-    this.#insecureAgent?.destroy();
-    this.#insecureAgent = undefined;
+    this.#insecure?.then((transport) => transport.close());
+    this.#insecure = undefined;
     this.#tokens.clear();
   }
 
@@ -439,13 +438,14 @@ export class UpstreamClient {
 
   #transport(upstream: UpstreamConfig, url: URL): Transport {
     if (upstream.acceptInvalidCerts && url.protocol === "https:") {
-      this.#insecureAgent ??= new https.Agent({ keepAlive: true, rejectUnauthorized: false });
+      const insecure = this.#insecure ??= import("./insecure_transport.ts").then((module) =>
+        module.createInsecureTransport()
+      );
       if (!this.#insecureLogged.has(upstream.namespace)) {
         this.#insecureLogged.add(upstream.namespace);
         this.#log(`upstream ${upstream.namespace}: TLS certificate verification is disabled`);
       }
-      const agent = this.#insecureAgent;
-      return (target, init) => nodeHttpsFetch(target, init, agent);
+      return async (target, init) => (await insecure).fetch(target, init);
     }
     this.#http ??= Deno.createHttpClient({});
     const client = this.#http;
@@ -763,52 +763,4 @@ function networkReason(error: unknown): string {
   if (/unreachable|EHOSTUNREACH|ENETUNREACH/i.test(text)) return "host unreachable";
   if (/closed|incomplete|unexpected end|EOF/i.test(text)) return "connection closed unexpectedly";
   return "connection failed";
-}
-
-/**
- * fetch-like request over node:https, used only for upstreams that accept invalid certificates
- * (node's `rejectUnauthorized: false` is the one per-connection way Deno offers to skip
- * verification). Returns the response without following redirects; the body streams.
- */
-function nodeHttpsFetch(
-  url: URL,
-  init: { method: string; headers: Headers; signal: AbortSignal },
-  agent: https.Agent,
-): Promise<Response> {
-  return new Promise<Response>((resolve, reject) => {
-    const headers: Record<string, string> = {};
-    init.headers.forEach((value, key) => headers[key] = value);
-    const request = https.request(url, {
-      method: init.method,
-      headers,
-      agent,
-      signal: init.signal,
-      rejectUnauthorized: false,
-    }, (message: IncomingMessage) => {
-      const responseHeaders = new Headers();
-      for (let i = 0; i + 1 < message.rawHeaders.length; i += 2) {
-        try {
-          responseHeaders.append(message.rawHeaders[i], message.rawHeaders[i + 1]);
-        } catch {
-          // skip a header the Fetch API does not accept
-        }
-      }
-      const status = message.statusCode ?? 502;
-      const bodyless = init.method === "HEAD" || status === 204 || status === 304;
-      if (bodyless) message.resume();
-      try {
-        resolve(
-          new Response(
-            bodyless ? null : Readable.toWeb(message) as unknown as ReadableStream<Uint8Array>,
-            { status, statusText: message.statusMessage ?? "", headers: responseHeaders },
-          ),
-        );
-      } catch (e) {
-        message.destroy();
-        reject(e);
-      }
-    });
-    request.on("error", reject);
-    request.end();
-  });
 }

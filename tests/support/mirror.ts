@@ -52,7 +52,7 @@ export interface MirrorOptions {
   /** Fixed port; default a free one. */
   port?: number;
   /**
-   * The program to run, default `[Deno.execPath(), "run", "-A", "src/main.ts"]`; for example
+   * The program to run, default `[Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc", "src/main.ts"]` (as `deno task start`); for example
    * `[Deno.execPath(), "run", "-A", "dist/oci-registry.js"]` for the bundle.
    */
   command?: string[];
@@ -172,7 +172,8 @@ class MirrorImpl implements Mirror {
     this.url = `http://127.0.0.1:${port}`;
     this.root = root;
     this.configFile = configFile;
-    this.#command = opts.command ?? [Deno.execPath(), "run", "-A", "src/main.ts"];
+    this.#command = opts.command ??
+      [Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc", "src/main.ts"];
     this.args = [...this.#command.slice(1), ...args];
   }
 
