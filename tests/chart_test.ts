@@ -114,11 +114,16 @@ Deno.test("chart: appVersion is the program's version", () => {
 Deno.test("Dockerfile: compile task's permissions, and a default CMD the program accepts", () => {
   const dockerfile = Deno.readTextFileSync(`${REPO_ROOT}/Dockerfile`).replace(/\\\n/g, " ");
   const task: string = JSON.parse(Deno.readTextFileSync(`${REPO_ROOT}/deno.json`)).tasks.compile;
-  const permissions = (command: string) => (command.match(/--allow-[\w-]+(=\S+)?/g) ?? []).sort();
+  const permissions = (command: string) =>
+    (command.match(/--(?:allow-[\w-]+|v8-flags)(=\S+)?/g) ?? []).sort();
   const compile = /^RUN .*\bdeno compile\b.*$/m.exec(dockerfile)?.[0];
   assert(compile, "the Dockerfile runs deno compile");
   assert(permissions(task).length > 0, "the compile task grants permissions");
-  assertEquals(permissions(compile), permissions(task), "same --allow-* flags as the compile task");
+  assertEquals(
+    permissions(compile),
+    permissions(task),
+    "same --allow-*/--v8-flags as the compile task",
+  );
   assertMatch(compile, /-o \/oci-registry\b/);
   assertMatch(compile, /\bsrc\/main\.ts\b/);
 
