@@ -18,9 +18,11 @@ import { fmt, median, type Row, runs, table } from "./report.ts";
 import {
   addBlob,
   addManifest,
+  onStopAll,
   readMemory,
   RssSampler,
   type Server,
+  shutdown,
   startDistributionProxy,
   startMirror,
   startNginx,
@@ -294,8 +296,12 @@ async function s3(fx: Fixture, plan: Plan) {
   const { startS3rver } = await import("../tests/support/s3rver.ts");
   let s3rver: Awaited<ReturnType<typeof startS3rver>> | undefined;
   const servers: Server[] = [];
+  let forget = () => {};
   try {
-    s3rver = await startS3rver("bench");
+    // Registered before it exists, so Ctrl-C during its start-up still stops it.
+    const starting = startS3rver("bench");
+    forget = onStopAll(async () => (await starting.catch(() => undefined))?.stop());
+    s3rver = await starting;
     const s3Args = (redirect: boolean) => (dir: { join(...s: string[]): string }) => [
       "s3",
       "--bucket",
@@ -403,6 +409,7 @@ async function s3(fx: Fixture, plan: Plan) {
   } finally {
     await Promise.all(servers.map((s) => s.stop()));
     await s3rver?.stop();
+    forget();
   }
 }
 
@@ -724,19 +731,27 @@ async function main(): Promise<number> {
   await ensureTools();
   const has = (s: Section) => sections.has(s);
 
-  progress("starting the upstream registry and pushing test content");
-  const upstream = await startUpstream({ logLevel: "error" });
+  const held: { upstream?: Upstream } = {};
   let exitCode = 0;
-  const cleanup = async () => {
-    await stopAll();
-    await upstream.close();
-  };
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () =>
+    cleaning ??= (async () => {
+      await shutdown();
+      await held.upstream?.close();
+    })();
+  let interrupted = false;
   const onSignal = () => {
+    if (interrupted) return;
+    interrupted = true;
     progress("interrupted: cleaning up");
     cleanup().finally(() => Deno.exit(130));
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);
+  progress("starting the upstream registry and pushing test content");
+  const upstream = await startUpstream({ logLevel: "error" });
+  held.upstream = upstream;
+  if (interrupted) await upstream.close();
   const watchdog = setTimeout(() => {
     progress(`run limit of ${RUN_LIMIT_MS / 60_000} minutes reached: giving up`);
     cleanup().finally(() => Deno.exit(3));
@@ -781,6 +796,7 @@ async function main(): Promise<number> {
     ];
     for (const [name, fn] of sectionsToRun) {
       if (!has(name)) continue;
+      if (interrupted) break;
       const t = performance.now();
       try {
         await fn(fx, plan);
@@ -796,6 +812,7 @@ async function main(): Promise<number> {
     await cleanup();
     clearTimeout(watchdog);
   }
+  if (interrupted) return 130;
 
   const header = await describeRun(plan, sections, startedAt, [loadAtStart, loadAverage()]);
   const text = [

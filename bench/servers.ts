@@ -41,10 +41,37 @@ export interface Server {
 }
 
 const live = new Set<Server>();
+let stopping = false;
+const cleanups = new Set<() => Promise<void>>();
+
+/** Registers something else to stop in `stopAll` (s3rver); returns a function that forgets it. */
+export function onStopAll(fn: () => Promise<void>): () => void {
+  if (stopping) {
+    fn().catch(() => {});
+    throw new Error("the bench is shutting down");
+  }
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
+
+/** Stops everything and refuses to start anything from now on (Ctrl-C). */
+export async function shutdown(): Promise<void> {
+  stopping = true;
+  await stopAll();
+}
+
+/** Throws once `shutdown` was called: nothing new may start. */
+export function checkNotStopping(): void {
+  if (stopping) throw new Error("the bench is shutting down");
+}
 
 /** Stops every server still running (for cleanup on errors and Ctrl-C). */
 export async function stopAll(): Promise<void> {
-  await Promise.all([...live].map((s) => s.stop().catch(() => {})));
+  await Promise.all([
+    ...[...live].map((s) => s.stop().catch(() => {})),
+    ...[...cleanups].map((fn) => fn().catch(() => {})),
+  ]);
+  cleanups.clear();
 }
 
 interface SpawnOptions {
@@ -65,6 +92,10 @@ interface SpawnOptions {
 }
 
 async function spawnServer(opts: SpawnOptions): Promise<Server> {
+  if (stopping) {
+    await opts.dir.cleanup();
+    checkNotStopping();
+  }
   const logFile = opts.dir.join("server.log");
   const started = performance.now();
   const child = new Deno.Command("/bin/sh", {
