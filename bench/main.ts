@@ -18,6 +18,7 @@ import { fmt, median, type Row, runs, table } from "./report.ts";
 import {
   addBlob,
   addManifest,
+  mirrorCommand,
   onStopAll,
   readMemory,
   RssSampler,
@@ -711,7 +712,9 @@ async function describeRun(plan: Plan, sections: Set<Section>, startedAt: Date, 
     }), ` +
     `commit ${commit}${dirty.length ? ` + ${dirty.length} uncommitted change(s) in src/` : ""}, ` +
     `Deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} CPUs (${cpu}), ` +
-    `download client: ${receiverName()}, ` +
+    `download client: ${receiverName()}, mirror run as \`${
+      mirrorCommand().slice(1).join(" ")
+    }\`, ` +
     `load average ${load.join(" -> ")} (start -> end).`,
   ];
 }

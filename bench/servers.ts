@@ -177,7 +177,7 @@ export interface MirrorOptions {
    * there); default filesystem in that dir.
    */
   storageArgs?: (dir: TempDir) => string[];
-  /** Program to run; default `[deno, "run", "-A", "src/main.ts"]`. */
+  /** Program to run; default `mirrorCommand()`. */
   command?: string[];
   label?: string;
 }
@@ -202,7 +202,7 @@ export async function startMirror(opts: MirrorOptions): Promise<MirrorServer> {
     await Deno.mkdir(root);
     storageArgs = ["filesystem", "--root", root];
   }
-  const command = opts.command ?? [Deno.execPath(), "run", "-A", "src/main.ts"];
+  const command = opts.command ?? mirrorCommand();
   const server = await spawnServer({
     kind: "oci-registry",
     label: opts.label ?? "oci-registry",
@@ -222,6 +222,29 @@ export async function startMirror(opts: MirrorOptions): Promise<MirrorServer> {
     exeNames: [basename(command[0]), "deno"],
   });
   return Object.assign(server, { root });
+}
+
+let startFlags: string[] | undefined;
+
+/**
+ * How the mirror runs in production: `deno run` with the Deno flags of deno.json's `start` task
+ * (V8 flags such as --expose-gc, permissions), else `-A`; always from the repository root.
+ */
+export function mirrorCommand(): string[] {
+  if (startFlags === undefined) {
+    startFlags = ["-A"];
+    try {
+      const config = JSON.parse(Deno.readTextFileSync(`${REPO_ROOT}/deno.json`));
+      const start: string = config.tasks?.start ?? "";
+      const match = /\bdeno run (.*?)\s*src\/main\.ts\b/.exec(start);
+      if (match) {
+        // Flags only (`--x` / `--x=y`); nothing of the storage arguments after main.ts.
+        const flags = match[1].split(/\s+/).filter((f) => f.startsWith("-"));
+        if (flags.length) startFlags = flags;
+      }
+    } catch { /* no readable deno.json: -A */ }
+  }
+  return [Deno.execPath(), "run", ...startFlags, "src/main.ts"];
 }
 
 /** distribution 2.8.2 as a pull-through cache of `remote`, filesystem storage in a temp dir. */
