@@ -18,6 +18,7 @@ import {
 import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { InflightDownloads } from "./inflight.ts";
+import { LruCache } from "./lru.ts";
 import { Metrics } from "../metrics.ts";
 
 /** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
@@ -70,6 +71,10 @@ export interface MirrorOptions {
   now?: () => number;
 }
 
+/** Memory for hot manifests: a few thousand typical manifests. */
+const MANIFEST_MEMORY_BYTES = 16 << 20;
+const TAG_LINK_MEMORY_ENTRIES = 10_000;
+
 export class Mirror {
   readonly #storage: Storage;
   readonly #upstream: Upstream;
@@ -78,6 +83,13 @@ export class Mirror {
   readonly #log: (message: string) => void;
   readonly #now: () => number;
   readonly #metrics: Metrics;
+  /** Hot manifests by digest, so warm manifest GETs skip storage. */
+  readonly #manifestMemory = new LruCache<ManifestResult>(
+    MANIFEST_MEMORY_BYTES,
+    (manifest) => manifest.bytes.byteLength + 200,
+  );
+  /** Hot tag links by storage key (this process's view; storage stays the shared truth). */
+  readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
@@ -231,6 +243,7 @@ export class Mirror {
       );
     }
     await this.#storage.write(manifestKey(digest), bytes, { digest });
+    this.#manifestMemory.set(digest, { digest, bytes, mediaType });
     if (!isDigestReference) {
       await this.#writeTagLink(namespace, repository, reference, {
         digest,
@@ -242,22 +255,37 @@ export class Mirror {
     return { digest, bytes, mediaType };
   }
 
+  /** A stored manifest by digest, from memory when hot. */
+  async #storedManifest(digest: string): Promise<ManifestResult | null> {
+    const hot = this.#manifestMemory.get(digest);
+    if (hot) return hot;
+    const bytes = await this.#storage.readBytes(manifestKey(digest));
+    if (!bytes) return null;
+    const manifest = { digest, bytes, mediaType: mediaTypeOf(bytes) };
+    this.#manifestMemory.set(digest, manifest);
+    return manifest;
+  }
+
   async #readTagLink(namespace: string, repository: string, tag: string): Promise<TagLink | null> {
-    const bytes = await this.#storage.readBytes(tagKey(namespace, repository, tag));
+    const key = tagKey(namespace, repository, tag);
+    const hot = this.#tagLinkMemory.get(key);
+    if (hot) return hot;
+    const bytes = await this.#storage.readBytes(key);
     if (!bytes) return null;
     try {
       const link = JSON.parse(new TextDecoder().decode(bytes)) as TagLink;
-      return typeof link.digest === "string" && typeof link.confirmedAt === "number" ? link : null;
+      if (typeof link.digest !== "string" || typeof link.confirmedAt !== "number") return null;
+      this.#tagLinkMemory.set(key, link);
+      return link;
     } catch {
       return null; // a damaged link is treated as a miss and rewritten
     }
   }
 
   async #writeTagLink(namespace: string, repository: string, tag: string, link: TagLink) {
-    await this.#storage.write(
-      tagKey(namespace, repository, tag),
-      new TextEncoder().encode(JSON.stringify(link)),
-    );
+    const key = tagKey(namespace, repository, tag);
+    await this.#storage.write(key, new TextEncoder().encode(JSON.stringify(link)));
+    this.#tagLinkMemory.set(key, link);
   }
 
   #singleFlight(key: string, fetch: () => Promise<ManifestResult>): Promise<ManifestResult> {
