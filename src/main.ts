@@ -5,6 +5,7 @@
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
+import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
@@ -67,7 +68,7 @@ async function main(): Promise<number> {
     throw e;
   }
 
-  const log = (line: string) => console.log(line);
+  const log = createLog();
   let storage: Storage;
   let spoolDir: string;
   try {
@@ -127,6 +128,7 @@ async function main(): Promise<number> {
   await server.finished;
   upstream.close();
   await storage.close?.();
+  await log.flush();
   return 0;
 }
 
