@@ -15,7 +15,7 @@ export const VERSION = "0.1.0";
 
 async function openStorage(
   settings: StorageSettings,
-): Promise<{ storage: Storage; spoolDir: string }> {
+): Promise<{ storage: Storage; spoolDir: string; ownsSpoolDir?: boolean }> {
   if (settings.kind === "filesystem") {
     const { FilesystemStorage } = await import("./storage/filesystem.ts");
     // Cleans what a killed predecessor left half-written before anything is served.
@@ -34,8 +34,12 @@ async function openStorage(
     redirect: settings.redirect,
   });
   await storage.init(); // a wrong bucket or unreachable endpoint fails here, not on a pull
-  const spoolDir = settings.spoolDir ?? await Deno.makeTempDir({ prefix: "oci-registry-spool-" });
-  return { storage, spoolDir };
+  // A directory of this process's own (removed at shutdown), inside --spool-dir when given.
+  const spoolDir = await Deno.makeTempDir({
+    dir: settings.spoolDir,
+    prefix: "oci-registry-spool-",
+  });
+  return { storage, spoolDir, ownsSpoolDir: true };
 }
 
 function describeListen(listen: Settings["listen"]): string {
@@ -71,8 +75,9 @@ async function main(): Promise<number> {
   const log = createLog();
   let storage: Storage;
   let spoolDir: string;
+  let ownsSpoolDir: boolean | undefined;
   try {
-    ({ storage, spoolDir } = await openStorage(settings.storage));
+    ({ storage, spoolDir, ownsSpoolDir } = await openStorage(settings.storage));
   } catch (e) {
     console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
     return 1;
@@ -126,8 +131,11 @@ async function main(): Promise<number> {
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
   await server.finished;
+  // Let downloads that clients already received finish publishing, within reason.
+  await Promise.race([mirror.settled(), new Promise((resolve) => setTimeout(resolve, 20_000))]);
   upstream.close();
   await storage.close?.();
+  if (ownsSpoolDir) await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
   await log.flush();
   return 0;
 }

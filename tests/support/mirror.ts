@@ -52,7 +52,7 @@ export interface MirrorOptions {
   /** Fixed port; default a free one. */
   port?: number;
   /**
-   * The program to run, default `[Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc", "src/main.ts"]` (as `deno task start`); for example
+   * The program to run, default `[Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc,--max-semi-space-size=1", "src/main.ts"]` (as `deno task start`); for example
    * `[Deno.execPath(), "run", "-A", "dist/oci-registry.js"]` for the bundle.
    */
   command?: string[];
@@ -173,7 +173,7 @@ class MirrorImpl implements Mirror {
     this.root = root;
     this.configFile = configFile;
     this.#command = opts.command ??
-      [Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc", "src/main.ts"];
+      [Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc,--max-semi-space-size=1", "src/main.ts"];
     this.args = [...this.#command.slice(1), ...args];
   }
 
