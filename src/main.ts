@@ -35,6 +35,7 @@ async function openStorage(
   });
   await storage.init(); // a wrong bucket or unreachable endpoint fails here, not on a pull
   // A directory of this process's own (removed at shutdown), inside --spool-dir when given.
+  if (settings.spoolDir) await Deno.mkdir(settings.spoolDir, { recursive: true });
   const spoolDir = await Deno.makeTempDir({
     dir: settings.spoolDir,
     prefix: "oci-registry-spool-",

@@ -81,11 +81,13 @@ Deno.test("a 512 MiB blob pulled cold through the S3-backed mirror is byte-exact
 
 Deno.test("--s3-redirect: blob GETs answer 307 to a presigned S3 URL, manifests are served", async () => {
   await using up = await startUpstream();
+  await using spool = await tempDir();
   const s3 = await startS3rver("redirects");
   try {
     await using mirror = await startMirror({
       upstreams: [{ namespace: NS, host: up.host, tls: false }],
-      storageArgs: s3MirrorArgs(s3, "--s3-redirect"),
+      // A --spool-dir that does not exist yet is created.
+      storageArgs: s3MirrorArgs(s3, "--s3-redirect", "--spool-dir", `${spool.path}/not/yet`),
     });
     const image = await pushImage(up, "library/redirected", "1", buildImage());
     await using dest = await tempDir();
