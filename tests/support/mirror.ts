@@ -173,7 +173,13 @@ class MirrorImpl implements Mirror {
     this.root = root;
     this.configFile = configFile;
     this.#command = opts.command ??
-      [Deno.execPath(), "run", "-A", "--v8-flags=--expose-gc,--max-semi-space-size=1", "src/main.ts"];
+      [
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--v8-flags=--expose-gc,--max-semi-space-size=1",
+        "src/main.ts",
+      ];
     this.args = [...this.#command.slice(1), ...args];
   }
 
