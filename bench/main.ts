@@ -331,8 +331,19 @@ async function s3(fx: Fixture, plan: Plan) {
     servers.push(redirect);
     const url = (s: Server) => `${s.url}${s.prefix}${big.repo}/blobs/${big.digest}`;
     const started = performance.now();
+    const coldSampler = new RssSampler(plain.pids);
     await getOk(url(plain), big.size, plain.label); // pull-through into the bucket
+    const cold = { before: coldSampler.before, peak: coldSampler.stop() };
     progress(`s3: cold pull-through into s3rver took ${fmt(performance.now() - started)} ms`);
+    rows.push({
+      measure: `RSS peak during ${label} cold pull-through into S3 (added)`,
+      unit: "MB",
+      oci: mb(cold.peak),
+      text: { oci: `${fmt(mb(cold.peak))} (+${fmt(mb(cold.peak - cold.before))})` },
+      lowerIsBetter: true,
+      target: "adds < 64 MB",
+      met: mb(cold.peak - cold.before) < 64,
+    });
     // The blob reaches S3 after the download was verified. s3rver's CompleteMultipartUpload is
     // not atomic (the object appears and grows while the parts are joined; real S3 is atomic),
     // so wait until the object is whole before measuring anything served from the bucket.
