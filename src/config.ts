@@ -2,7 +2,8 @@
  * Upstream configuration: the YAML file, UPSTREAM_CREDENTIALS, and the defaults that apply to
  * any namespace nobody configured. Problems are reported as ConfigError naming file and key.
  */
-import { parse as parseYaml } from "yaml";
+// @ts-types="npm:@types/js-yaml@^4"
+import { load as parseYaml } from "js-yaml";
 
 export interface UpstreamConfig {
   /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */

@@ -12,7 +12,8 @@
  *   `mergeCredentials`. Values that cannot work must fail rendering with a clear message.
  */
 import { inflateRawSync } from "node:zlib";
-import { parse as parseYaml, parseAllDocuments } from "yaml";
+// @ts-types="npm:@types/js-yaml@^4"
+import { load as parseYaml, loadAll } from "js-yaml";
 import { parseCommandLine, type Settings } from "../src/cli.ts";
 import { mergeCredentials, parseUpstreamYaml } from "../src/config.ts";
 import { VERSION } from "../src/main.ts";
@@ -105,7 +106,7 @@ Deno.test("chart: every value in values.yaml is read by some template", () => {
 });
 
 Deno.test("chart: appVersion is the program's version", () => {
-  const chart = parseYaml(Deno.readTextFileSync(`${CHART}/Chart.yaml`));
+  const chart: Json = parseYaml(Deno.readTextFileSync(`${CHART}/Chart.yaml`));
   assertEquals(chart.apiVersion, "v2");
   assertEquals(chart.name, "oci-registry");
   assertEquals(String(chart.appVersion), VERSION);
@@ -246,9 +247,7 @@ async function render(values: Json = {}, extra: string[] = []): Promise<Rendered
     file,
     ...extra,
   ], { timeoutMs: 60_000 });
-  const objects = result.success
-    ? parseAllDocuments(result.stdout).map((doc) => doc.toJS()).filter((o) => o)
-    : [];
+  const objects: Json[] = result.success ? loadAll(result.stdout).filter((o) => o) : [];
   const byKind = (kind: string) => objects.filter((o) => o.kind === kind);
   return {
     ok: result.success,
