@@ -74,6 +74,8 @@ export interface MirrorOptions {
 /** Memory for hot manifests: a few thousand typical manifests. */
 const MANIFEST_MEMORY_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
+/** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
+const BLOB_CONFIRMATION_ENTRIES = 100_000;
 
 export class Mirror {
   readonly #storage: Storage;
@@ -93,7 +95,7 @@ export class Mirror {
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
-  readonly #blobConfirmations = new Map<string, number>();
+  readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
 
   constructor(options: MirrorOptions) {
     this.#storage = options.storage;

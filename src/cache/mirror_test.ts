@@ -232,6 +232,38 @@ Deno.test("a short upstream body fails the download and leaves nothing behind", 
   });
 });
 
+Deno.test("past blob_invalidation_time a cached blob is confirmed upstream with one HEAD", async () => {
+  await withMirror(async (mirror, upstream, _storage, clock) => {
+    const bytes = randomBytes(10_000);
+    const digest = upstream.addBlob(bytes);
+    clock.now = Date.now();
+    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await mirror.settled();
+    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    assertEquals(upstream.calls.length, 1, "fresh: served without asking");
+
+    clock.now += 31 * 86_400_000; // past the 30d blob_invalidation_time
+    const old = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(old.body!)), digest);
+    assertEquals(upstream.calls.map((c) => c.method), ["GET", "HEAD"]);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    assertEquals(upstream.calls.length, 2, "the confirmation is remembered");
+
+    clock.now += 31 * 86_400_000;
+    upstream.failure = new RegistryError("UNAVAILABLE", "down");
+    const stale = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(stale.body!)), digest, "upstream down: still served");
+
+    upstream.failure = undefined;
+    upstream.blobs.delete(digest);
+    const error = await assertRejects(
+      () => mirror.getBlob(NS, REPO, digest, { method: "GET" }),
+      RegistryError,
+    );
+    assertEquals(error.code, "BLOB_UNKNOWN", "upstream no longer has it for this repository");
+  });
+});
+
 Deno.test("ranges of a cold blob are served from the download", async () => {
   await withMirror(async (mirror, upstream) => {
     const bytes = randomBytes(1_000_000);
