@@ -230,6 +230,19 @@ Deno.test("GET /metrics counts requests, cache results and upstream requests", a
     has('oci_registry_cache_requests_total{kind="blob",result="miss"} 1');
     has('oci_registry_cache_requests_total{kind="blob",result="hit"} 2');
     has('oci_registry_upstream_requests_total{namespace="docker.io",kind="blob",method="GET"} 1');
+    upstream.addManifest("1", manifest);
+    for (let i = 0; i < 2; i++) {
+      await (await fetch(`${url}/v2/library/x/manifests/1`)).arrayBuffer();
+    }
+    const after = await (await fetch(`${url}/metrics`)).text();
+    assert(
+      after.includes('oci_registry_cache_requests_total{kind="manifest",result="miss"} 1'),
+      after,
+    );
+    assert(
+      after.includes('oci_registry_cache_requests_total{kind="manifest",result="hit"} 1'),
+      after,
+    );
     assert(/^process_resident_memory_bytes \d+$/m.test(text), text);
   });
 });

@@ -157,12 +157,13 @@ export class Mirror {
     repository: string,
     digest: string,
   ): Promise<ManifestResult> {
-    const bytes = await this.#storage.readBytes(manifestKey(digest));
-    if (bytes) return { digest, bytes, mediaType: mediaTypeOf(bytes) };
-    return await this.#singleFlight(
-      `${namespace}/${repository}@${digest}`,
-      () => this.#fetchManifest(namespace, repository, digest),
-    );
+    const stored = await this.#storedManifest(digest);
+    if (stored) {
+      this.#count("manifest", "hit");
+      return stored;
+    }
+    this.#count("manifest", "miss");
+    return await this.#fetchManifest(namespace, repository, digest);
   }
 
   async #manifestByTag(
@@ -172,26 +173,26 @@ export class Mirror {
   ): Promise<ManifestResult> {
     const config = this.#upstreams.get(namespace);
     const link = await this.#readTagLink(namespace, repository, tag);
-    const cached = link ? await this.#storage.readBytes(manifestKey(link.digest)) : null;
-    if (!link || !cached) {
-      return await this.#singleFlight(
-        `${namespace}/${repository}:${tag}`,
-        () => this.#fetchManifest(namespace, repository, tag),
-      );
+    const stored = link ? await this.#storedManifest(link.digest) : null;
+    if (!link || !stored) {
+      this.#count("manifest", "miss");
+      return await this.#fetchManifest(namespace, repository, tag);
     }
-    const result = { digest: link.digest, bytes: cached, mediaType: mediaTypeOf(cached) };
-    if (this.#now() - link.confirmedAt < config.manifestInvalidationMs) return result;
+    if (this.#now() - link.confirmedAt < config.manifestInvalidationMs) {
+      this.#count("manifest", "hit");
+      return stored;
+    }
     try {
-      return await this.#singleFlight(
-        `${namespace}/${repository}:${tag}?revalidate`,
-        () => this.#revalidateTag(namespace, repository, tag, link, result),
-      );
+      const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
+      this.#count("manifest", "revalidated");
+      return fresh;
     } catch (e) {
       if (!servesStale(e)) throw e;
+      this.#count("manifest", "stale");
       this.#log(
         `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
       );
-      return result;
+      return stored;
     }
   }
 

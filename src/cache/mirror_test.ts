@@ -8,7 +8,7 @@ import { UpstreamRegistry } from "../config.ts";
 import { digestOf } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
-import { blobKey, manifestKey } from "../storage/layout.ts";
+import { blobKey, manifestKey, tagKey } from "../storage/layout.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import { Mirror } from "./mirror.ts";
 import { FakeUpstream, randomBytes, readAll } from "../../tests/support/fake_upstream.ts";
@@ -79,6 +79,18 @@ Deno.test("a cached tag is served without asking upstream until it expires", asy
     // Confirmation refreshed the link: no new HEAD right after.
     await mirror.getManifest(NS, REPO, "1", []);
     assertEquals(upstream.calls.length, 2);
+  });
+});
+
+Deno.test("hot manifests and tag links are served from memory, without storage", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const digest = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
+    await mirror.getManifest(NS, REPO, "1", []);
+    await storage.delete(manifestKey(digest));
+    await storage.delete(tagKey(NS, REPO, "1"));
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, digest);
+    assertEquals((await mirror.getManifest(NS, REPO, digest, [])).digest, digest);
+    assertEquals(upstream.calls.length, 1);
   });
 });
 
