@@ -180,7 +180,7 @@ export class Download {
 
   /** Queues the write of `length` bytes of `block` after `previous`; one write at a time. */
   #writeBlock(previous: Promise<void>, block: number, length: number): Promise<void> {
-    return previous.then(async () => {
+    const write = previous.then(async () => {
       const data = this.#ring[block % RING_BLOCKS].subarray(0, length);
       let offset = 0;
       while (offset < length) offset += await this.#spool.write(data.subarray(offset));
@@ -191,6 +191,10 @@ export class Download {
       this.#notify();
       throw e;
     });
+    // Awaited later (the next write, the end of the download); until then a failure must not
+    // count as an unhandled rejection, which would end the process.
+    write.catch(() => {});
+    return write;
   }
 
   #releaseRing(): void {
