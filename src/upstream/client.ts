@@ -169,7 +169,7 @@ export class UpstreamClient {
     this.#closed = true;
     this.#http?.close();
     this.#http = undefined;
-    this.#insecure?.then((transport) => transport.close());
+    this.#insecure?.then((transport) => transport.close(), () => {});
     this.#insecure = undefined;
     this.#tokens.clear();
   }
