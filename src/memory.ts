@@ -14,7 +14,7 @@ const STREAMED_BYTES_PER_GC = 4 << 20;
 const collect = (globalThis as { gc?: (options?: { type?: string }) => void }).gc;
 let sinceLastGc = 0;
 
-/** Records that `bytes` of freshly allocated buffer were handed to a response. */
+/** Records that `bytes` of freshly allocated buffer passed through (to a response, or in from upstream). */
 export function noteStreamed(bytes: number): void {
   if (!collect) return;
   sinceLastGc += bytes;

@@ -94,6 +94,7 @@ export class Download {
           );
         }
         hasher.update(chunk);
+        noteStreamed(chunk.byteLength); // the network body allocates per read as well
         let offset = 0;
         while (offset < chunk.byteLength) {
           const position = this.#received;
