@@ -53,47 +53,50 @@ export function digestOf(bytes: Uint8Array, algorithm: DigestAlgorithm = "sha256
 }
 
 /**
- * A pass-through stream that hashes what flows through it and, at the end, fails the stream
- * (instead of closing it) when the content does not match `expected` digest or size.
+ * Hashes and counts written bytes; throws RegistryError SIZE_INVALID / DIGEST_INVALID at the
+ * first sign of trouble. Every storage back-end checks what it writes with it.
  */
-export function verifyingStream(
-  expected: string,
-  expectedSize?: number,
-): TransformStream<Uint8Array, Uint8Array> {
-  const digest = parseDigest(expected);
-  const hasher = new Hasher(digest.algorithm);
-  let size = 0;
-  return new TransformStream({
-    transform(chunk, controller) {
-      hasher.update(chunk);
-      size += chunk.byteLength;
-      if (expectedSize !== undefined && size > expectedSize) {
-        controller.error(sizeMismatch(expected, expectedSize, size));
-        return;
-      }
-      controller.enqueue(chunk);
-    },
-    flush(controller) {
-      if (expectedSize !== undefined && size !== expectedSize) {
-        controller.error(sizeMismatch(expected, expectedSize, size));
-        return;
-      }
-      const actual = hasher.digest();
-      if (actual !== expected) {
-        controller.error(
-          new RegistryError(
-            "DIGEST_INVALID",
-            `content digest ${actual} does not match ${expected}`,
-          ),
+export class ContentCheck {
+  #digest?: string;
+  #size?: number;
+  #hasher?: Hasher;
+  #count = 0;
+
+  constructor(options: { digest?: string; size?: number }) {
+    this.#size = options.size;
+    if (options.digest !== undefined) {
+      this.#digest = options.digest;
+      this.#hasher = new Hasher(parseDigest(options.digest).algorithm);
+    }
+  }
+
+  update(chunk: Uint8Array): void {
+    this.#count += chunk.byteLength;
+    if (this.#size !== undefined && this.#count > this.#size) this.#sizeError(`${this.#count}+`);
+    this.#hasher?.update(chunk);
+  }
+
+  finish(): void {
+    this.finishWithSize(this.#count);
+    if (this.#hasher) {
+      const actual = this.#hasher.digest();
+      if (actual !== this.#digest) {
+        throw new RegistryError(
+          "DIGEST_INVALID",
+          `content digest ${actual} does not match ${this.#digest}`,
         );
       }
-    },
-  });
-}
+    }
+  }
 
-function sizeMismatch(digest: string, expected: number, actual: number): RegistryError {
-  return new RegistryError(
-    "SIZE_INVALID",
-    `content of ${digest} has ${actual}${actual > expected ? "+" : ""} bytes, expected ${expected}`,
-  );
+  finishWithSize(size: number, what = "content"): void {
+    if (this.#size !== undefined && size !== this.#size) this.#sizeError(`${size}`, what);
+  }
+
+  #sizeError(actual: string, what = "content"): never {
+    throw new RegistryError(
+      "SIZE_INVALID",
+      `${what} has ${actual} bytes, expected ${this.#size}`,
+    );
+  }
 }

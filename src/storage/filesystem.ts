@@ -8,11 +8,11 @@
  * works too but leaves the temp directory alone.
  */
 import { noteStreamed } from "../memory.ts";
-import { RegistryError } from "../oci/errors.ts";
-import { Hasher, parseDigest } from "../digest.ts";
+import { ContentCheck } from "../digest.ts";
 import {
   assertSafeKey,
   type ByteRange,
+  checkRange,
   type ObjectBody,
   type ObjectInfo,
   type Storage,
@@ -279,69 +279,6 @@ export class FilesystemStorage implements Storage {
     this.#lock = undefined;
     lock?.close(); // closing releases the advisory lock
     return Promise.resolve();
-  }
-}
-
-/** Validates a range against the object size (end is clamped, like HTTP does). */
-export function checkRange(range: ByteRange, size: number): void {
-  if (
-    !Number.isSafeInteger(range.start) || !Number.isSafeInteger(range.end) || range.start < 0 ||
-    range.start > range.end || range.start >= size
-  ) {
-    throw new RegistryError(
-      "RANGE_INVALID",
-      `range ${range.start}-${range.end} is not satisfiable for ${size} bytes`,
-      { headers: { "Content-Range": `bytes */${size}` } },
-    );
-  }
-}
-
-/**
- * Hashes and counts written bytes; throws RegistryError SIZE_INVALID / DIGEST_INVALID at the
- * first sign of trouble. Shared with the S3 back-end.
- */
-export class ContentCheck {
-  #digest?: string;
-  #size?: number;
-  #hasher?: Hasher;
-  #count = 0;
-
-  constructor(options: WriteOptions) {
-    this.#size = options.size;
-    if (options.digest !== undefined) {
-      this.#digest = options.digest;
-      this.#hasher = new Hasher(parseDigest(options.digest).algorithm);
-    }
-  }
-
-  update(chunk: Uint8Array): void {
-    this.#count += chunk.byteLength;
-    if (this.#size !== undefined && this.#count > this.#size) this.#sizeError(`${this.#count}+`);
-    this.#hasher?.update(chunk);
-  }
-
-  finish(): void {
-    this.finishWithSize(this.#count);
-    if (this.#hasher) {
-      const actual = this.#hasher.digest();
-      if (actual !== this.#digest) {
-        throw new RegistryError(
-          "DIGEST_INVALID",
-          `content digest ${actual} does not match ${this.#digest}`,
-        );
-      }
-    }
-  }
-
-  finishWithSize(size: number, what = "content"): void {
-    if (this.#size !== undefined && size !== this.#size) this.#sizeError(`${size}`, what);
-  }
-
-  #sizeError(actual: string, what = "content"): never {
-    throw new RegistryError(
-      "SIZE_INVALID",
-      `${what} has ${actual} bytes, expected ${this.#size}`,
-    );
   }
 }
 

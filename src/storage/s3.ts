@@ -25,10 +25,12 @@ import { Upload } from "@aws-sdk/lib-storage";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
-import { checkRange, ContentCheck, fileStream } from "./filesystem.ts";
+import { ContentCheck } from "../digest.ts";
+import { fileStream } from "./filesystem.ts";
 import {
   assertSafeKey,
   type ByteRange,
+  checkRange,
   type ObjectBody,
   type ObjectInfo,
   type Storage,

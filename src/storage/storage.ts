@@ -3,6 +3,7 @@
  * suite (tests/storage_contract.ts). Keys are slash-separated relative paths built only by
  * layout.ts; back-ends still reject anything that could escape their root.
  */
+import { RegistryError } from "../oci/errors.ts";
 
 /** Inclusive byte range, as in HTTP `Range: bytes=start-end`. */
 export interface ByteRange {
@@ -84,5 +85,19 @@ export function assertSafeKey(key: string): void {
     key.split("/").some((part) => part === "" || part === "." || part === "..")
   ) {
     throw new TypeError(`unsafe storage key: ${JSON.stringify(key)}`);
+  }
+}
+
+/** Validates a range against the object size (end is clamped, like HTTP does). */
+export function checkRange(range: ByteRange, size: number): void {
+  if (
+    !Number.isSafeInteger(range.start) || !Number.isSafeInteger(range.end) || range.start < 0 ||
+    range.start > range.end || range.start >= size
+  ) {
+    throw new RegistryError(
+      "RANGE_INVALID",
+      `range ${range.start}-${range.end} is not satisfiable for ${size} bytes`,
+      { headers: { "Content-Range": `bytes */${size}` } },
+    );
   }
 }
