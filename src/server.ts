@@ -24,24 +24,42 @@ type Handler = (request: Request) => Promise<Response>;
 
 const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags)\/(.+)$/;
 
+/** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
+type Route =
+  | { endpoint: "root" | "metrics" | "ping" | "other" }
+  | { endpoint: "manifests" | "blobs" | "tags"; pathName: string; rest: string };
+
+function routeOf(path: string): Route {
+  if (path === "/") return { endpoint: "root" };
+  if (path === "/metrics") return { endpoint: "metrics" };
+  if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
+  const match = RESOURCE_PATH.exec(path);
+  if (!match) return { endpoint: "other" };
+  return {
+    endpoint: match[2] as "manifests" | "blobs" | "tags",
+    pathName: match[1],
+    rest: match[3],
+  };
+}
+
 export function createHandler(options: ServerOptions): Handler {
   const log = options.log ?? ((line) => console.log(line));
-  const route = router(options);
   return async (request) => {
     const started = performance.now();
+    const url = new URL(request.url);
+    const route = routeOf(url.pathname);
     let response: Response;
     try {
-      response = await route(request);
+      response = await dispatch(options, request, url, route);
     } catch (e) {
       response = errorResponse(e, request, log);
     }
-    const url = new URL(request.url);
     if (url.pathname.startsWith("/v2")) {
       response.headers.set("docker-distribution-api-version", "registry/2.0");
     }
     options.metrics.requests.inc({
       method: request.method,
-      endpoint: endpointOf(url.pathname),
+      endpoint: route.endpoint,
       status: String(response.status),
     });
     const elapsed = (performance.now() - started).toFixed(1);
@@ -54,61 +72,48 @@ export function createHandler(options: ServerOptions): Handler {
   };
 }
 
-function router(options: ServerOptions): Handler {
-  const { mirror, defaultNamespace } = options;
-  return async (request) => {
-    const url = new URL(request.url);
-    const path = url.pathname;
-    const reading = request.method === "GET" || request.method === "HEAD";
-    if (path === "/" || path === "/healthz") {
+async function dispatch(
+  options: ServerOptions,
+  request: Request,
+  url: URL,
+  route: Route,
+): Promise<Response> {
+  const reading = request.method === "GET" || request.method === "HEAD";
+  switch (route.endpoint) {
+    case "root":
       if (!reading) throw unsupported(request);
       return new Response(request.method === "HEAD" ? null : "ok\n", {
         headers: { "content-type": "text/plain" },
       });
-    }
-    if (path === "/metrics") {
+    case "metrics":
       if (!reading) throw unsupported(request);
       return new Response(request.method === "HEAD" ? null : options.metrics.render(), {
         headers: { "content-type": "text/plain; version=0.0.4" },
       });
-    }
-    if (path === "/v2" || path === "/v2/") {
+    case "ping":
       if (!reading) throw unsupported(request);
       return json({});
-    }
-    const match = RESOURCE_PATH.exec(path);
-    if (!match) {
-      throw new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });
-    }
-    const [, pathName, kind, rest] = match;
-    const name = resolveName(pathName, url.searchParams.get("ns"), defaultNamespace);
-    if (kind === "blobs" && (rest === "uploads" || rest.startsWith("uploads/"))) {
-      throw mirroredWrite(name.namespace);
-    }
-    if (!reading) throw mirroredWrite(name.namespace);
-    const reference = decodeSegment(rest);
-    switch (kind) {
-      case "manifests":
-        return await getManifest(mirror, name, reference, request);
-      case "blobs":
-        return await getBlob(mirror, name, reference, request);
-      default:
-        if (rest !== "list") {
-          throw new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });
-        }
-        return await listTags(mirror, name, pathName, url);
-    }
-  };
+    case "other":
+      throw noSuchEndpoint(url.pathname);
+  }
+  const { pathName, rest } = route;
+  const name = resolveName(pathName, url.searchParams.get("ns"), options.defaultNamespace);
+  if (!reading || (route.endpoint === "blobs" && /^uploads(\/|$)/.test(rest))) {
+    throw mirroredWrite(name.namespace);
+  }
+  switch (route.endpoint) {
+    case "manifests":
+      return await getManifest(options.mirror, name, decodeSegment(rest), request);
+    case "blobs":
+      return await getBlob(options.mirror, name, decodeSegment(rest), request);
+    case "tags":
+      if (rest !== "list") throw noSuchEndpoint(url.pathname);
+      return await listTags(options.mirror, name, pathName, url);
+  }
 }
 
-/** A low-cardinality name for what a path asks for, for metrics labels. */
-function endpointOf(path: string): string {
-  if (path === "/v2" || path === "/v2/") return "ping";
-  const kind = RESOURCE_PATH.exec(path)?.[2];
-  if (kind) return kind;
-  return path === "/" || path === "/healthz" || path === "/metrics"
-    ? path.slice(1) || "root"
-    : "other";
+function noSuchEndpoint(path: string): RegistryError {
+  return new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });
 }
 
 /** Path segments may be percent-encoded (`sha256%3A...`); a bad escape is a bad reference. */
