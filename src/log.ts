@@ -9,11 +9,9 @@
 const MAX_PENDING = 1 << 20;
 const encoder = new TextEncoder();
 
-export type Log = (line: string) => void;
-
 export function createLog(
   write: (bytes: Uint8Array) => Promise<number> = (bytes) => Deno.stdout.write(bytes),
-): Log & { flush(): Promise<void> } {
+): ((line: string) => void) & { flush(): Promise<void> } {
   let pending: string[] = [];
   let pendingBytes = 0;
   let dropped = 0;

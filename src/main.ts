@@ -15,7 +15,7 @@ export const VERSION = "0.1.0";
 
 async function openStorage(
   settings: StorageSettings,
-): Promise<{ storage: Storage; spoolDir: string; ownsSpoolDir?: boolean }> {
+): Promise<{ storage: Storage; spoolDir: string }> {
   if (settings.kind === "filesystem") {
     const { FilesystemStorage } = await import("./storage/filesystem.ts");
     // Cleans what a killed predecessor left half-written before anything is served.
@@ -40,7 +40,7 @@ async function openStorage(
     dir: settings.spoolDir,
     prefix: "oci-registry-spool-",
   });
-  return { storage, spoolDir, ownsSpoolDir: true };
+  return { storage, spoolDir };
 }
 
 function describeListen(listen: Settings["listen"]): string {
@@ -76,9 +76,8 @@ async function main(): Promise<number> {
   const log = createLog();
   let storage: Storage;
   let spoolDir: string;
-  let ownsSpoolDir: boolean | undefined;
   try {
-    ({ storage, spoolDir, ownsSpoolDir } = await openStorage(settings.storage));
+    ({ storage, spoolDir } = await openStorage(settings.storage));
   } catch (e) {
     console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
     return 1;
@@ -136,7 +135,10 @@ async function main(): Promise<number> {
   await Promise.race([mirror.settled(), new Promise((resolve) => setTimeout(resolve, 20_000))]);
   upstream.close();
   await storage.close?.();
-  if (ownsSpoolDir) await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
+  // S3 spools live in a directory of this process's own; the filesystem's .tmp stays.
+  if (settings.storage.kind === "s3") {
+    await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
+  }
   await log.flush();
   return 0;
 }

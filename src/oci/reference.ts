@@ -30,14 +30,14 @@ export function isRegistryHost(value: string): boolean {
   return value.length <= 253 && REGISTRY_HOST.test(value);
 }
 
-/** A manifest reference is a tag or a digest; anything else is MANIFEST_INVALID... per spec 400. */
-export function assertManifestReference(reference: string): "tag" | "digest" {
-  if (isTag(reference)) return "tag";
-  if (isDigest(reference)) return "digest";
+/**
+ * A manifest reference is a tag or a digest (tags cannot contain ":", so a ":" means digest);
+ * anything else is DIGEST_INVALID or MANIFEST_INVALID, both 400.
+ */
+export function assertManifestReference(reference: string): void {
+  if (isTag(reference) || isDigest(reference)) return;
   if (reference.includes(":")) {
     throw new RegistryError("DIGEST_INVALID", `invalid digest: ${JSON.stringify(reference)}`);
   }
-  throw new RegistryError("MANIFEST_INVALID", `invalid tag: ${JSON.stringify(reference)}`, {
-    status: 400,
-  });
+  throw new RegistryError("MANIFEST_INVALID", `invalid tag: ${JSON.stringify(reference)}`);
 }
