@@ -17,6 +17,8 @@
  */
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
+import { isDigest } from "../digest.ts";
+import { assertManifestReference, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import type { InsecureTransport } from "./insecure_transport.ts";
 import {
@@ -46,10 +48,7 @@ const MAX_REDIRECTS = 5;
 const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
 const MAX_ERROR_BODY_BYTES = 16 << 10;
 
-const REPOSITORY =
-  /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
-const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
-const DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+/** Configured hosts may also be bracketed IPv6 literals, which registry names cannot be. */
 const HOST = /^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;
 
 interface Transport {
@@ -100,10 +99,11 @@ export class UpstreamClient {
     reference: string,
     init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
   ): Promise<Response> {
-    if (!TAG.test(reference) && !DIGEST.test(reference)) {
-      return Promise.reject(
-        new RegistryError("NAME_INVALID", `invalid reference ${JSON.stringify(reference)}`),
-      );
+    // Checked again here (api/ checked already) because these strings become URL paths.
+    try {
+      assertManifestReference(reference);
+    } catch (e) {
+      return Promise.reject(e);
     }
     const headers = new Headers();
     if (init.accept.length > 0) headers.set("accept", init.accept.join(", "));
@@ -124,7 +124,7 @@ export class UpstreamClient {
     digest: string,
     init: { method: "GET" | "HEAD"; signal?: AbortSignal; range?: string },
   ): Promise<Response> {
-    if (!DIGEST.test(digest)) {
+    if (!isDigest(digest)) {
       return Promise.reject(
         new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`),
       );
@@ -180,7 +180,7 @@ export class UpstreamClient {
     request: Omit<Target, "upstream" | "repository">,
   ): Promise<Response> {
     if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
-    if (!REPOSITORY.test(repository) || repository.length > 255) {
+    if (!isValidRepository(repository)) {
       throw new RegistryError(
         "NAME_INVALID",
         `invalid repository name ${JSON.stringify(repository)}`,
