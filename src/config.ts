@@ -4,6 +4,7 @@
  */
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
+import { isRegistryHost, isUpstreamHost } from "./oci/reference.ts";
 
 export interface UpstreamConfig {
   /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */
@@ -142,11 +143,11 @@ export function parseUpstreamYaml(text: string, source: string): UpstreamConfig[
 
 function parseEntry(record: Record<string, unknown>, where: string): UpstreamConfig {
   const namespace = requiredString(record, "namespace", where);
-  if (!/^[a-zA-Z0-9.-]+(:[0-9]+)?$/.test(namespace)) {
+  if (!isRegistryHost(namespace)) {
     throw new ConfigError(`${where}: key "namespace" must be a registry host name, e.g. docker.io`);
   }
   const host = requiredString(record, "host", where);
-  if (!/^[a-zA-Z0-9.-]+(:[0-9]+)?$|^\[[0-9a-fA-F:]+\](:[0-9]+)?$/.test(host)) {
+  if (!isUpstreamHost(host)) {
     throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
   }
   return {

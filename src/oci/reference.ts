@@ -30,6 +30,11 @@ export function isRegistryHost(value: string): boolean {
   return value.length <= 253 && REGISTRY_HOST.test(value);
 }
 
+/** An upstream address: a registry host name, or a bracketed IPv6 literal, with an optional port. */
+export function isUpstreamHost(value: string): boolean {
+  return isRegistryHost(value) || /^\[[0-9a-fA-F:.]+\](?::[0-9]{1,5})?$/.test(value);
+}
+
 /**
  * A manifest reference is a tag or a digest (tags cannot contain ":", so a ":" means digest);
  * anything else is DIGEST_INVALID or MANIFEST_INVALID, both 400.

@@ -18,7 +18,7 @@
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
-import { assertManifestReference, isValidRepository } from "../oci/reference.ts";
+import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import type { InsecureTransport } from "./insecure_transport.ts";
 import {
@@ -47,9 +47,6 @@ export const DEFAULT_USER_AGENT = "oci-registry/0.1";
 const MAX_REDIRECTS = 5;
 const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
 const MAX_ERROR_BODY_BYTES = 16 << 10;
-
-/** Configured hosts may also be bracketed IPv6 literals, which registry names cannot be. */
-const HOST = /^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$/;
 
 interface Transport {
   (url: URL, init: { method: string; headers: Headers; signal: AbortSignal }): Promise<Response>;
@@ -187,7 +184,7 @@ export class UpstreamClient {
       );
     }
     const upstream = this.#upstreams.get(namespace);
-    if (!HOST.test(upstream.host)) {
+    if (!isUpstreamHost(upstream.host)) {
       throw new RegistryError(
         "NAME_INVALID",
         `invalid upstream host ${JSON.stringify(upstream.host)} for namespace ${namespace}`,
