@@ -14,9 +14,11 @@ export async function getBlob(
   const digest = parseDigest(reference).toString();
   const method = request.method === "HEAD" ? "HEAD" : "GET";
   let range: ByteRange | undefined;
+  const rangeHeader = request.headers.get("range");
   const blob = await mirror.getBlob(name.namespace, name.repository, digest, {
     method,
-    range: (size) => (range = parseRange(request.headers.get("range"), size)),
+    // Only requests with a Range header need the size before the body is opened.
+    range: rangeHeader === null ? undefined : (size) => (range = parseRange(rangeHeader, size)),
   });
   const headers = new Headers({
     "content-type": "application/octet-stream",

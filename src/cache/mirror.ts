@@ -315,16 +315,10 @@ export class Mirror {
     },
   ): Promise<BlobResult> {
     const key = blobKey(digest);
-    const info = await this.#storage.stat(key);
-    if (info && await this.#blobStillConfirmed(namespace, repository, digest, info.modified)) {
+    const cached = await this.#cachedBlob(namespace, repository, digest, options);
+    if (cached) {
       this.#count("blob", "hit");
-      if (options.method === "HEAD") return { size: info.size };
-      const range = options.range?.(info.size);
-      const redirect = range ? undefined : await this.#storage.directUrl?.(key);
-      if (redirect) return { size: info.size, redirect };
-      const object = await this.#storage.read(key, range);
-      if (object) return { size: info.size, body: object.body };
-      // Deleted between stat and read: fall through to upstream.
+      return cached;
     }
     this.#count("blob", "miss");
     if (options.method === "HEAD") {
@@ -341,6 +335,39 @@ export class Mirror {
     if (!download) return await this.getBlob(namespace, repository, digest, options);
     const range = options.range?.(download.expectedSize);
     return { size: download.expectedSize, body: download.reader(range) };
+  }
+
+  /** The stored blob as the request wants it, or null when it is not (or no longer) served. */
+  async #cachedBlob(
+    namespace: string,
+    repository: string,
+    digest: string,
+    options: {
+      method: "GET" | "HEAD";
+      range?: (size: number | undefined) => ByteRange | undefined;
+    },
+  ): Promise<BlobResult | null> {
+    const key = blobKey(digest);
+    if (options.method === "GET" && !options.range && !this.#storage.directUrl) {
+      // The common case, a whole-blob GET, opens the blob at once: size and age come with it,
+      // so it costs one storage round trip instead of a stat (an S3 HEAD) plus a read.
+      const object = await this.#storage.read(key);
+      if (!object) return null;
+      if (await this.#blobStillConfirmed(namespace, repository, digest, object.modified)) {
+        return { size: object.size, body: object.body };
+      }
+      await object.body.cancel();
+      return null;
+    }
+    const info = await this.#storage.stat(key);
+    if (!info) return null;
+    if (!await this.#blobStillConfirmed(namespace, repository, digest, info.modified)) return null;
+    if (options.method === "HEAD") return { size: info.size };
+    const range = options.range?.(info.size);
+    const redirect = range ? undefined : await this.#storage.directUrl?.(key);
+    if (redirect) return { size: info.size, redirect };
+    const object = await this.#storage.read(key, range);
+    return object ? { size: info.size, body: object.body } : null; // null: deleted meanwhile
   }
 
   /** Whether a cached blob may be served without asking upstream (blob_invalidation_time). */

@@ -166,6 +166,29 @@ Deno.test("20 concurrent cold reads of one blob make ONE upstream GET and all ge
   });
 });
 
+Deno.test("a warm whole-blob GET costs one storage read and no stat (one S3 request, not two)", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const digest = upstream.addBlob(randomBytes(10_000));
+    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await mirror.settled();
+    const calls: string[] = [];
+    const stat = storage.stat.bind(storage);
+    const read = storage.read.bind(storage);
+    storage.stat = (key) => (calls.push("stat"), stat(key));
+    storage.read = (key, range) => (calls.push("read"), read(key, range));
+    const warm = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(warm.body!)), digest);
+    assertEquals(calls, ["read"]);
+    calls.length = 0;
+    const ranged = await mirror.getBlob(NS, REPO, digest, {
+      method: "GET",
+      range: () => ({ start: 0, end: 9 }),
+    });
+    assertEquals((await readAll(ranged.body!)).byteLength, 10);
+    assertEquals(calls, ["stat", "read"], "a range needs the size first");
+  });
+});
+
 Deno.test("readers stream while the download is still running", async () => {
   await withMirror(async (mirror, upstream) => {
     const bytes = randomBytes(2 * 1024 * 1024);

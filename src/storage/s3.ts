@@ -77,7 +77,6 @@ export class S3Storage implements Storage {
   readonly bucket: string;
   readonly prefix: string;
   readonly client: S3Client;
-  #redirect: boolean;
   #expiresIn: number;
   #requestTimeout: number;
   #partSize: number;
@@ -87,7 +86,7 @@ export class S3Storage implements Storage {
     this.bucket = options.bucket;
     this.prefix = options.prefix ? options.prefix.replace(/\/*$/, "/").replace(/^\/+/, "") : "";
     if (this.prefix !== "") assertSafeKey(this.prefix.slice(0, -1));
-    this.#redirect = options.redirect ?? false;
+    if (options.redirect) this.directUrl = (key) => this.#presign(key);
     this.#expiresIn = options.redirectExpiresIn ?? 300;
     this.#requestTimeout = options.requestTimeoutMs ?? 5_000;
     this.#partSize = Math.max(options.partSize ?? 8 * MiB, 5 * MiB);
@@ -454,12 +453,17 @@ export class S3Storage implements Storage {
     } while (token);
   }
 
-  async directUrl(key: string): Promise<string | undefined> {
-    if (!this.#redirect) return undefined;
-    const k = this.#key(key);
-    return await getSignedUrl(this.client, new GetObjectCommand({ Bucket: this.bucket, Key: k }), {
-      expiresIn: this.#expiresIn,
-    });
+  /** A presigned GET URL for `key`; present only with `redirect` (see Storage.directUrl). */
+  readonly directUrl?: (key: string) => Promise<string>;
+
+  #presign(key: string): Promise<string> {
+    return getSignedUrl(
+      this.client,
+      new GetObjectCommand({ Bucket: this.bucket, Key: this.#key(key) }),
+      {
+        expiresIn: this.#expiresIn,
+      },
+    );
   }
 
   close(): Promise<void> {

@@ -69,10 +69,10 @@ export interface Storage {
   list(prefix: string): AsyncIterable<string>;
 
   /**
-   * A short-lived URL from which a client can GET the object directly, when the back-end and
-   * its configuration support it (S3 with --s3-redirect); undefined otherwise.
+   * A short-lived URL from which a client can GET the object directly. Present only when the
+   * back-end and its configuration offer it (S3 with --s3-redirect): callers check for it.
    */
-  directUrl?(key: string): Promise<string | undefined>;
+  directUrl?(key: string): Promise<string>;
 
   /** Releases connections and timers. */
   close?(): Promise<void>;
