@@ -1,5 +1,5 @@
 /** Joins byte chunks into one array of `total` bytes (the sum of their lengths). */
-export function concatBytes(chunks: Uint8Array[], total: number): Uint8Array {
+export function concatBytes(chunks: Uint8Array[], total: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(total);
   let offset = 0;
   for (const chunk of chunks) {

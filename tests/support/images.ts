@@ -8,6 +8,7 @@
  * Push them to a registry over HTTP (`pushImage`), or write an OCI image layout (`writeOciLayout`)
  * and push that with skopeo (`skopeoPush`).
  */
+import { concatBytes } from "../../src/bytes.ts";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { RegistryClient } from "./registry_client.ts";
@@ -289,13 +290,7 @@ export function makeTar(entries: TarEntry[]): Uint8Array<ArrayBuffer> {
   }
   chunks.push(new Uint8Array(1024));
   total += 1024;
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return out;
+  return concatBytes(chunks, total);
 }
 
 function tarHeader(entry: TarEntry, size: number): Uint8Array {
