@@ -327,12 +327,23 @@ export class Mirror {
       const length = response.headers.get("content-length");
       return { size: length !== null ? Number(length) : undefined };
     }
-    const download = await this.#downloads.join(digest, async () => {
-      // Re-checked inside the flight: a download may have been published since the stat.
+    let download = await this.#downloads.join(digest, async () => {
+      // Re-checked inside the flight: a download may have been published since the lookup.
       if (await this.#storage.stat(key)) return null;
       return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
     });
-    if (!download) return await this.getBlob(namespace, repository, digest, options);
+    if (!download) {
+      const published = await this.#cachedBlob(namespace, repository, digest, options);
+      if (published) return published;
+      // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
+      download = await this.#downloads.join(
+        digest,
+        () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
+      );
+    }
+    if (!download) {
+      throw new RegistryError("UNAVAILABLE", `blob ${digest} is neither stored nor fetchable`);
+    }
     const range = options.range?.(download.expectedSize);
     return { size: download.expectedSize, body: download.reader(range) };
   }

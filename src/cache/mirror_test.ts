@@ -189,6 +189,18 @@ Deno.test("a warm whole-blob GET costs one storage read and no stat (one S3 requ
   });
 });
 
+Deno.test("storage that says yes to stat and no to read cannot make the mirror loop", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(10_000);
+    const digest = upstream.addBlob(bytes);
+    storage.stat = () => Promise.resolve({ size: bytes.byteLength, modified: new Date() });
+    storage.read = () => Promise.resolve(null);
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(blob.body!)), digest);
+    assertEquals(upstream.count("blob", "GET"), 1);
+  });
+});
+
 Deno.test("readers stream while the download is still running", async () => {
   await withMirror(async (mirror, upstream) => {
     const bytes = randomBytes(2 * 1024 * 1024);
