@@ -209,6 +209,8 @@ class FaultyProxy {
   /** Upcoming connections cut after this many bytes of the answer. */
   cuts = 0;
   cutAfter = 0;
+  /** Upcoming connections whose requests lose their Range header (a server ignoring it). */
+  ignoreRanges = 0;
   connections = 0;
   #listener: Deno.Listener;
   #open = new Set<Deno.Conn>();
@@ -256,12 +258,26 @@ class FaultyProxy {
         this.cuts--;
         limit = this.cutAfter;
       }
+      let stripRange = false;
+      if (this.ignoreRanges > 0) {
+        this.ignoreRanges--;
+        stripRange = true;
+      }
       const up = (async () => {
         const buffer = new Uint8Array(64 * 1024);
         for (;;) {
           const n = await client.read(buffer);
           if (n === null) break;
-          await writeAll(server, buffer.subarray(0, n));
+          let data = buffer.subarray(0, n);
+          if (stripRange) {
+            // Headers of a bodiless GET arrive whole; the signature does not cover Range here.
+            const text = new TextDecoder("latin1").decode(data).replace(
+              /^range:[^\r\n]*\r\n/im,
+              "",
+            );
+            data = Uint8Array.from(text, (c) => c.charCodeAt(0));
+          }
+          await writeAll(server, data);
         }
       })().catch(() => {});
       const down = (async () => {
@@ -377,6 +393,14 @@ Deno.test("s3: a body cut mid-way is resumed with a ranged GET", async () => {
         );
       });
       assertEquals(proxy.cuts, 0);
+      // A resumed request answered from byte 0 (Range ignored) must not repeat delivered bytes.
+      proxy.cuts = 1;
+      await throughProxy(s3, proxy, "cut/", async (storage) => {
+        const whole = await storage.read(key);
+        proxy.ignoreRanges = 1; // the first connection is open: this hits the resume
+        assertEquals(new Uint8Array(await new Response(whole!.body).arrayBuffer()), bytes);
+      });
+      assertEquals([proxy.cuts, proxy.ignoreRanges], [0, 0], "cut, then resumed without Range");
       // Connections that keep failing without progress end in an error, never in a truncated
       // body (cuts that each deliver progress are resumed indefinitely, by design).
       proxy.cutAfter = 0;

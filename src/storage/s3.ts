@@ -247,11 +247,12 @@ export class S3Storage implements Storage {
     etag: string | undefined,
   ): ReadableStream<Uint8Array> {
     let reader = first.getReader();
-    let position = start;
+    let position = start; // the object offset of the next byte `reader` yields
+    let next = from; // the next byte the consumer has not been given
     let failures = 0;
     return new ReadableStream<Uint8Array>({
       start: async (controller) => {
-        if (position >= to) {
+        if (next >= to) {
           await reader.cancel().catch(() => {});
           controller.close();
         }
@@ -264,20 +265,21 @@ export class S3Storage implements Storage {
             if (!done) {
               const chunkStart = position;
               position += value.byteLength;
-              failures = 0;
-              if (position <= from) continue;
-              const wanted = chunkStart >= from && position <= to ? value : value.subarray(
-                Math.max(from - chunkStart, 0),
-                Math.min(to - chunkStart, value.byteLength),
-              );
-              if (wanted.byteLength > 0) controller.enqueue(wanted);
-              if (position >= to) {
+              // Only bytes not yet delivered: a resumed response may start earlier than asked
+              // (a server that ignores Range answers 200 from byte 0).
+              const first = Math.max(next, chunkStart);
+              const end = Math.min(to, position);
+              if (end <= first) continue;
+              controller.enqueue(value.subarray(first - chunkStart, end - chunkStart));
+              next = end;
+              failures = 0; // progress made
+              if (next >= to) {
                 await reader.cancel().catch(() => {});
                 controller.close();
               }
               return;
             }
-            if (position >= to) {
+            if (next >= to) {
               controller.close();
               return;
             }
@@ -292,14 +294,13 @@ export class S3Storage implements Storage {
           reader.cancel().catch(() => {});
           await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** failures));
           try {
-            const resumeAt = Math.max(position, from);
-            const out = await this.#get(k, resumeAt, to - 1, etag);
+            const out = await this.#get(k, next, to - 1, etag);
             if (out === null || out === "range") throw new Error("object vanished");
             const served = /^bytes (\d+)-/.exec(out.ContentRange ?? "");
             position = served ? Number(served[1]) : 0;
             reader = (out.Body!.transformToWebStream() as ReadableStream<Uint8Array>).getReader();
           } catch (e) {
-            controller.error(unavailable(e, `GetObject ${k} (resume at ${position})`));
+            controller.error(unavailable(e, `GetObject ${k} (resume at ${next})`));
             return;
           }
         }
