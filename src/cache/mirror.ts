@@ -58,6 +58,15 @@ export interface BlobResult {
   redirect?: string;
 }
 
+export interface BlobRequest {
+  method: "GET" | "HEAD";
+  /**
+   * For requests with a Range header: turns the blob's size (once known; undefined when
+   * upstream did not say) into the range to serve, or undefined for the whole blob.
+   */
+  range?: (size: number | undefined) => ByteRange | undefined;
+}
+
 export interface MirrorOptions {
   storage: Storage;
   upstream: Upstream;
@@ -309,10 +318,7 @@ export class Mirror {
     namespace: string,
     repository: string,
     digest: string,
-    options: {
-      method: "GET" | "HEAD";
-      range?: (size: number | undefined) => ByteRange | undefined;
-    },
+    options: BlobRequest,
   ): Promise<BlobResult> {
     const key = blobKey(digest);
     const cached = await this.#cachedBlob(namespace, repository, digest, options);
@@ -353,10 +359,7 @@ export class Mirror {
     namespace: string,
     repository: string,
     digest: string,
-    options: {
-      method: "GET" | "HEAD";
-      range?: (size: number | undefined) => ByteRange | undefined;
-    },
+    options: BlobRequest,
   ): Promise<BlobResult | null> {
     const key = blobKey(digest);
     if (options.method === "GET" && !options.range && !this.#storage.directUrl) {
