@@ -15,6 +15,12 @@ export function assert(condition: unknown, message = "assertion failed"): assert
 }
 
 export function assertEquals<T>(actual: T, expected: T, message?: string): void {
+  if (actual instanceof Uint8Array && expected instanceof Uint8Array) {
+    // node:assert would diff megabytes element by element: gigabytes of memory for a failure.
+    const difference = bytesDifference(actual, expected);
+    if (difference) throw new AssertionError(message ? `${message}\n${difference}` : difference);
+    return;
+  }
   try {
     deepStrictEqual(actual, expected);
   } catch (e) {
@@ -22,6 +28,20 @@ export function assertEquals<T>(actual: T, expected: T, message?: string): void 
       message ? `${message}\n${(e as Error).message}` : (e as Error).message,
     );
   }
+}
+
+/** Where two byte arrays differ, in a few words; null when they are equal. */
+function bytesDifference(actual: Uint8Array, expected: Uint8Array): string | null {
+  const common = Math.min(actual.byteLength, expected.byteLength);
+  let at = 0;
+  while (at < common && actual[at] === expected[at]) at++;
+  if (at === common && actual.byteLength === expected.byteLength) return null;
+  const hex = (bytes: Uint8Array) =>
+    Array.from(bytes.subarray(at, at + 16), (b) => b.toString(16).padStart(2, "0")).join(" ");
+  return `bytes differ: actual ${actual.byteLength} bytes, expected ${expected.byteLength}; ` +
+    `first difference at offset ${at} (actual: ${hex(actual) || "end"}; expected: ${
+      hex(expected) || "end"
+    })`;
 }
 
 export function assertNotEquals<T>(actual: T, expected: T, message?: string): void {
