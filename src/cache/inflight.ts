@@ -367,6 +367,11 @@ export class InflightDownloads {
     }
   }
 
+  /** The download of `digest` under way, if there is one. */
+  running(digest: string): Promise<Download | null> | undefined {
+    return this.#downloads.get(digest);
+  }
+
   /**
    * Joins the download of `digest`, starting it with `fetch` if none is running. Rejects when
    * the upstream request fails before any byte arrived.

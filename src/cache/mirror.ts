@@ -17,7 +17,7 @@ import {
 } from "../oci/media_types.ts";
 import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
-import { InflightDownloads } from "./inflight.ts";
+import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
 import { Metrics } from "../metrics.ts";
 
@@ -321,6 +321,15 @@ export class Mirror {
     options: BlobRequest,
   ): Promise<BlobResult> {
     const key = blobKey(digest);
+    if (options.method === "GET") {
+      // A download under way (or publishing) serves from its spool: no storage request, and
+      // never a half-written object from a store whose writes are not atomic.
+      const download = await this.#downloads.running(digest)?.catch(() => null);
+      if (download) {
+        this.#count("blob", "miss"); // not stored yet; joins the one download
+        return this.#follow(download, options);
+      }
+    }
     const cached = await this.#cachedBlob(namespace, repository, digest, options);
     if (cached) {
       this.#count("blob", "hit");
@@ -350,6 +359,11 @@ export class Mirror {
     if (!download) {
       throw new RegistryError("UNAVAILABLE", `blob ${digest} is neither stored nor fetchable`);
     }
+    return this.#follow(download, options);
+  }
+
+  /** A response that follows a download (from its spool, or from storage once published). */
+  #follow(download: Download, options: BlobRequest): BlobResult {
     const range = options.range?.(download.expectedSize);
     return { size: download.expectedSize, body: download.reader(range) };
   }

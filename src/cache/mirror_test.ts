@@ -244,6 +244,41 @@ Deno.test("readers far behind the download read the spool; readers at the head t
   });
 });
 
+Deno.test("a GET while a download is still publishing follows the download, not storage", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(300_000);
+    const digest = upstream.addBlob(bytes);
+    // A store whose writes are not atomic (s3rver) shows a half-written object meanwhile.
+    const publishing = Promise.withResolvers<void>();
+    const release = Promise.withResolvers<void>();
+    const publish = storage.publishFile.bind(storage);
+    storage.publishFile = async (...args) => {
+      publishing.resolve();
+      await release.promise;
+      return await publish(...args);
+    };
+    let reads = 0;
+    const read = storage.read.bind(storage);
+    storage.read = (...args) => {
+      reads++;
+      return read(...args);
+    };
+    const first = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(first.body!)), digest);
+    await publishing.promise;
+    assertEquals(reads, 1, "the first GET looked in storage once");
+    const second = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(reads, 1, "the second GET did not ask storage");
+    assertEquals(digestOf(await readAll(second.body!)), digest);
+    release.resolve();
+    await mirror.settled();
+    const third = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    assertEquals(digestOf(await readAll(third.body!)), digest);
+    assertEquals(reads, 2, "once published, storage serves it");
+    assertEquals(upstream.count("blob", "GET"), 1);
+  });
+});
+
 Deno.test("a lying blob upstream: readers are cut off, nothing is stored, a later honest fetch heals", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const bytes = randomBytes(300_000);
