@@ -1,31 +1,36 @@
 /**
  * Single-flight, streaming blob downloads.
  *
- * The first request for a missing blob starts ONE upstream download. Its bytes are read
- * straight into a small ring of fixed blocks (no per-chunk allocation), hashed, and written
- * block by block to a spool file. Every request for the same digest, concurrent or later,
- * follows the download at its own pace: readers near the head copy from the ring (the disk
- * write is not on their path), readers further behind read the spool with their own handle. A
+ * The first request for a missing blob starts ONE upstream download. The network body is read
+ * straight into fresh 1 MiB blocks; each finished block is hashed, written to a spool file and
+ * handed, as it is, to every reader near the head of the download: no byte is copied in
+ * JavaScript, however many clients follow. Every request for the same digest, concurrent or
+ * later, follows the download at its own pace: readers near the head get the blocks still in
+ * memory (the last BLOCKS_IN_MEMORY), readers further behind read the spool with their own handle. A
  * slow client never slows the download, a fast one never waits for the whole blob, and memory
- * per download is the ring (BLOCK_SIZE x RING_BLOCKS) whatever the blob size.
+ * per download is a few blocks whatever the blob size.
  *
  * The last byte is held back from every reader until the digest is verified, so a corrupt
  * download is never delivered whole: readers are errored instead and the client's response is
  * cut short. Only verified spools are published to storage.
  */
-import { Hasher, parseDigest } from "../digest.ts";
+import { createBlockHasher } from "../background_hash.ts";
+import { parseDigest } from "../digest.ts";
 import { noteStreamed } from "../memory.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
 
-/** Bytes per ring block, and per spool write: large writes are what make the disk keep up. */
+/** Bytes per block: the unit of network reads, hashing, spool writes and hand-outs to readers. */
 const BLOCK_SIZE = 1 << 20;
-/** Blocks in the ring: how far the network may run ahead of the disk, plus a tail for readers. */
-const RING_BLOCKS = 4;
-/** Buffer for reading the network body. */
-const RECEIVE_SIZE = 256 * 1024;
-/** Buffer a client's stream reads into. */
+/** Finished blocks kept in memory: how far the network may run ahead of the disk. */
+const BLOCKS_IN_MEMORY = 4;
+/**
+ * A slow upstream fills a block slowly; readers at the head should not wait for all of it. After
+ * this long without a finished block, what arrived so far is copied out for them.
+ */
+const PARTIAL_AFTER_MS = 20;
+/** Largest read of the spool for a reader behind the blocks in memory. */
 const READ_CHUNK = 1 << 20;
 
 /**
@@ -36,6 +41,12 @@ export type FetchBlob = () => Promise<Response | null>;
 
 type State = "downloading" | "verified" | "failed";
 
+/** Bytes of the blob from `start`, in memory; never modified once made visible to readers. */
+interface Piece {
+  start: number;
+  bytes: Uint8Array;
+}
+
 export class Download {
   readonly digest: string;
   readonly spoolPath: string;
@@ -45,13 +56,15 @@ export class Download {
   readonly finished: Promise<void>;
   #state: State = "downloading";
   #error: unknown;
-  /** Bytes received (and hashed) so far. */
+  /** Bytes received so far. */
   #received = 0;
   /** Bytes on disk in the spool so far. */
   #written = 0;
-  /** Block `b` of the blob lives in `#ring[b % RING_BLOCKS]` while `b >= #oldestInRing`. */
-  #ring: Uint8Array[] = [];
-  #oldestInRing = 0;
+  /**
+   * The in-memory tail of the blob readers may take from: whole finished blocks, then copies
+   * of what a slowly arriving block holds so far. Contiguous, in order.
+   */
+  #pieces: Piece[] = [];
   #writeFailure: unknown;
   #wake: (() => void)[] = [];
   #storage: Storage;
@@ -81,43 +94,36 @@ export class Download {
   }
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
-    const hasher = new Hasher(parseDigest(this.digest).algorithm);
+    const hasher = createBlockHasher(parseDigest(this.digest).algorithm);
+    const hashing: Promise<void>[] = []; // per block still in memory
+    const source = new BlockSource(body);
     let writing: Promise<void> = Promise.resolve();
     try {
-      for await (const chunk of bodyChunks(body)) {
-        if (
-          this.expectedSize !== undefined && this.#received + chunk.byteLength > this.expectedSize
-        ) {
-          throw new RegistryError(
-            "UPSTREAM_ERROR",
-            `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
-          );
+      for (let block = 0;; block++) {
+        // A new block evicts the one BLOCKS_IN_MEMORY back from memory: it must be on disk (and
+        // hashed) first. That bounds the memory of a download whatever the disk and CPU do.
+        const keepFrom = (block - BLOCKS_IN_MEMORY + 1) * BLOCK_SIZE;
+        while (this.#written < keepFrom) {
+          if (this.#writeFailure !== undefined) throw this.#writeFailure;
+          await this.#changed();
         }
-        hasher.update(chunk);
-        noteStreamed(chunk.byteLength); // the network body allocates per read as well
-        let offset = 0;
-        while (offset < chunk.byteLength) {
-          const position = this.#received;
-          const block = Math.floor(position / BLOCK_SIZE);
-          const within = position % BLOCK_SIZE;
-          if (within === 0) {
-            // Starting a block evicts the one RING_BLOCKS back: it must be on disk first.
-            while (this.#written < (block - RING_BLOCKS + 1) * BLOCK_SIZE) {
-              if (this.#writeFailure !== undefined) throw this.#writeFailure;
-              await this.#changed();
-            }
-            this.#oldestInRing = Math.max(0, block - RING_BLOCKS + 1);
+        if (hashing.length >= BLOCKS_IN_MEMORY) await hashing.shift();
+        while (this.#pieces.length > 0 && this.#pieces[0].start < keepFrom) this.#pieces.shift();
+
+        const start = block * BLOCK_SIZE;
+        const bytes = await this.#receiveBlock(source, start);
+        if (bytes.byteLength > 0) {
+          hashing.push(hasher.update(bytes));
+          // The block replaces the partial copies made of it while it arrived.
+          while (this.#pieces.length > 0 && this.#pieces.at(-1)!.start >= start) {
+            this.#pieces.pop();
           }
-          const slot = this.#slot(block);
-          const n = Math.min(chunk.byteLength - offset, BLOCK_SIZE - within);
-          slot.set(chunk.subarray(offset, offset + n), within);
-          offset += n;
-          this.#received += n;
-          if (within + n === BLOCK_SIZE) writing = this.#writeBlock(writing, block, BLOCK_SIZE);
+          this.#pieces.push({ start, bytes });
+          writing = this.#writeBlock(writing, bytes);
         }
-        this.#notify();
+        if (bytes.byteLength < BLOCK_SIZE) break; // the body ended
       }
-      const actual = hasher.digest();
+      const actual = await hasher.digest();
       if (actual !== this.digest) {
         throw new RegistryError(
           "UPSTREAM_ERROR",
@@ -132,10 +138,6 @@ export class Download {
       }
       this.#state = "verified";
       this.#notify();
-      const partial = this.#received % BLOCK_SIZE;
-      if (partial > 0) {
-        writing = this.#writeBlock(writing, Math.floor(this.#received / BLOCK_SIZE), partial);
-      }
       await writing;
     } catch (e) {
       this.#state = "failed";
@@ -145,18 +147,18 @@ export class Download {
         { cause: e },
       );
       log(`blob ${this.digest}: ${(this.#error as Error).message}`);
-      await body.cancel().catch(() => {});
+      hasher.dispose();
+      await source.cancel();
     } finally {
       await writing.catch(() => {});
       this.#spool.close();
       this.#notify();
     }
+    this.#pieces = []; // everything is on disk now (or failed); readers use the file
     if (this.#state === "failed") {
-      this.#releaseRing();
       await Deno.remove(this.spoolPath).catch(() => {});
       throw this.#error;
     }
-    this.#releaseRing(); // everything is on disk now; readers use the file
     try {
       await this.#storage.publishFile(blobKey(this.digest), this.spoolPath, {
         size: this.#received,
@@ -167,25 +169,52 @@ export class Download {
     }
   }
 
-  /** The ring slot for `block`, allocated on first use (small blobs get small slots). */
-  #slot(block: number): Uint8Array {
-    const index = block % RING_BLOCKS;
-    if (!this.#ring[index]) {
-      const left = this.expectedSize === undefined
-        ? BLOCK_SIZE
-        : this.expectedSize - block * BLOCK_SIZE;
-      this.#ring[index] = new Uint8Array(Math.max(1, Math.min(BLOCK_SIZE, left)));
+  /**
+   * Receives the block starting at `start`: BLOCK_SIZE bytes, fewer only where the body ended.
+   * While it arrives slowly, copies of what came so far are made visible every
+   * PARTIAL_AFTER_MS, so a reader at the head never waits long for the rest of the block.
+   */
+  async #receiveBlock(source: BlockSource, start: number): Promise<Uint8Array> {
+    const size = this.expectedSize === undefined || this.expectedSize >= start + BLOCK_SIZE
+      ? BLOCK_SIZE
+      : Math.max(0, this.expectedSize - start);
+    let block: Uint8Array = new Uint8Array(size);
+    let filled = 0;
+    let shown = 0; // bytes of this block already copied into pieces
+    let shownAt = performance.now();
+    while (filled < size) {
+      const got = await source.read(block, filled);
+      block = got.block;
+      if (got.n === 0) break;
+      filled += got.n;
+      this.#received += got.n;
+      noteStreamed(got.n);
+      const now = performance.now();
+      if (filled < size && now - shownAt >= PARTIAL_AFTER_MS) {
+        this.#pieces.push({ start: start + shown, bytes: block.slice(shown, filled) });
+        shown = filled;
+        shownAt = now;
+      }
+      this.#notify();
     }
-    return this.#ring[index];
+    if (filled === size && this.expectedSize !== undefined && size < BLOCK_SIZE) {
+      // The announced end: anything more is a lying upstream.
+      if (await source.hasMore()) {
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
+        );
+      }
+    }
+    return block.subarray(0, filled);
   }
 
-  /** Queues the write of `length` bytes of `block` after `previous`; one write at a time. */
-  #writeBlock(previous: Promise<void>, block: number, length: number): Promise<void> {
+  /** Queues the spool write of a finished block after `previous`; one write at a time. */
+  #writeBlock(previous: Promise<void>, bytes: Uint8Array): Promise<void> {
     const write = previous.then(async () => {
-      const data = this.#ring[block % RING_BLOCKS].subarray(0, length);
       let offset = 0;
-      while (offset < length) offset += await this.#spool.write(data.subarray(offset));
-      this.#written += length;
+      while (offset < bytes.byteLength) offset += await this.#spool.write(bytes.subarray(offset));
+      this.#written += bytes.byteLength;
       this.#notify();
     }).catch((e) => {
       this.#writeFailure ??= e;
@@ -198,24 +227,15 @@ export class Download {
     return write;
   }
 
-  #releaseRing(): void {
-    this.#oldestInRing = Infinity;
-    this.#ring = [];
-  }
-
-  /** Copies bytes at `position` (below `limit`) from the ring into `view`; 0 when not there. */
-  #copyFromRing(position: number, limit: number, view: Uint8Array): number {
-    let copied = 0;
-    while (copied < view.byteLength && position + copied < limit) {
-      const at = position + copied;
-      const block = Math.floor(at / BLOCK_SIZE);
-      if (block < this.#oldestInRing) break;
-      const within = at % BLOCK_SIZE;
-      const n = Math.min(view.byteLength - copied, BLOCK_SIZE - within, limit - at);
-      view.set(this.#ring[block % RING_BLOCKS].subarray(within, within + n), copied);
-      copied += n;
+  /** Bytes at `position` (below `limit`) from memory, without copying; null when not there. */
+  #fromMemory(position: number, limit: number): Uint8Array | null {
+    for (const piece of this.#pieces) {
+      const end = piece.start + piece.bytes.byteLength;
+      if (position >= piece.start && position < end) {
+        return piece.bytes.subarray(position - piece.start, Math.min(end, limit) - piece.start);
+      }
     }
-    return copied;
+    return null;
   }
 
   #notify(): void {
@@ -248,39 +268,37 @@ export class Download {
         handle.close();
       } catch { /* already closed */ }
     };
-    return new ReadableStream({
-      type: "bytes",
-      autoAllocateChunkSize: READ_CHUNK,
-      pull: async (controller: ReadableByteStreamController) => {
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
         try {
           while (true) {
             if (this.#state === "failed") throw this.#error;
             const limit = Math.min(this.available, end ?? Infinity);
             if (position < limit) {
-              const view = (controller.byobRequest!.view! as Uint8Array).subarray(
-                0,
-                limit - position,
-              );
-              let n = this.#copyFromRing(position, limit, view);
-              if (n === 0) {
-                // Behind the ring: this part is on disk.
+              let chunk = this.#fromMemory(position, limit);
+              if (!chunk && position < this.#written) {
+                // Behind the blocks in memory: this part is on disk.
                 if (filePosition !== position) {
                   await handle.seek(position, Deno.SeekMode.Start);
                   filePosition = position;
                 }
-                n = await handle.read(view.subarray(0, this.#written - position)) ?? 0;
+                const buffer = new Uint8Array(
+                  Math.min(READ_CHUNK, this.#written - position, limit - position),
+                );
+                const n = await handle.read(buffer) ?? 0;
                 if (n === 0) throw new Error("spool file ended early");
                 filePosition += n;
+                chunk = buffer.subarray(0, n);
+                noteStreamed(n); // blocks from memory were counted when they were received
               }
-              position += n;
-              controller.byobRequest!.respond(n);
-              noteStreamed(n);
-              return;
-            }
-            if (this.#state === "verified" && position >= limit) {
+              if (chunk) {
+                position += chunk.byteLength;
+                controller.enqueue(chunk);
+                return;
+              }
+            } else if (this.#state === "verified") {
               close();
               controller.close();
-              controller.byobRequest?.respond(0);
               return;
             }
             await this.#changed();
@@ -317,27 +335,54 @@ export class Download {
 }
 
 /**
- * The chunks of a body, read with BYOB into one reused buffer when the body is a byte stream
- * (each chunk is only valid until the next is asked for), else as the body hands them out.
+ * Reads a body into the caller's blocks. A byte stream (fetch bodies are) reads straight into
+ * the block, no copy; any other stream's chunks are copied in.
  */
-async function* bodyChunks(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
-  let reader: ReadableStreamBYOBReader;
-  try {
-    reader = body.getReader({ mode: "byob" });
-  } catch {
-    yield* body;
-    return;
-  }
-  let buffer = new Uint8Array(RECEIVE_SIZE);
-  try {
-    while (true) {
-      const { done, value } = await reader.read(buffer);
-      if (done) return;
-      yield value;
-      buffer = new Uint8Array(value.buffer); // the same memory, handed back after the read
+class BlockSource {
+  #byob?: ReadableStreamBYOBReader;
+  #default?: ReadableStreamDefaultReader<Uint8Array>;
+  /** Bytes of a default-stream chunk that did not fit the last block. */
+  #left: Uint8Array = new Uint8Array(0);
+
+  constructor(body: ReadableStream<Uint8Array>) {
+    try {
+      this.#byob = body.getReader({ mode: "byob" });
+    } catch {
+      this.#default = body.getReader();
     }
-  } finally {
-    reader.releaseLock();
+  }
+
+  /**
+   * Reads into `block` from `offset`. Returns the block (a BYOB read hands its memory back in
+   * a new view) and the bytes read, 0 at the end of the body.
+   */
+  async read(block: Uint8Array, offset: number): Promise<{ block: Uint8Array; n: number }> {
+    if (this.#byob) {
+      const length = block.byteLength; // the read detaches `block`
+      const { done, value } = await this.#byob.read(block.subarray(offset));
+      if (!value) throw new Error("body was cancelled");
+      const back = new Uint8Array(value.buffer, 0, length);
+      return { block: back, n: done ? 0 : value.byteLength };
+    }
+    if (this.#left.byteLength === 0) {
+      const { done, value } = await this.#default!.read();
+      if (done) return { block, n: 0 };
+      this.#left = value;
+    }
+    const n = Math.min(this.#left.byteLength, block.byteLength - offset);
+    block.set(this.#left.subarray(0, n), offset);
+    this.#left = this.#left.subarray(n);
+    return { block, n };
+  }
+
+  /** Whether the body has any byte left (read at its announced end). */
+  async hasMore(): Promise<boolean> {
+    const probe = await this.read(new Uint8Array(1), 0);
+    return probe.n > 0;
+  }
+
+  async cancel(): Promise<void> {
+    await (this.#byob ?? this.#default)!.cancel().catch(() => {});
   }
 }
 

@@ -201,21 +201,42 @@ Deno.test("storage that says yes to stat and no to read cannot make the mirror l
   });
 });
 
-Deno.test("readers stream while the download is still running", async () => {
-  await withMirror(async (mirror, upstream) => {
-    const bytes = randomBytes(2 * 1024 * 1024);
-    const digest = upstream.addBlob(bytes);
-    upstream.chunkDelayMs = 20;
-    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
-    const reader = blob.body!.getReader();
-    const first = await reader.read();
-    assert(!first.done && first.value.byteLength > 0);
-    assertEquals(mirror.activeDownloads, 1, "first bytes arrived before the download ended");
-    await reader.cancel();
+for (const byteStreams of [false, true]) {
+  Deno.test(`readers stream while a slow download is still running (${byteStreams ? "BYOB" : "default"} body)`, async () => {
+    await withMirror(async (mirror, upstream) => {
+      const bytes = randomBytes(2 * 1024 * 1024);
+      const digest = upstream.addBlob(bytes);
+      upstream.byteStreams = byteStreams;
+      upstream.chunkSize = 64 * 1024;
+      upstream.chunkDelayMs = 20;
+      const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      const reader = blob.body!.getReader();
+      const first = await reader.read();
+      assert(!first.done && first.value.byteLength > 0);
+      // A slow upstream fills a 1 MiB block in about 330 ms here; the reader is not made to
+      // wait for the whole block.
+      assert(
+        first.value.byteLength < 1024 * 1024,
+        `first read was ${first.value.byteLength} bytes`,
+      );
+      assertEquals(first.value, bytes.subarray(0, first.value.byteLength));
+      assertEquals(mirror.activeDownloads, 1, "first bytes arrived before the download ended");
+      const rest = await readAll(
+        new ReadableStream({
+          pull: async (controller) => {
+            const { done, value } = await reader.read();
+            if (done) controller.close();
+            else controller.enqueue(value);
+          },
+        }),
+      );
+      assertEquals(first.value.byteLength + rest.byteLength, bytes.byteLength);
+      assertEquals(rest, bytes.subarray(first.value.byteLength));
+    });
   });
-});
+}
 
-Deno.test("readers far behind the download read the spool; readers at the head the ring", async () => {
+Deno.test("readers far behind the download read the spool; readers at the head the blocks in memory", async () => {
   await withMirror(async (mirror, upstream) => {
     const bytes = randomBytes(12 * 1024 * 1024 + 7);
     const digest = upstream.addBlob(bytes);
