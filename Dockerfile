@@ -13,7 +13,7 @@ COPY deno.json deno.lock ./
 COPY src/ src/
 # --frozen: fail instead of building from a deno.lock that does not match deno.json.
 # Same permission and V8 flags as the `compile` task in deno.json (tests/chart_test.ts checks).
-RUN deno compile --frozen --v8-flags=--expose-gc,--max-semi-space-size=1 --allow-net --allow-read --allow-write --allow-env --allow-sys \
+RUN deno compile --frozen --v8-flags=--expose-gc,--max-semi-space-size=1 --allow-net --allow-read --allow-write --allow-env --allow-sys --allow-ffi \
       -o /oci-registry src/main.ts \
  && /oci-registry --version \
  && mkdir -p /rootfs/data

@@ -100,10 +100,15 @@ async function main(): Promise<number> {
     log,
   });
 
+  // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
+  // Without it cold pulls work the same, only slower under load.
+  const nativeHelp = Deno.permissions.querySync({ name: "ffi" }).state === "granted"
+    ? "blob hashing on a libcrypto thread"
+    : "no FFI: blob hashing in place";
   const named = upstreams.configured().map((u) => u.namespace).join(", ") || "none";
   const announce = (where: string) =>
     log(
-      `oci-registry ${VERSION} listening on ${where} (storage: ${storage.description}; configured upstreams: ${named})`,
+      `oci-registry ${VERSION} listening on ${where} (storage: ${storage.description}; configured upstreams: ${named}; ${nativeHelp})`,
     );
   const listen = settings.listen;
   let server: Deno.HttpServer;

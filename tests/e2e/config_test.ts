@@ -4,7 +4,8 @@
  * address guard, and the Unix socket listener.
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
-import { buildImage, pushImage, skopeoPullDir } from "../support/images.ts";
+import { buildImage, pushImage, pushRandomBlob, skopeoPullDir } from "../support/images.ts";
+import { digestOf } from "../../src/digest.ts";
 import { startMirror } from "../support/mirror.ts";
 import { startUpstream } from "../support/upstream.ts";
 import { sha256File, tempDir } from "../support/tools.ts";
@@ -141,4 +142,33 @@ Deno.test("--listen unix:PATH serves the API on a Unix socket", async () => {
     client.close();
   }
   assert(mirror.running());
+});
+
+Deno.test("without --allow-ffi blobs are hashed in place: slower, the same bytes and checks", async () => {
+  await using up = await startUpstream();
+  const blob = await pushRandomBlob(up, "library/noffi", (3 << 20) + 4321);
+  const permissions = [
+    "--allow-net",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-sys",
+  ];
+  for (
+    const [flags, says] of [[[...permissions, "--allow-ffi"], /libcrypto thread/], [
+      permissions,
+      /no FFI: blob hashing in place/,
+    ]] as const
+  ) {
+    await using mirror = await startMirror({
+      command: [Deno.execPath(), "run", ...flags, "src/main.ts"],
+      upstreams: [{ namespace: NS, host: up.host, tls: false }],
+    });
+    assertMatch(mirror.logs(), says);
+    const response = await mirror.fetch(`/v2/library/noffi/blobs/${blob.digest}?ns=${NS}`);
+    assertEquals(response.status, 200);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    assertEquals(digestOf(bytes), blob.digest);
+  }
+  assertEquals(await up.countBlobGets(blob.digest), 2, "one download per mirror");
 });
