@@ -24,7 +24,7 @@ import { blobKey } from "../storage/layout.ts";
 /** Bytes per block: the unit of network reads, hashing, spool writes and hand-outs to readers. */
 const BLOCK_SIZE = 1 << 20;
 /** Finished blocks kept in memory: how far the network may run ahead of the disk. */
-const BLOCKS_IN_MEMORY = 4;
+const BLOCKS_IN_MEMORY = 3;
 /**
  * A slow upstream fills a block slowly; readers at the head should not wait for all of it. After
  * this long without a finished block, what arrived so far is copied out for them.
