@@ -292,8 +292,10 @@ export interface NginxServer extends Server {
  * nginx with sendfile serving `/v2/<repo>/blobs/<digest>` from `blobs/<digest>` and
  * `/v2/<repo>/manifests/<ref>` from `manifests/<ref>` in its temp dir (add files with
  * `addBlob` / `addManifest`). `worker_processes auto`, access log on, like a production setup.
+ * With `proxyTo` (`http://host:port`), `/proxy/...` is also passed through to that server as a
+ * plain forwarding proxy: no cache, no temp files, nothing checked.
  */
-export async function startNginx(): Promise<NginxServer> {
+export async function startNginx(opts: { proxyTo?: string } = {}): Promise<NginxServer> {
   const dir = await tempDir("oci-bench-nginx-");
   const port = freePort();
   const blobsDir = dir.join("www", "blobs");
@@ -328,6 +330,15 @@ export async function startNginx(): Promise<NginxServer> {
     `      alias ${manifestsDir}/$1;`,
     "      default_type application/vnd.oci.image.manifest.v1+json;",
     "    }",
+    ...(opts.proxyTo
+      ? [
+        "    location /proxy/ {",
+        `      proxy_pass ${opts.proxyTo}/;`,
+        "      proxy_http_version 1.1;",
+        "      proxy_max_temp_file_size 0;",
+        "    }",
+      ]
+      : []),
     "  }",
     "}",
   ].join("\n") + "\n";
