@@ -6,9 +6,9 @@
  * handed, as it is, to every reader near the head of the download: no byte is copied in
  * JavaScript, however many clients follow. Every request for the same digest, concurrent or
  * later, follows the download at its own pace: readers near the head get the blocks still in
- * memory (the last BLOCKS_IN_MEMORY), readers further behind read the spool with their own handle. A
- * slow client never slows the download, a fast one never waits for the whole blob, and memory
- * per download is a few blocks whatever the blob size.
+ * memory (the last BLOCKS_IN_MEMORY), readers further behind read the spool with their own
+ * handle. A slow client never slows the download, a fast one never waits for the whole blob,
+ * and memory per download is a few blocks whatever the blob size.
  *
  * The last byte is held back from every reader until the digest is verified, so a corrupt
  * download is never delivered whole: readers are errored instead and the client's response is
