@@ -11,7 +11,7 @@ import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts"
 import { blobKey, manifestKey, tagKey } from "../storage/layout.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import { Mirror } from "./mirror.ts";
-import { FakeUpstream, randomBytes, readAll } from "../../tests/support/fake_upstream.ts";
+import { FakeUpstream, randomBytes, readAll, readRest } from "../../tests/support/fake_upstream.ts";
 
 async function withMirror(
   fn: (
@@ -221,15 +221,7 @@ for (const byteStreams of [false, true]) {
       );
       assertEquals(first.value, bytes.subarray(0, first.value.byteLength));
       assertEquals(mirror.activeDownloads, 1, "first bytes arrived before the download ended");
-      const rest = await readAll(
-        new ReadableStream({
-          pull: async (controller) => {
-            const { done, value } = await reader.read();
-            if (done) controller.close();
-            else controller.enqueue(value);
-          },
-        }),
-      );
+      const rest = await readRest(reader);
       assertEquals(first.value.byteLength + rest.byteLength, bytes.byteLength);
       assertEquals(rest, bytes.subarray(first.value.byteLength));
     });
@@ -248,15 +240,7 @@ Deno.test("readers far behind the download read the spool; readers at the head t
     const first = await slowReader.read(); // then falls far behind
     const fastBytes = await readAll(fast.body!);
     assertEquals(digestOf(fastBytes), digest);
-    const rest = await readAll(
-      new ReadableStream({
-        pull: async (controller) => {
-          const { done, value } = await slowReader.read();
-          if (done) controller.close();
-          else controller.enqueue(value);
-        },
-      }),
-    );
+    const rest = await readRest(slowReader);
     const slowBytes = new Uint8Array(first.value!.byteLength + rest.byteLength);
     slowBytes.set(first.value!);
     slowBytes.set(rest, first.value!.byteLength);

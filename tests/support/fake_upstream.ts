@@ -2,6 +2,7 @@
  * An in-process upstream whose answers a test scripts (lying, slow, down, rate-limited), for
  * unit tests of edge cases only; end-to-end tests use the real docker-registry.
  */
+import { concatBytes } from "../../src/bytes.ts";
 import { digestOf } from "../../src/digest.ts";
 import { RegistryError } from "../../src/oci/errors.ts";
 import { OCI_MANIFEST } from "../../src/oci/media_types.ts";
@@ -112,6 +113,19 @@ export class FakeUpstream implements Upstream {
 
 export async function readAll(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** Everything a reader that already read some chunks still has to give. */
+export async function readRest(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (let r = await reader.read(); !r.done; r = await reader.read()) {
+    chunks.push(r.value);
+    total += r.value.byteLength;
+  }
+  return concatBytes(chunks, total);
 }
 
 export function randomBytes(size: number): Uint8Array {
