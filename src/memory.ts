@@ -36,8 +36,8 @@ const M_MMAP_THRESHOLD = -3;
 /**
  * Lets glibc reuse the memory of freed blob buffers instead of returning it to the kernel.
  * By default a 1 MiB buffer is its own mmap: every block of every download then costs 256
- * fresh pages, each a page fault plus zeroing (a quarter of the main thread's time in a cold
- * pull). With buffers up to `mmapAbove` taken from the heap, and up to `keepFree` of free heap
+ * fresh pages, each a page fault plus zeroing (on this VM, about a fifth of a cold pull's
+ * time). With buffers up to `mmapAbove` taken from the heap, and up to `keepFree` of free heap
  * kept, a download recycles the same few MiB. (Keeping 16 MiB was no faster and held ~6 MB more
  * during a 1 GiB pull.) Needs `--allow-ffi` and glibc; else a no-op.
  */
