@@ -12,6 +12,7 @@
  */
 import { httpGet } from "./http.ts";
 import { upstreamYaml } from "../tests/support/mirror.ts";
+import { registryStorageAndHttp } from "../tests/support/upstream.ts";
 import { delay, freePort, REPO_ROOT, type TempDir, tempDir } from "../tests/support/tools.ts";
 
 export const REGISTRY_BINARY = "/usr/bin/docker-registry";
@@ -257,15 +258,7 @@ export async function startDistributionProxy(remote: string): Promise<Server> {
     "log:",
     "  level: warn",
     "  formatter: text",
-    "storage:",
-    "  filesystem:",
-    `    rootdirectory: ${JSON.stringify(dir.join("data"))}`,
-    "  maintenance:",
-    "    uploadpurging:",
-    "      enabled: false",
-    "http:",
-    `  addr: 127.0.0.1:${port}`,
-    `  secret: ${JSON.stringify(crypto.randomUUID())}`,
+    ...registryStorageAndHttp(dir.join("data"), port),
     "proxy:",
     `  remoteurl: ${JSON.stringify(remote)}`,
   ].join("\n") + "\n";

@@ -117,6 +117,30 @@ const SYNC_PREFIX = "/v2/_harness_sync_";
 const ACCESS_LINE =
   /^\S+ \S+ \S+ \[[^\]]+\] "([A-Z]+) (\S+) [^"]*" (\d{3}) (\d+|-) "(?:[^"\\]|\\.)*" "((?:[^"\\]|\\.)*)"/;
 
+/**
+ * The `storage:` and `http:` sections of a distribution config: filesystem storage in
+ * `dataDir`, no upload purging (it would race the tests), listening on 127.0.0.1:`port`.
+ * `http:` comes last, so callers may append its `tls:` block.
+ */
+export function registryStorageAndHttp(
+  dataDir: string,
+  port: number,
+  opts: { allowDelete?: boolean } = {},
+): string[] {
+  return [
+    "storage:",
+    "  filesystem:",
+    `    rootdirectory: ${JSON.stringify(dataDir)}`,
+    ...(opts.allowDelete ? ["  delete:", "    enabled: true"] : []),
+    "  maintenance:",
+    "    uploadpurging:",
+    "      enabled: false",
+    "http:",
+    `  addr: 127.0.0.1:${port}`,
+    `  secret: ${JSON.stringify(crypto.randomUUID())}`,
+  ];
+}
+
 export async function startUpstream(opts: UpstreamOptions = {}): Promise<Upstream> {
   const auth = opts.auth ?? "none";
   const tls = opts.tls ?? false;
@@ -138,17 +162,7 @@ export async function startUpstream(opts: UpstreamOptions = {}): Promise<Upstrea
       "  formatter: text",
       "  accesslog:",
       "    disabled: false",
-      "storage:",
-      "  filesystem:",
-      `    rootdirectory: ${JSON.stringify(dir.join("data"))}`,
-      "  delete:",
-      "    enabled: true",
-      "  maintenance:",
-      "    uploadpurging:",
-      "      enabled: false",
-      "http:",
-      `  addr: 127.0.0.1:${port}`,
-      `  secret: ${JSON.stringify(crypto.randomUUID())}`,
+      ...registryStorageAndHttp(dir.join("data"), port, { allowDelete: true }),
     ];
     let cert: TlsCert | undefined;
     let caFile: string | undefined;
