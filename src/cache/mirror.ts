@@ -321,14 +321,14 @@ export class Mirror {
     options: BlobRequest,
   ): Promise<BlobResult> {
     const key = blobKey(digest);
-    if (options.method === "GET") {
-      // A download under way (or publishing) serves from its spool: no storage request, and
-      // never a half-written object from a store whose writes are not atomic.
-      const download = await this.#downloads.running(digest)?.catch(() => null);
-      if (download) {
-        this.#count("blob", "miss"); // not stored yet; joins the one download
-        return this.#follow(download, options);
-      }
+    // A download under way (or publishing) answers for the blob: no storage request, and never
+    // a half-written object from a store whose writes are not atomic (s3rver).
+    const running = await this.#downloads.running(digest)?.catch(() => null);
+    if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
+      this.#count("blob", "miss"); // not stored yet; joins the one download
+      return options.method === "HEAD"
+        ? { size: running.expectedSize }
+        : this.#follow(running, options);
     }
     const cached = await this.#cachedBlob(namespace, repository, digest, options);
     if (cached) {

@@ -249,7 +249,7 @@ Deno.test("readers far behind the download read the spool; readers at the head t
   });
 });
 
-Deno.test("a GET while a download is still publishing follows the download, not storage", async () => {
+Deno.test("a GET or HEAD while a download is still publishing follows the download, not storage", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const bytes = randomBytes(300_000);
     const digest = upstream.addBlob(bytes);
@@ -274,6 +274,15 @@ Deno.test("a GET while a download is still publishing follows the download, not 
     assertEquals(reads, 1, "the first GET looked in storage once");
     const second = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
     assertEquals(reads, 1, "the second GET did not ask storage");
+    let stats = 0;
+    const stat = storage.stat.bind(storage);
+    storage.stat = (...args) => {
+      stats++;
+      return stat(...args);
+    };
+    const head = await mirror.getBlob(NS, REPO, digest, { method: "HEAD" });
+    assertEquals(head.size, bytes.byteLength);
+    assertEquals(stats, 0, "nor did a HEAD");
     assertEquals(digestOf(await readAll(second.body!)), digest);
     release.resolve();
     await mirror.settled();
