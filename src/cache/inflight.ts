@@ -10,9 +10,10 @@
  * handle. A slow client never slows the download, a fast one never waits for the whole blob,
  * and memory per download is a few blocks whatever the blob size.
  *
- * The last byte is held back from every reader until the digest is verified, so a corrupt
- * download is never delivered whole: readers are errored instead and the client's response is
- * cut short. Only verified spools are published to storage.
+ * The last byte each reader wants (the blob's last, or its range's last) is held back until
+ * the digest of the whole blob is verified, so a corrupt download is never delivered whole:
+ * readers are errored instead and the client's response is cut short. Only verified spools are
+ * published to storage.
  */
 import { createBlockHasher } from "../background_hash.ts";
 import { parseDigest } from "../digest.ts";
@@ -86,11 +87,6 @@ export class Download {
     this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
     this.finished = this.#run(response.body!, log);
     this.finished.catch(() => {}); // failures reach readers and are logged; never unhandled
-  }
-
-  /** Bytes of the blob readers may have now (all of them once verified). */
-  get available(): number {
-    return this.#state === "verified" ? this.#received : Math.max(0, this.#received - 1);
   }
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
@@ -273,7 +269,10 @@ export class Download {
         try {
           while (true) {
             if (this.#state === "failed") throw this.#error;
-            const limit = Math.min(this.available, end ?? Infinity);
+            // The last byte a reader wants (of the blob, or of its range) waits for the
+            // digest: no response completes with bytes that turn out to be wrong.
+            const wanted = Math.min(this.#received, end ?? Infinity);
+            const limit = this.#state === "verified" ? wanted : wanted - 1;
             if (position < limit) {
               let chunk = this.#fromMemory(position, limit);
               if (!chunk && position < this.#written) {

@@ -5,6 +5,7 @@
  */
 import { assert, assertEquals, assertRejects } from "../../tests/support/assert.ts";
 import { UpstreamRegistry } from "../config.ts";
+import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts";
@@ -369,6 +370,59 @@ Deno.test("ranges of a cold blob are served from the download", async () => {
       range: (size) => size === undefined ? undefined : { start: 999_000, end: 999_999 },
     });
     assertEquals(await readAll(blob.body!), bytes.slice(999_000));
+  });
+});
+
+Deno.test("a cold range of a lying upstream's blob is cut short, never completed", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(300_000);
+    const digest = upstream.addBlob(bytes);
+    const lie = bytes.slice();
+    lie[10] ^= 0xff;
+    upstream.lie = lie;
+    const blob = await mirror.getBlob(NS, REPO, digest, {
+      method: "GET",
+      range: () => ({ start: 0, end: 99 }),
+    });
+    const reader = blob.body!.getReader();
+    const got: Uint8Array[] = [];
+    const error = await assertRejects(async () => {
+      for (let r = await reader.read(); !r.done; r = await reader.read()) got.push(r.value);
+    });
+    assert(error.message.includes("not cached"), error.message);
+    const delivered = got.reduce((n, chunk) => n + chunk.byteLength, 0);
+    assert(delivered < 100, `${delivered} of the range's 100 bytes delivered`);
+    await mirror.settled();
+    assertEquals(await storage.stat(blobKey(digest)), null);
+  });
+});
+
+Deno.test("a cold range streams at once; only its last byte waits for the whole blob", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const bytes = randomBytes(1_000_000);
+    const digest = upstream.addBlob(bytes);
+    upstream.chunkSize = 64 * 1024;
+    upstream.chunkDelayMs = 10;
+    const started = performance.now();
+    const blob = await mirror.getBlob(NS, REPO, digest, {
+      method: "GET",
+      range: () => ({ start: 0, end: 199_999 }),
+    });
+    const reader = blob.body!.getReader();
+    const first = await reader.read();
+    assert(!first.done && first.value.byteLength > 0);
+    assert(performance.now() - started < 100, "first bytes long before the blob's end");
+    const chunks = [first.value];
+    let total = first.value.byteLength;
+    let lastByteAt = 0;
+    for (let r = await reader.read(); !r.done; r = await reader.read()) {
+      chunks.push(r.value);
+      total += r.value.byteLength;
+      if (total === 200_000) lastByteAt = performance.now() - started;
+    }
+    // 16 chunks 10 ms apart: the whole blob takes at least 150 ms, the range alone 40 ms.
+    assert(lastByteAt >= 150, `the range's last byte came after ${lastByteAt} ms, unverified`);
+    assertEquals(concatBytes(chunks, total), bytes.slice(0, 200_000));
   });
 });
 

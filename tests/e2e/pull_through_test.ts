@@ -212,6 +212,39 @@ testEachBackend(
 );
 
 testEachBackend(
+  "a lying upstream and a cold Range request: the client never gets a complete 206",
+  async (backend) => {
+    await using up = await startUpstream();
+    await using mirror = await mirrorOn(backend, { upstreams: [upstreamEntry(up)] });
+    const blob = await pushRandomBlob(up, "library/range", 4 << 20);
+    const data = `${up.dir}/data/docker/registry/v2/blobs/sha256/${
+      blob.sha256.slice(0, 2)
+    }/${blob.sha256}/data`;
+    const corrupt = await Deno.readFile(data);
+    corrupt[10] ^= 0xff; // inside the range asked for, far from the blob's end
+    await Deno.writeFile(data, corrupt);
+
+    const path = `/v2/library/range/blobs/${blob.digest}?ns=${NS}`;
+    const ranged = await mirror.fetch(path, { headers: { range: "bytes=0-99" } });
+    assertEquals(ranged.status, 206);
+    assertEquals(ranged.headers.get("content-length"), "100");
+    let received = 0;
+    let failed = false;
+    try {
+      for await (const chunk of ranged.body!) received += chunk.byteLength;
+    } catch {
+      failed = true;
+    }
+    assert(failed && received < 100, `${received} of 100 bytes, body failed: ${failed}`);
+    await waitFor(() => /not cached/.test(mirror.logs()));
+    await up.stop();
+    const gone = await mirror.fetch(path, { headers: { range: "bytes=0-99" } });
+    await gone.body?.cancel();
+    assertEquals(gone.status, 503, "the corrupt download was not cached");
+  },
+);
+
+testEachBackend(
   "kill -9 during a cold pull: no partial blob is ever served, the pull then succeeds",
   async (backend) => {
     await using up = await startUpstream();
