@@ -1,9 +1,29 @@
 /**
  * Prometheus metrics in the text exposition format, served at GET /metrics. A handful of
  * counters and gauges is all a mirror needs, so this is a few lines rather than a dependency.
+ *
+ * Every label value that a request can influence goes through a fold below, so that the number
+ * of series is fixed by the configuration, not by clients: 33,000 invented methods once made
+ * /metrics 3.8 MB and left the process 14 MB larger for good.
  */
 
 type Labels = Record<string, string>;
+
+/** The one value every label folds to when its real value is not one we name. */
+export const OTHER = "other";
+
+/** The methods HTTP defines for what a registry serves; any other token folds to "other". */
+const METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+
+/** The method label: one of the methods a registry client uses, or "other". */
+export function methodLabel(method: string): string {
+  return METHODS.has(method) ? method : OTHER;
+}
+
+/** The status label: a three-digit status code (what the handler produced), else "other". */
+export function statusLabel(status: number): string {
+  return Number.isInteger(status) && status >= 100 && status <= 599 ? String(status) : OTHER;
+}
 
 class Counter {
   readonly #values = new Map<string, number>();
@@ -46,8 +66,24 @@ export class Metrics {
     "oci_registry_upstream_requests_total",
     "Requests the mirror made upstream, by namespace, kind and method.",
   );
+  /** Namespaces named in labels as themselves (configured upstreams, the default). */
+  readonly #namespaces = new Set<string>();
   /** Sampled when rendered: current values that are owned elsewhere. */
   readonly #gauges: { name: string; help: string; read: () => number }[] = [];
+
+  /**
+   * Lets these namespaces appear in labels as themselves. Only operators name them (the
+   * upstream config, --default-namespace); a namespace a client invents (`?ns=`, a path prefix)
+   * is counted as "other".
+   */
+  nameNamespaces(namespaces: Iterable<string>): void {
+    for (const namespace of namespaces) this.#namespaces.add(namespace);
+  }
+
+  /** The namespace label: a named namespace, or "other". */
+  namespaceLabel(namespace: string): string {
+    return this.#namespaces.has(namespace) ? namespace : OTHER;
+  }
 
   gauge(name: string, help: string, read: () => number): void {
     this.#gauges.push({ name, help, read });

@@ -109,7 +109,7 @@ export class Mirror {
   constructor(options: MirrorOptions) {
     this.#storage = options.storage;
     this.#metrics = options.metrics ?? new Metrics();
-    this.#upstream = countingUpstream(options.upstream, this.#metrics);
+    this.#upstream = countingUpstream(options.upstream, this.#metrics, options.upstreams);
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
@@ -432,10 +432,19 @@ export class Mirror {
   }
 }
 
-/** Wraps the upstream so that every request made to it is counted. */
-function countingUpstream(upstream: Upstream, metrics: Metrics): Upstream {
+/**
+ * Wraps the upstream so that every request made to it is counted. Only configured namespaces
+ * are named (see Metrics.namespaceLabel): any registry a client names is mirrored, but must not
+ * add a series.
+ */
+function countingUpstream(
+  upstream: Upstream,
+  metrics: Metrics,
+  upstreams: UpstreamRegistry,
+): Upstream {
+  metrics.nameNamespaces(upstreams.configured().map((u) => u.namespace));
   const count = (namespace: string, kind: string, method: string) =>
-    metrics.upstream.inc({ namespace, kind, method });
+    metrics.upstream.inc({ namespace: metrics.namespaceLabel(namespace), kind, method });
   return {
     manifest: (namespace, repository, reference, init) => {
       count(namespace, "manifest", init.method);
