@@ -1,7 +1,19 @@
 /**
  * The HTTP front: routes OCI Distribution API paths to api/, adds the headers every response
  * carries, turns every error into an OCI JSON error (the only place that does), and writes one
- * access-log line per request.
+ * access-log line and counts one metric per request, whatever the request looks like.
+ *
+ * Routing reads the request target (path and query) only, never the Host header.
+ *
+ * What Deno.serve (2.9.6, hyper) rejects itself before this handler runs, measured over raw
+ * sockets (src/server_test.ts): a request head over 64 KiB (request line plus headers), more
+ * than 128 header lines, a repeated Host header, control bytes or non-ASCII bytes in the
+ * request target, a malformed method, request target, version, header name, Content-Length or
+ * chunk framing, and Content-Length with Transfer-Encoding. It answers each with a bare 400 (no
+ * body, not 414 or 431), and none of them reaches the access log or /metrics. Everything else
+ * reaches the handler, including Host values such as `x/metrics#` or `a b`, absolute-form
+ * targets (`GET http://other/metrics`, where request.url takes the target's authority), and
+ * invented method tokens.
  */
 import { getBlob } from "./api/blobs.ts";
 import { getManifest } from "./api/manifests.ts";
@@ -9,7 +21,7 @@ import { listTags } from "./api/tags.ts";
 import type { Mirror } from "./cache/mirror.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { resolveName } from "./oci/namespace.ts";
-import type { Metrics } from "./metrics.ts";
+import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
   mirror: Mirror;
@@ -21,6 +33,31 @@ export interface ServerOptions {
 }
 
 type Handler = (request: Request) => Promise<Response>;
+
+/**
+ * Longest request target (path and query) served, below the 64 KiB head Deno.serve reads so
+ * that clients get a 414 rather than its bare 400. Real requests stay far below: a repository
+ * name is at most 255 bytes, a digest 71, a tags/list query a tag and a count.
+ */
+export const MAX_TARGET_BYTES = 8 << 10;
+/** Most bytes of header names and values served (bearer tokens are a few KiB); 431 above. */
+export const MAX_HEADER_BYTES = 32 << 10;
+/** Longest target written to the access log as it is; longer ones are cut. */
+const LOGGED_TARGET_CHARS = 512;
+
+/**
+ * A Host header as RFC 9110 allows it: a registered name (unreserved, sub-delims and
+ * percent-encoded octets), an IPv4 address or a bracketed IPv6 literal, and an optional port.
+ * Anything else (`x/metrics#`, `a b`, non-ASCII) is a malformed request.
+ */
+const HOST_HEADER =
+  /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
+
+/** What the request target asks for: its path and its query (without the "?"). */
+interface Target {
+  path: string;
+  query: URLSearchParams;
+}
 
 const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags)\/(.+)$/;
 
@@ -44,27 +81,30 @@ function routeOf(path: string): Route {
 
 export function createHandler(options: ServerOptions): Handler {
   const log = options.log ?? ((line) => console.log(line));
+  options.metrics.nameNamespaces([options.defaultNamespace]);
   return async (request) => {
     const started = performance.now();
-    const url = new URL(request.url);
-    const route = routeOf(url.pathname);
+    const raw = rawTarget(request.url);
+    let route: Route = { endpoint: "other" };
     let response: Response;
     try {
-      response = await dispatch(options, request, url, route);
+      const target = parseTarget(request, raw);
+      route = routeOf(target.path);
+      response = await dispatch(options, request, target, route);
     } catch (e) {
       response = errorResponse(e, request, log);
     }
-    if (url.pathname.startsWith("/v2")) {
+    if (raw.startsWith("/v2")) {
       response.headers.set("docker-distribution-api-version", "registry/2.0");
     }
     options.metrics.requests.inc({
-      method: request.method,
+      method: methodLabel(request.method),
       endpoint: route.endpoint,
-      status: String(response.status),
+      status: statusLabel(response.status),
     });
     const elapsed = (performance.now() - started).toFixed(1);
     log(
-      `${request.method} ${url.pathname}${url.search} ${response.status} ${
+      `${request.method} ${loggable(raw)} ${response.status} ${
         response.headers.get("content-length") ?? "-"
       } ${elapsed}ms`,
     );
@@ -72,10 +112,62 @@ export function createHandler(options: ServerOptions): Handler {
   };
 }
 
+/**
+ * The request target (path and query) as the client sent it. Deno builds request.url as
+ * scheme + authority + target, where the authority is the Host header as sent (`x/metrics#`
+ * included), the absolute-form target's authority, or the listener's address; so this is only
+ * the target once a present Host header has been checked (parseTarget) or when the authority
+ * contains no "/". Never throws: it also names requests in logs that are rejected.
+ */
+function rawTarget(url: string): string {
+  const scheme = url.indexOf("://");
+  if (scheme < 0) return url;
+  const slash = url.indexOf("/", scheme + 3);
+  return slash < 0 ? "" : url.slice(slash);
+}
+
+/** The target to route, or a 400/414/431 for a request this server will not read further. */
+function parseTarget(request: Request, raw: string): Target {
+  const host = request.headers.get("host");
+  if (host !== null && !HOST_HEADER.test(host)) {
+    throw new RegistryError("BAD_REQUEST", "malformed Host header");
+  }
+  let headerBytes = 0;
+  for (const [name, value] of request.headers) headerBytes += name.length + value.length;
+  if (headerBytes > MAX_HEADER_BYTES) {
+    throw new RegistryError(
+      "HEADERS_TOO_LARGE",
+      `request headers larger than ${MAX_HEADER_BYTES} bytes`,
+    );
+  }
+  if (raw.length > MAX_TARGET_BYTES) {
+    throw new RegistryError(
+      "URI_TOO_LONG",
+      `request target longer than ${MAX_TARGET_BYTES} bytes`,
+    );
+  }
+  if (!raw.startsWith("/") || raw.includes("#")) {
+    throw new RegistryError("BAD_REQUEST", "the request target must be a path and a query");
+  }
+  if (/%(?![0-9A-Fa-f]{2})/.test(raw)) {
+    throw new RegistryError("BAD_REQUEST", "invalid percent-encoding in the request target");
+  }
+  const question = raw.indexOf("?");
+  return question < 0
+    ? { path: raw, query: new URLSearchParams() }
+    : { path: raw.slice(0, question), query: new URLSearchParams(raw.slice(question + 1)) };
+}
+
+function loggable(target: string): string {
+  return target.length <= LOGGED_TARGET_CHARS
+    ? target
+    : `${target.slice(0, LOGGED_TARGET_CHARS)}... (${target.length} bytes)`;
+}
+
 async function dispatch(
   options: ServerOptions,
   request: Request,
-  url: URL,
+  target: Target,
   route: Route,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
@@ -94,10 +186,10 @@ async function dispatch(
       if (!reading) throw unsupported(request);
       return json({});
     case "other":
-      throw noSuchEndpoint(url.pathname);
+      throw noSuchEndpoint(target.path);
   }
   const { pathName, rest } = route;
-  const name = resolveName(pathName, url.searchParams.get("ns"), options.defaultNamespace);
+  const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
   if (!reading || (route.endpoint === "blobs" && /^uploads(\/|$)/.test(rest))) {
     throw mirroredWrite(name.namespace);
   }
@@ -107,8 +199,8 @@ async function dispatch(
     case "blobs":
       return await getBlob(options.mirror, name, decodeSegment(rest), request);
     case "tags":
-      if (rest !== "list") throw noSuchEndpoint(url.pathname);
-      return await listTags(options.mirror, name, pathName, url);
+      if (rest !== "list") throw noSuchEndpoint(target.path);
+      return await listTags(options.mirror, name, pathName, target.query);
   }
 }
 
@@ -116,12 +208,12 @@ function noSuchEndpoint(path: string): RegistryError {
   return new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });
 }
 
-/** Path segments may be percent-encoded (`sha256%3A...`); a bad escape is a bad reference. */
+/** Path segments may be percent-encoded (`sha256%3A...`); escapes that are not UTF-8 are 400. */
 function decodeSegment(segment: string): string {
   try {
     return decodeURIComponent(segment);
   } catch {
-    return segment;
+    throw new RegistryError("BAD_REQUEST", "invalid percent-encoding in the request target");
   }
 }
 
@@ -150,7 +242,7 @@ export function errorResponse(e: unknown, request: Request, log: (line: string) 
     : new RegistryError("UNKNOWN", "internal error", { cause: e });
   if (!(e instanceof RegistryError)) {
     log(
-      `internal error on ${request.method} ${new URL(request.url).pathname}: ${
+      `internal error on ${request.method} ${loggable(rawTarget(request.url))}: ${
         (e as Error)?.stack ?? e
       }`,
     );

@@ -10,11 +10,14 @@ import { digestOf } from "./digest.ts";
 import { DOCKER_MANIFEST, OCI_MANIFEST } from "./oci/media_types.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { Metrics } from "./metrics.ts";
-import { createHandler } from "./server.ts";
+import { createHandler, MAX_HEADER_BYTES, MAX_TARGET_BYTES } from "./server.ts";
+import { rawRequest } from "../tests/support/raw_http.ts";
 import { FilesystemStorage } from "./storage/filesystem.ts";
 
 interface Fixture {
   url: string;
+  port: number;
+  metrics: Metrics;
   mirror: Mirror;
   upstream: FakeUpstream;
   logs: string[];
@@ -42,7 +45,8 @@ async function withServer(fn: (fixture: Fixture) => Promise<void>) {
   });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
   try {
-    await fn({ url: `http://127.0.0.1:${server.addr.port}`, mirror, upstream, logs });
+    const port = server.addr.port;
+    await fn({ url: `http://127.0.0.1:${port}`, port, metrics, mirror, upstream, logs });
   } finally {
     await server.shutdown();
     await mirror.settled();
@@ -256,5 +260,193 @@ Deno.test("one access-log line per request, without credentials", async () => {
     const line = logs.find((l) => l.startsWith("GET /v2/ 200"));
     assert(line, logs.join("\n"));
     assert(!logs.join("\n").includes("c2VjcmV0"), "no credentials in logs");
+  });
+});
+
+/** The series lines of a /metrics text (neither comments nor blank). */
+function seriesOf(text: string): string[] {
+  return text.split("\n").filter((line) => line !== "" && !line.startsWith("#"));
+}
+
+Deno.test("metrics: invented methods, paths and namespaces add no series", async () => {
+  await withServer(async ({ url, port, upstream }) => {
+    const digest = upstream.addBlob(randomBytes(10));
+    upstream.addManifest("1", manifest);
+    const round = async (i: number) => {
+      const requests: [string, RequestInit][] = [
+        [`/v2/`, { method: `INVENTED${i}` }],
+        [`/some/path/${i}`, {}],
+        [`/v2/x${i}/nothing/${i}`, {}],
+        [`/v2/library/x/manifests/1?ns=ns${i}.example`, {}],
+        [`/v2/r${i}.example/library/x/manifests/1`, {}],
+        [`/v2/r${i}.example/library/x/blobs/${digest}`, {}],
+        [`/v2/library/x/tags/list?ns=t${i}.example`, {}],
+      ];
+      for (const [path, init] of requests) await (await fetch(url + path, init)).arrayBuffer();
+      // fetch() upper-cases "get"; a raw socket sends it as written (methods are case-sensitive).
+      await rawRequest(port, `get /v2/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n`);
+    };
+    // Two rounds first, so that every series the later ones can reach exists (the second
+    // round finds the blob cached).
+    await round(0);
+    await round(1);
+    const before = seriesOf(await (await fetch(`${url}/metrics`)).text());
+    for (let i = 2; i < 302; i++) await round(i);
+    const text = await (await fetch(`${url}/metrics`)).text();
+    const after = seriesOf(text);
+    const names = (series: string[]) => series.map((line) => line.replace(/ [^ ]+$/, "")).sort();
+    // The /metrics GET itself adds one series between the two snapshots; nothing else may.
+    assertEquals(
+      names(after).filter((n) => !n.includes('endpoint="metrics"')),
+      names(before).filter((n) => !n.includes('endpoint="metrics"')),
+    );
+    assertEquals(after.length, before.length + 1);
+    const has = (line: string) => assert(after.includes(line), `${line} in\n${text}`);
+    has('oci_registry_http_requests_total{method="other",endpoint="ping",status="405"} 604');
+    has('oci_registry_http_requests_total{method="GET",endpoint="other",status="404"} 604');
+    has('oci_registry_upstream_requests_total{namespace="other",kind="manifest",method="GET"} 604');
+    has('oci_registry_upstream_requests_total{namespace="other",kind="tags",method="GET"} 302');
+    assert(text.length < 4096, `/metrics is ${text.length} bytes`);
+  });
+});
+
+const close = "Connection: close\r\n";
+
+Deno.test("routing reads the request target only: Host never changes what is served", async () => {
+  await withServer(async ({ port }) => {
+    // This Host used to turn request.url into http://x/metrics#/v2/ and serve /metrics.
+    const hashHost = await rawRequest(
+      port,
+      `GET /v2/ HTTP/1.1\r\nHost: x/metrics#\r\n${close}\r\n`,
+    );
+    assertEquals(hashHost.status, 400);
+    assertEquals(JSON.parse(hashHost.body).errors[0].code, "BAD_REQUEST");
+    // Absolute form: request.url takes the target's authority; the path is what routes.
+    const absolute = await rawRequest(
+      port,
+      `GET http://other.example/v2/ HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+    );
+    assertEquals([absolute.status, absolute.body], [200, "{}"]);
+    const absoluteMetrics = await rawRequest(
+      port,
+      `GET http://a/metrics HTTP/1.1\r\nHost: a/metrics\r\n${close}\r\n`,
+    );
+    assertEquals(absoluteMetrics.status, 400);
+    // Dot segments and backslashes are not resolved into another route.
+    for (const target of ["/v2/../metrics", "/v2/%2e%2e/metrics", "/v2\\..\\metrics"]) {
+      const answer = await rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: a\r\n${close}\r\n`);
+      assertEquals(answer.status, 404, target);
+      assertEquals(JSON.parse(answer.body).errors[0].code, "NAME_UNKNOWN", target);
+    }
+  });
+});
+
+Deno.test("malformed requests the handler sees get OCI JSON 400/414/431, a log line and a metric", async () => {
+  await withServer(async ({ port, logs, metrics }) => {
+    const enc = new TextEncoder();
+    const withByte = (before: string, byte: number, after: string) =>
+      new Uint8Array([...enc.encode(before), byte, ...enc.encode(after)]);
+    const cases: [string, string | Uint8Array, number, string][] = [
+      ["Host with a space", `GET /v2/ HTTP/1.1\r\nHost: a b\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      ["Host [", `GET /v2/ HTTP/1.1\r\nHost: [\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      ["Host a:b", `GET /v2/ HTTP/1.1\r\nHost: a:b\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      ["Host with a tab", `GET /v2/ HTTP/1.1\r\nHost: a\tb\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      [
+        "non-ASCII Host",
+        withByte("GET /v2/ HTTP/1.1\r\nHost: a", 0xff, `\r\n${close}\r\n`),
+        400,
+        "BAD_REQUEST",
+      ],
+      [
+        "target over the limit",
+        `GET /v2/${"a".repeat(MAX_TARGET_BYTES)} HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+        414,
+        "URI_TOO_LONG",
+      ],
+      [
+        "headers over the limit",
+        `GET /v2/ HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(MAX_HEADER_BYTES)}\r\n${close}\r\n`,
+        431,
+        "HEADERS_TOO_LARGE",
+      ],
+      [
+        "bad escape in the path",
+        `GET /v2/x/manifests/%zz HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+        400,
+        "BAD_REQUEST",
+      ],
+      [
+        "escape that is not UTF-8",
+        `GET /v2/x/blobs/sha256%3A%FF HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+        400,
+        "BAD_REQUEST",
+      ],
+      [
+        "bad escape in the query",
+        `GET /v2/x/manifests/1?ns=%z HTTP/1.1\r\nHost: a\r\n${close}\r\n`,
+        400,
+        "BAD_REQUEST",
+      ],
+      ["fragment", `GET /v2/#x HTTP/1.1\r\nHost: a\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      ["CONNECT", `CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n${close}\r\n`, 400, "BAD_REQUEST"],
+      ["OPTIONS *", `OPTIONS * HTTP/1.1\r\nHost: a\r\n${close}\r\n`, 404, "NAME_UNKNOWN"],
+      ["invented method", `BREW /v2/ HTTP/1.1\r\nHost: a\r\n${close}\r\n`, 405, "UNSUPPORTED"],
+    ];
+    for (const [what, request, status, code] of cases) {
+      const before = logs.length;
+      const answer = await rawRequest(port, request);
+      assertEquals(answer.status, status, what);
+      assertEquals(answer.headers.get("content-type"), "application/json", what);
+      assertEquals(JSON.parse(answer.body).errors[0].code, code, what);
+      assertEquals(logs.length, before + 1, `${what}: one access-log line\n${logs.join("\n")}`);
+      assert(logs.at(-1)!.includes(` ${status} `), logs.at(-1)!);
+    }
+    const counted = seriesOf(metrics.render())
+      .filter((line) => line.startsWith("oci_registry_http_requests_total"))
+      .reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+    assertEquals(counted, cases.length);
+    // A HEAD gets the status and headers without a body.
+    const head = await rawRequest(port, `HEAD /v2/ HTTP/1.1\r\nHost: a b\r\n${close}\r\n`);
+    assertEquals([head.status, head.body], [400, ""]);
+  });
+});
+
+Deno.test("what Deno.serve rejects before the handler: a bare 400, no log line, no metric", async () => {
+  // Documents the server's own limits (Deno 2.9.6, hyper): if these change, the comment at the
+  // top of server.ts and MAX_TARGET_BYTES / MAX_HEADER_BYTES need a look.
+  await withServer(async ({ port, logs, metrics }) => {
+    const enc = new TextEncoder();
+    const cases: [string, string | Uint8Array][] = [
+      ["head over 64 KiB", `GET /${"a".repeat(65 << 10)} HTTP/1.1\r\nHost: a\r\n\r\n`],
+      [
+        "129 header lines",
+        `GET / HTTP/1.1\r\nHost: a\r\n${"X: v\r\n".repeat(128)}\r\n`,
+      ],
+      ["two Host headers", `GET /v2/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n`],
+      ["control byte in Host", `GET /v2/ HTTP/1.1\r\nHost: a\x01b\r\n\r\n`],
+      [
+        "non-ASCII target",
+        new Uint8Array([
+          ...enc.encode("GET /v2/"),
+          0xff,
+          ...enc.encode(" HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ]),
+      ],
+      ["malformed method", `G(T /v2/ HTTP/1.1\r\nHost: a\r\n\r\n`],
+      ["target without a slash", `GET v2 HTTP/1.1\r\nHost: a\r\n\r\n`],
+      ["bad Content-Length", `POST /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n`],
+      [
+        "Content-Length and Transfer-Encoding",
+        `POST /v2/ HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      ],
+      ["HTTP/1.2", `GET /v2/ HTTP/1.2\r\nHost: a\r\n\r\n`],
+    ];
+    for (const [what, request] of cases) {
+      const answer = await rawRequest(port, request);
+      assertEquals([answer.status, answer.body], [400, ""], what);
+    }
+    assertEquals(logs, []);
+    assertEquals(metrics.requests.get({ method: "GET", endpoint: "other", status: "400" }), 0);
+    assertEquals(seriesOf(metrics.requests.render()), []);
   });
 });

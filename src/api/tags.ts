@@ -6,16 +6,16 @@ export async function listTags(
   mirror: Mirror,
   name: ResolvedName,
   pathName: string,
-  url: URL,
+  params: URLSearchParams,
 ): Promise<Response> {
   const query = new URLSearchParams();
   for (const key of ["n", "last"]) {
-    const value = url.searchParams.get(key);
+    const value = params.get(key);
     if (value !== null) query.set(key, value);
   }
   const upstream = await mirror.listTags(name.namespace, name.repository, query);
   const headers = new Headers({ "content-type": "application/json" });
-  const next = nextLink(upstream.headers.get("link"), pathName, url.searchParams.get("ns"));
+  const next = nextLink(upstream.headers.get("link"), pathName, params.get("ns"));
   if (next) headers.set("link", next);
   return new Response(upstream.body, { status: 200, headers });
 }

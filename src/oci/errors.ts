@@ -20,6 +20,12 @@ export const ERROR_STATUS = {
   UNSUPPORTED: 405,
   TOOMANYREQUESTS: 429,
   RANGE_INVALID: 416,
+  /** The HTTP request itself is malformed: Host header, request target, percent-encoding. */
+  BAD_REQUEST: 400,
+  /** The request target is longer than the server reads. */
+  URI_TOO_LONG: 414,
+  /** The request headers are larger than the server reads. */
+  HEADERS_TOO_LARGE: 431,
   /** Upstream answered with something unusable (5xx, garbage, wrong digest). */
   UPSTREAM_ERROR: 502,
   /** Upstream or storage cannot be reached and nothing is cached. */
