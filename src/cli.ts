@@ -4,7 +4,8 @@
  *   oci-registry [global flags] s3 --bucket B [--endpoint URL] [--region R] ...
  * Every flag can also come from an environment variable; a flag wins over its variable.
  */
-import { ConfigError } from "./config.ts";
+import { ConfigError, parseDuration } from "./config.ts";
+import type { ConnectionLimits } from "./http/connections.ts";
 
 interface FlagSpec {
   name: string;
@@ -37,6 +38,23 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     env: "ALLOW_PRIVATE_UPSTREAMS",
     boolean: true,
     help: "let clients name upstreams on loopback/private addresses (configured ones always may)",
+  },
+  {
+    name: "max-connections",
+    env: "MAX_CONNECTIONS",
+    help: "connections (and requests in progress) at once; default: half the descriptor limit",
+  },
+  {
+    name: "header-timeout",
+    env: "HEADER_TIMEOUT",
+    default: "10s",
+    help: "close a connection that has not sent a complete request head by then",
+  },
+  {
+    name: "idle-timeout",
+    env: "IDLE_TIMEOUT",
+    default: "60s",
+    help: "close a keep-alive connection idle this long between requests",
   },
 ];
 
@@ -90,6 +108,7 @@ export interface Settings {
   defaultNamespace: string;
   upstreamConfigFile?: string;
   allowPrivateUpstreams: boolean;
+  connections: ConnectionLimits;
   storage: StorageSettings;
 }
 
@@ -144,8 +163,35 @@ export function parseCommandLine(
       defaultNamespace: global["default-namespace"]!,
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
+      connections: connectionLimits(global),
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
+  };
+}
+
+function connectionLimits(flags: Record<string, string | undefined>): ConnectionLimits {
+  const timeout = (name: string) => {
+    let ms: number;
+    try {
+      ms = parseDuration(flags[name]!);
+    } catch (e) {
+      throw new ConfigError(`--${name}: ${(e as Error).message}`);
+    }
+    if (ms <= 0) throw new ConfigError(`--${name} must be longer than 0s`);
+    return ms;
+  };
+  let maxConnections: number | undefined;
+  const max = flags["max-connections"];
+  if (max !== undefined && max !== "") {
+    if (!/^\d+$/.test(max) || Number(max) < 1) {
+      throw new ConfigError(`--max-connections: expected a positive number, got "${max}"`);
+    }
+    maxConnections = Number(max);
+  }
+  return {
+    maxConnections,
+    headerTimeoutMs: timeout("header-timeout"),
+    idleTimeoutMs: timeout("idle-timeout"),
   };
 }
 

@@ -82,3 +82,28 @@ Deno.test("mistakes are ConfigErrors that say what is wrong", () => {
     assertThrows(() => parseCommandLine(args, noEnv), ConfigError, message);
   }
 });
+
+Deno.test("connection limits: defaults, flags, environment, and mistakes", () => {
+  assertEquals(settings(["filesystem", "--root", "d"]).connections, {
+    maxConnections: undefined, // the descriptor limit decides (src/http/connections.ts)
+    headerTimeoutMs: 10_000,
+    idleTimeoutMs: 60_000,
+  });
+  const env = { MAX_CONNECTIONS: "500", HEADER_TIMEOUT: "3s", IDLE_TIMEOUT: "2m" };
+  assertEquals(settings(["filesystem", "--root", "d"], env).connections, {
+    maxConnections: 500,
+    headerTimeoutMs: 3_000,
+    idleTimeoutMs: 120_000,
+  });
+  assertEquals(
+    settings(["--idle-timeout", "1500ms", "--max-connections=7", "filesystem", "--root", "d"], env)
+      .connections,
+    { maxConnections: 7, headerTimeoutMs: 3_000, idleTimeoutMs: 1_500 },
+  );
+  const fails = (args: string[], message: string) =>
+    assertThrows(() => settings([...args, "filesystem", "--root", "d"]), ConfigError, message);
+  fails(["--max-connections", "0"], '--max-connections: expected a positive number, got "0"');
+  fails(["--max-connections", "many"], '--max-connections: expected a positive number, got "many"');
+  fails(["--header-timeout", "soon"], '--header-timeout: invalid duration "soon"');
+  fails(["--idle-timeout", "0s"], "--idle-timeout must be longer than 0s");
+});

@@ -5,6 +5,7 @@
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
+import { listen as listenForConnections } from "./http/connections.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
@@ -45,6 +46,11 @@ async function openStorage(
 
 function describeListen(listen: Settings["listen"]): string {
   return listen.kind === "unix" ? `unix:${listen.path}` : `${listen.hostname}:${listen.port}`;
+}
+
+function describeAddr(addr: Deno.Addr): string {
+  if ("path" in addr) return `unix:${addr.path}`;
+  return `http://${(addr as Deno.NetAddr).hostname}:${(addr as Deno.NetAddr).port}`;
 }
 
 async function main(): Promise<number> {
@@ -106,28 +112,33 @@ async function main(): Promise<number> {
     ? "blob hashing on a libcrypto thread"
     : "no FFI: blob hashing in place";
   const named = upstreams.configured().map((u) => u.namespace).join(", ") || "none";
-  const announce = (where: string) =>
-    log(
-      `oci-registry ${VERSION} listening on ${where} (storage: ${storage.description}; configured upstreams: ${named}; ${nativeHelp})`,
-    );
-  const listen = settings.listen;
-  let server: Deno.HttpServer;
+  let server;
   try {
-    server = listen.kind === "unix"
-      ? Deno.serve({ path: listen.path, onListen: ({ path }) => announce(`unix:${path}`) }, handler)
-      : Deno.serve({
-        hostname: listen.hostname,
-        port: listen.port,
-        onListen: ({ hostname, port }) => announce(`http://${hostname}:${port}`),
-      }, handler);
+    server = listenForConnections(settings.listen, handler, settings.connections, log);
   } catch (e) {
     console.error(
-      `oci-registry: cannot listen on ${describeListen(listen)}: ${(e as Error).message}`,
+      `oci-registry: cannot listen on ${describeListen(settings.listen)}: ${(e as Error).message}`,
     );
     upstream.close();
     await storage.close?.();
     return 1;
   }
+  const connections = server.stats;
+  log(
+    `oci-registry ${VERSION} listening on ${
+      describeAddr(server.addr)
+    } (storage: ${storage.description}; configured upstreams: ${named}; at most ${server.maxConnections} connections; ${nativeHelp})`,
+  );
+  metrics.gauge(
+    "oci_registry_http_connections_open",
+    "Client connections open now.",
+    () => connections.open,
+  );
+  metrics.gauge(
+    "oci_registry_http_requests_in_progress",
+    "Requests whose response is not fully sent yet.",
+    () => connections.activeRequests,
+  );
 
   const stop = () => {
     log("shutting down");
