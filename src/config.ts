@@ -99,6 +99,113 @@ export function defaultUpstream(namespace: string): UpstreamConfig {
   };
 }
 
+/**
+ * The ports Deno's fetch refuses to connect to ("Requests to port N are blocked"): the WHATWG
+ * fetch standard's "bad port" list. Probed on Deno 2.9.6 by fetching every port 1-65535 over
+ * http and https: exactly these 82 fail that way, for both schemes.
+ */
+export const FETCH_BLOCKED_PORTS: ReadonlySet<number> = new Set([
+  1,
+  7,
+  9,
+  11,
+  13,
+  15,
+  17,
+  19,
+  20,
+  21,
+  22,
+  23,
+  25,
+  37,
+  42,
+  43,
+  53,
+  69,
+  77,
+  79,
+  87,
+  95,
+  101,
+  102,
+  103,
+  104,
+  109,
+  110,
+  111,
+  113,
+  115,
+  117,
+  119,
+  123,
+  135,
+  137,
+  139,
+  143,
+  161,
+  179,
+  389,
+  427,
+  465,
+  512,
+  513,
+  514,
+  515,
+  526,
+  530,
+  531,
+  532,
+  540,
+  548,
+  554,
+  556,
+  563,
+  587,
+  601,
+  636,
+  989,
+  990,
+  993,
+  995,
+  1719,
+  1720,
+  1723,
+  2049,
+  3659,
+  4045,
+  4190,
+  5060,
+  5061,
+  6000,
+  6566,
+  6665,
+  6666,
+  6667,
+  6668,
+  6669,
+  6679,
+  6697,
+  10080,
+]);
+
+/**
+ * Why the mirror could never reach `host[:port]` (a port outside 1-65535, or one fetch refuses),
+ * or undefined when it can. Checked at config load so that such an upstream is a clear start-up
+ * error rather than a vague "connection failed" on every pull.
+ */
+export function unreachablePort(host: string): string | undefined {
+  const match = /:(\d+)$/.exec(host);
+  if (!match) return undefined;
+  const port = Number(match[1]);
+  if (port < 1 || port > 65535) return `port ${match[1]} is not a TCP port (1-65535)`;
+  if (FETCH_BLOCKED_PORTS.has(port)) {
+    return `port ${port} is one that fetch refuses to connect to (the WHATWG "bad port" list ` +
+      `that browsers block); serve the upstream on another port`;
+  }
+  return undefined;
+}
+
 const KNOWN_KEYS = new Set([
   "namespace",
   "host",
@@ -150,6 +257,8 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   if (!isUpstreamHost(host)) {
     throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
   }
+  const badPort = unreachablePort(host);
+  if (badPort) throw new ConfigError(`${where}: key "host" (${host}): ${badPort}`);
   return {
     namespace,
     host,
@@ -250,6 +359,8 @@ export function mergeCredentials(upstreams: UpstreamConfig[], json: string): Ups
       throw new ConfigError(`${where}: "username" and "password" must both be strings`);
     }
     const base = result.get(namespace) ?? { ...defaultUpstream(namespace), configured: true };
+    const badPort = unreachablePort(base.host);
+    if (badPort) throw new ConfigError(`${where}: upstream ${base.host}: ${badPort}`);
     result.set(namespace, { ...base, username, password });
   }
   return [...result.values()];

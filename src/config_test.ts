@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertThrows } from "../tests/support/assert.ts";
 import {
   ConfigError,
+  FETCH_BLOCKED_PORTS,
   mergeCredentials,
   parseDuration,
   parseUpstreamYaml,
@@ -111,4 +112,63 @@ Deno.test("defaults: any namespace maps to itself over https, docker.io to regis
   assertEquals(upstreams.get("quay.io").host, "quay.io");
   assertEquals(upstreams.get("quay.io").tls, true);
   assertEquals(upstreams.get("quay.io").configured, false);
+});
+
+Deno.test("an upstream on a port fetch refuses is a config error naming the key and port", () => {
+  for (const port of [6000, 6665, 6669, 10080, 22]) {
+    const error = assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: mirror.a.io:${port}`, "upstreams.yaml"),
+      ConfigError,
+    );
+    assertEquals(
+      error.message,
+      `upstreams.yaml: entry 1 (a.io): key "host" (mirror.a.io:${port}): port ${port} is one ` +
+        `that fetch refuses to connect to (the WHATWG "bad port" list that browsers block); ` +
+        `serve the upstream on another port`,
+    );
+  }
+  const v6 = assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: '[::1]:6666'\n  tls: false", "f"),
+    ConfigError,
+  );
+  assert(v6.message.includes('key "host" ([::1]:6666): port 6666 is one that fetch'), v6.message);
+  const huge = assertThrows(() => parseUpstreamYaml("- namespace: a.io\n  host: a.io:70000", "f"));
+  assert(huge.message.includes("port 70000 is not a TCP port"), huge.message);
+  // A namespace named only in UPSTREAM_CREDENTIALS is contacted at its own name.
+  const credentials = assertThrows(
+    () => mergeCredentials([], '{"localhost:6000": {"username": "u", "password": "p"}}'),
+    ConfigError,
+  );
+  assert(
+    credentials.message.startsWith(
+      'UPSTREAM_CREDENTIALS: namespace "localhost:6000": upstream localhost:6000: port 6000',
+    ),
+    credentials.message,
+  );
+  // Neighbours of blocked ports, and the usual registry ports, load.
+  for (const port of [5000, 5999, 6001, 6664, 6670, 8080, 10079, 10081, 443]) {
+    assertEquals(
+      parseUpstreamYaml(`- namespace: a.io\n  host: a.io:${port}`, "f")[0].host,
+      `a.io:${port}`,
+    );
+  }
+});
+
+Deno.test("the blocked-port list is the one this Deno's fetch applies", async () => {
+  // Every listed port is refused before any connection is tried; its neighbours are not.
+  const refused = async (port: number) => {
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/`, {
+        signal: AbortSignal.timeout(2000),
+      });
+      await response.body?.cancel();
+      return false;
+    } catch (e) {
+      return /Requests to port \d+ are blocked/.test(String(e));
+    }
+  };
+  for (const port of FETCH_BLOCKED_PORTS) assert(await refused(port), `port ${port} refused`);
+  for (const port of [2, 5000, 6001, 6664, 6670, 10079, 10081]) {
+    assert(!(await refused(port)), `port ${port} allowed`);
+  }
 });

@@ -34,6 +34,18 @@ Deno.test("a bad upstream file stops start-up naming the file, entry and key", a
   assertMatch(yaml, /upstreams\.yaml: invalid YAML/);
 });
 
+Deno.test("an upstream on a port fetch refuses stops start-up with one line naming the key", async () => {
+  const output = await failedStart({
+    upstreamConfigYaml: "- namespace: registry.test\n  host: 127.0.0.1:6666\n  tls: false\n",
+  });
+  const lines = output.split("\n").filter((line) => line.trim() !== "");
+  assertEquals(lines.length, 1, output);
+  assertMatch(
+    lines[0],
+    /^oci-registry: .*upstreams\.yaml: entry 1 \(registry\.test\): key "host" \(127\.0\.0\.1:6666\): port 6666 is one that fetch refuses/,
+  );
+});
+
 Deno.test("bad UPSTREAM_CREDENTIALS stops start-up without printing the secret", async () => {
   const output = await failedStart({
     env: { UPSTREAM_CREDENTIALS: '{"docker.io": {"username": "me", "password": "hunter2"' },
