@@ -745,6 +745,9 @@ function networkReason(error: unknown): string {
     e = record.cause;
   }
   const text = parts.join(" ");
+  // A port fetch refuses (config load rejects these; a client can still name one in `?ns=`).
+  const blocked = /Requests to port (\d+) are blocked/.exec(text);
+  if (blocked) return `port ${blocked[1]} is one that fetch refuses to connect to ("bad port")`;
   if (
     /certificate|UnknownIssuer|CaUsedAsEndEntity|self[- ]signed|CERT_|NotValidForName/i.test(text)
   ) {

@@ -321,6 +321,13 @@ Deno.test("connection refused is UNAVAILABLE, promptly, naming the host", async 
   assert.doesNotMatch(error.message, /topsecret/);
 });
 
+Deno.test("a port fetch refuses is UNAVAILABLE saying so, not a vague connection failure", async () => {
+  // Config load rejects such hosts; an implicit upstream (a client's `?ns=`) can still name one.
+  using c = client(upstreams("127.0.0.1:6000"), { allowPrivateAddresses: true });
+  const error = await rejects(getManifest(c), "UNAVAILABLE");
+  assert.match(error.message, /port 6000 is one that fetch refuses to connect to/);
+});
+
 Deno.test("no response within connectTimeoutMs is UNAVAILABLE", async () => {
   // The kernel completes the TCP handshake, but nobody ever answers.
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
