@@ -30,6 +30,12 @@ export const ERROR_STATUS = {
   UPSTREAM_ERROR: 502,
   /** Upstream or storage cannot be reached and nothing is cached. */
   UNAVAILABLE: 503,
+  /**
+   * The store cannot take a write now: disk full or over quota (ENOSPC, EDQUOT), an S3 quota,
+   * 507, or 503 SlowDown on a write. A storage condition, never an upstream one: the mirror
+   * serves what is cached and passes the rest through uncached.
+   */
+  INSUFFICIENT_STORAGE: 507,
   UNKNOWN: 500,
 } as const;
 
@@ -70,4 +76,9 @@ export class RegistryError extends Error {
 export function isUnavailable(e: unknown): boolean {
   return e instanceof RegistryError &&
     (e.code === "UNAVAILABLE" || e.code === "UPSTREAM_ERROR" || e.code === "TOOMANYREQUESTS");
+}
+
+/** True when `e` says that the store could not take a write for lack of space (or quota). */
+export function isStorageFull(e: unknown): boolean {
+  return e instanceof RegistryError && e.code === "INSUFFICIENT_STORAGE";
 }

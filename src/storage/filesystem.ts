@@ -9,6 +9,7 @@
  */
 import { noteStreamed } from "../memory.ts";
 import { ContentCheck } from "../digest.ts";
+import { RegistryError } from "../oci/errors.ts";
 import {
   assertSafeKey,
   type ByteRange,
@@ -144,6 +145,18 @@ export class FilesystemStorage implements Storage {
     data: Uint8Array | ReadableStream<Uint8Array>,
     options: WriteOptions = {},
   ): Promise<void> {
+    try {
+      await this.#write(key, data, options);
+    } catch (e) {
+      throw writeError(e, `write ${key}`);
+    }
+  }
+
+  async #write(
+    key: string,
+    data: Uint8Array | ReadableStream<Uint8Array>,
+    options: WriteOptions,
+  ): Promise<void> {
     const path = this.#path(key);
     const check = new ContentCheck(options);
     if (data instanceof Uint8Array) {
@@ -175,6 +188,14 @@ export class FilesystemStorage implements Storage {
   }
 
   async publishFile(key: string, path: string, options: WriteOptions = {}): Promise<void> {
+    try {
+      await this.#publishFile(key, path, options);
+    } catch (e) {
+      throw writeError(e, `publish ${key}`);
+    }
+  }
+
+  async #publishFile(key: string, path: string, options: WriteOptions): Promise<void> {
     const target = this.#path(key);
     if (options.size !== undefined) {
       const info = await Deno.stat(path);
@@ -333,6 +354,24 @@ export function fileStream(file: Deno.FsFile, length: number): ReadableStream<Ui
       close();
     },
   });
+}
+
+/**
+ * The one place a failed local write is classified: a full disk or an exhausted quota becomes
+ * RegistryError INSUFFICIENT_STORAGE (the cache then passes content through uncached); any other
+ * error is returned as it is. Also used for the cache's download spools, which live here too.
+ */
+export function writeError(e: unknown, what: string): unknown {
+  if (e instanceof RegistryError) return e;
+  const code = (e as { code?: unknown })?.code;
+  const message = e instanceof Error ? e.message : String(e);
+  if (
+    code === "ENOSPC" || code === "EDQUOT" ||
+    /No space left on device|Disk quota exceeded|os error (28|122)\b/.test(message)
+  ) {
+    return new RegistryError("INSUFFICIENT_STORAGE", `${what}: ${message}`, { cause: e });
+  }
+  return e;
 }
 
 async function writeAll(file: Deno.FsFile, data: Uint8Array): Promise<void> {

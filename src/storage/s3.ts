@@ -340,7 +340,7 @@ export class S3Storage implements Storage {
           }),
         );
       } catch (e) {
-        throw unavailable(e, `PutObject ${k}`);
+        throw writeFailed(e, `PutObject ${k}`);
       }
       return;
     }
@@ -415,7 +415,7 @@ export class S3Storage implements Storage {
       // Our own failure (a mismatch, the source's error) wins over whatever the abort of the
       // multipart upload said: s3rver, for one, rejects AbortMultipartUpload.
       if (failure) throw failure.error;
-      throw unavailable(e, `upload ${k}`);
+      throw writeFailed(e, `upload ${k}`);
     }
   }
 
@@ -490,6 +490,41 @@ function isNotFound(e: unknown): boolean {
 /** Wraps whatever the SDK threw (after its retries) as UNAVAILABLE, keeping the cause. */
 function unavailable(e: unknown, what: string): RegistryError {
   if (e instanceof RegistryError) return e;
+  return new RegistryError("UNAVAILABLE", describe(e, what), { cause: e });
+}
+
+/**
+ * Error names S3 and S3-compatible services give a write they cannot store: out of space or over
+ * a quota (AWS, MinIO, Ceph RGW), or refusing writes for now.
+ */
+const CANNOT_STORE = new Set([
+  "InsufficientStorage",
+  "QuotaExceeded",
+  "XMinioStorageFull",
+  "XMinioAdminBucketQuotaExceeded",
+  "SlowDown",
+  "ServiceUnavailable",
+]);
+
+/**
+ * The one place a failed write is classified: a store that cannot take it now (507, a quota,
+ * 503 or SlowDown after the SDK's retries) is INSUFFICIENT_STORAGE, as a full disk is for the
+ * filesystem; anything else is UNAVAILABLE.
+ */
+function writeFailed(e: unknown, what: string): RegistryError {
+  if (e instanceof RegistryError) return e;
+  const httpStatus = status(e);
+  const code = (e as { Code?: string; code?: string })?.Code ?? (e as { code?: string })?.code;
+  if (
+    httpStatus === 507 || httpStatus === 503 || CANNOT_STORE.has(errorName(e) ?? "") ||
+    CANNOT_STORE.has(code ?? "")
+  ) {
+    return new RegistryError("INSUFFICIENT_STORAGE", describe(e, what), { cause: e });
+  }
+  return unavailable(e, what);
+}
+
+function describe(e: unknown, what: string): string {
   const code = (e as { code?: string })?.code;
   const httpStatus = status(e);
   const detail = [
@@ -498,7 +533,5 @@ function unavailable(e: unknown, what: string): RegistryError {
     httpStatus ? `HTTP ${httpStatus}` : undefined,
   ].filter(Boolean).join(", ");
   const message = e instanceof Error ? e.message : String(e);
-  return new RegistryError("UNAVAILABLE", `S3 ${what} failed (${detail}): ${message}`, {
-    cause: e,
-  });
+  return `S3 ${what} failed (${detail}): ${message}`;
 }
