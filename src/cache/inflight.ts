@@ -14,13 +14,22 @@
  * the digest of the whole blob is verified, so a corrupt download is never delivered whole:
  * readers are errored instead and the client's response is cut short. Only verified spools are
  * published to storage.
+ *
+ * When the disk is full the download goes on as a pass-through: still one download for every
+ * reader, still verified, nothing published. With no disk behind the blocks in memory, a block
+ * is evicted only once every live reader that still needs it has read it (the slowest reader
+ * paces the download instead of the disk), and once byte 0 is gone the download stops taking
+ * new readers: later requests start a fresh download.
  */
 import { createBlockHasher } from "../background_hash.ts";
 import { parseDigest } from "../digest.ts";
 import { noteStreamed } from "../memory.ts";
-import { RegistryError } from "../oci/errors.ts";
+import { isStorageFull, RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
+import { BlockSource } from "./block_source.ts";
+import { Spool } from "./spool.ts";
+import type { StoreHealth } from "./store_health.ts";
 
 /** Bytes per block: the unit of network reads, hashing, spool writes and hand-outs to readers. */
 const BLOCK_SIZE = 1 << 20;
@@ -48,63 +57,88 @@ interface Piece {
   bytes: Uint8Array;
 }
 
+/** Where a live reader is: the next byte it will take, and the end (exclusive) it wants. */
+interface ReaderPosition {
+  position: number;
+  end: number;
+  /** Its last byte, kept when the block holding it had to leave memory before verification. */
+  last?: Uint8Array;
+}
+
 export class Download {
   readonly digest: string;
-  readonly spoolPath: string;
   /** Size announced by upstream (Content-Length), when it announced one. */
   readonly expectedSize: number | undefined;
-  /** Settles when the blob is published (or the download failed). */
+  /** Settles when the blob is published (or passed through, or the download failed). */
   readonly finished: Promise<void>;
+  /** Resolves when the download takes no new readers (see `reader`): forget it then. */
+  readonly detached: Promise<void>;
+  #detach!: () => void;
+  #isDetached = false;
   #state: State = "downloading";
   #error: unknown;
   /** Bytes received so far. */
   #received = 0;
-  /** Bytes on disk in the spool so far. */
-  #written = 0;
   /**
    * The in-memory tail of the blob readers may take from: whole finished blocks, then copies
-   * of what a slowly arriving block holds so far. Contiguous, in order.
+   * of what a slowly arriving block holds so far. Contiguous, in order, from `#memoryFrom`.
    */
   #pieces: Piece[] = [];
-  #writeFailure: unknown;
+  #memoryFrom = 0;
+  #readers = new Set<ReaderPosition>();
   #wake: (() => void)[] = [];
   #storage: Storage;
-  #spool: Deno.FsFile;
+  #spool: Spool;
+  #health: StoreHealth;
 
   constructor(
     digest: string,
-    spoolPath: string,
-    spool: Deno.FsFile,
+    spool: Spool,
     response: Response,
     storage: Storage,
+    health: StoreHealth,
     log: (message: string) => void,
   ) {
     this.digest = digest;
-    this.spoolPath = spoolPath;
     this.#spool = spool;
+    spool.onChange = () => this.notify();
     this.#storage = storage;
+    this.#health = health;
     const length = response.headers.get("content-length");
     this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+    this.detached = new Promise((resolve) => this.#detach = resolve);
     this.finished = this.#run(response.body!, log);
     this.finished.catch(() => {}); // failures reach readers and are logged; never unhandled
+  }
+
+  /** Tells the spool's progress and the readers' moves to whoever waits (download, readers). */
+  notify(): void {
+    const wake = this.#wake;
+    this.#wake = [];
+    for (const resolve of wake) resolve();
   }
 
   async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
     const hasher = createBlockHasher(parseDigest(this.digest).algorithm);
     const hashing: Promise<void>[] = []; // per block still in memory
     const source = new BlockSource(body);
-    let writing: Promise<void> = Promise.resolve();
     try {
       for (let block = 0;; block++) {
         // A new block evicts the one BLOCKS_IN_MEMORY back from memory: it must be on disk (and
-        // hashed) first. That bounds the memory of a download whatever the disk and CPU do.
+        // hashed) first, or, with the disk full, read by every reader that needs it. That
+        // bounds the memory of a download whatever the disk, the CPU and the readers do.
         const keepFrom = (block - BLOCKS_IN_MEMORY + 1) * BLOCK_SIZE;
-        while (this.#written < keepFrom) {
-          if (this.#writeFailure !== undefined) throw this.#writeFailure;
+        while (!this.#readyToEvict(keepFrom)) {
+          if (this.#spool.failure !== undefined) throw this.#spool.failure;
           await this.#changed();
         }
         if (hashing.length >= BLOCKS_IN_MEMORY) await hashing.shift();
         while (this.#pieces.length > 0 && this.#pieces[0].start < keepFrom) this.#pieces.shift();
+        if (keepFrom > this.#memoryFrom) {
+          this.#memoryFrom = keepFrom;
+          // Byte 0 is neither in memory nor on disk any more: a new reader could not be served.
+          if (this.#memoryFrom > this.#spool.written) this.#markDetached();
+        }
 
         const start = block * BLOCK_SIZE;
         const bytes = await this.#receiveBlock(source, start);
@@ -115,7 +149,7 @@ export class Download {
             this.#pieces.pop();
           }
           this.#pieces.push({ start, bytes });
-          writing = this.#writeBlock(writing, bytes);
+          this.#spool.append(bytes);
         }
         if (bytes.byteLength < BLOCK_SIZE) break; // the body ended
       }
@@ -133,36 +167,96 @@ export class Download {
         );
       }
       this.#state = "verified";
-      this.#notify();
-      await writing;
+      this.notify();
+      await this.#spool.settled();
+      if (this.#spool.failure !== undefined) throw this.#spool.failure;
     } catch (e) {
-      this.#state = "failed";
-      this.#error = e instanceof RegistryError ? e : new RegistryError(
-        "UPSTREAM_ERROR",
-        `download of ${this.digest} failed: ${(e as Error)?.message ?? e}`,
-        { cause: e },
-      );
-      log(`blob ${this.digest}: ${(this.#error as Error).message}`);
-      hasher.dispose();
-      await source.cancel();
+      if (this.#state !== "verified") {
+        this.#state = "failed";
+        this.#error = e instanceof RegistryError ? e : new RegistryError(
+          "UPSTREAM_ERROR",
+          `download of ${this.digest} failed: ${(e as Error)?.message ?? e}`,
+          { cause: e },
+        );
+        log(`blob ${this.digest}: ${(this.#error as Error).message}`);
+        hasher.dispose();
+        await source.cancel();
+      } else {
+        log(`blob ${this.digest}: verified but the spool failed: ${(e as Error).message}`);
+      }
     } finally {
-      await writing.catch(() => {});
+      await this.#spool.settled();
       this.#spool.close();
-      this.#notify();
+      this.notify();
     }
-    this.#pieces = []; // everything is on disk now (or failed); readers use the file
     if (this.#state === "failed") {
-      await Deno.remove(this.spoolPath).catch(() => {});
+      this.#markDetached();
+      await this.#spool.remove();
       throw this.#error;
     }
+    if (this.#spool.full || this.#spool.failure !== undefined) {
+      // Passed through: readers still take the blocks in memory and the spool they opened.
+      this.#markDetached();
+      await this.#spool.remove();
+      if (this.#spool.full) {
+        this.#health.refused(
+          `blob ${this.digest} passed through uncached`,
+          this.#spool.full,
+          "blob",
+        );
+      }
+      return;
+    }
+    this.#pieces = []; // everything is on disk now; readers use the file
     try {
-      await this.#storage.publishFile(blobKey(this.digest), this.spoolPath, {
+      await this.#storage.publishFile(blobKey(this.digest), this.#spool.path!, {
         size: this.#received,
       });
+      this.#health.stored();
     } catch (e) {
-      log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
-      await Deno.remove(this.spoolPath).catch(() => {});
+      this.#markDetached();
+      await this.#spool.remove();
+      if (isStorageFull(e)) {
+        this.#health.refused(
+          `blob ${this.digest} verified but not stored`,
+          e as RegistryError,
+          "blob",
+        );
+      } else {
+        log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
+      }
     }
+  }
+
+  /** Whether the bytes below `keepFrom` may leave memory. */
+  #readyToEvict(keepFrom: number): boolean {
+    const written = this.#spool.written;
+    if (keepFrom <= written) return true;
+    if (!this.#spool.full) return false; // on disk soon: wait for it
+    // Pass-through: no live reader may still need bytes in [written, keepFrom).
+    for (const reader of this.#readers) {
+      const from = Math.max(reader.position, written);
+      const to = Math.min(reader.end, keepFrom);
+      if (from >= to) continue;
+      if (from === reader.end - 1 && !reader.last) {
+        // All it lacks is the last byte it wants, held back until the blob verifies: waiting
+        // for it would wait forever. One byte is kept for it instead.
+        const byte = this.#fromMemory(from, from + 1);
+        if (byte) {
+          reader.last = byte.slice();
+          continue;
+        }
+      }
+      if (from === reader.end - 1 && reader.last) continue;
+      return false;
+    }
+    return true;
+  }
+
+  #markDetached(): void {
+    if (this.#isDetached) return;
+    this.#isDetached = true;
+    this.#detach();
   }
 
   /**
@@ -191,7 +285,7 @@ export class Download {
         shown = filled;
         shownAt = now;
       }
-      this.#notify();
+      this.notify();
     }
     if (filled === size && this.expectedSize !== undefined && size < BLOCK_SIZE) {
       // The announced end: anything more is a lying upstream.
@@ -205,24 +299,6 @@ export class Download {
     return block.subarray(0, filled);
   }
 
-  /** Queues the spool write of a finished block after `previous`; one write at a time. */
-  #writeBlock(previous: Promise<void>, bytes: Uint8Array): Promise<void> {
-    const write = previous.then(async () => {
-      let offset = 0;
-      while (offset < bytes.byteLength) offset += await this.#spool.write(bytes.subarray(offset));
-      this.#written += bytes.byteLength;
-      this.#notify();
-    }).catch((e) => {
-      this.#writeFailure ??= e;
-      this.#notify();
-      throw e;
-    });
-    // Awaited later (the next write, the end of the download); until then a failure must not
-    // count as an unhandled rejection, which would end the process.
-    write.catch(() => {});
-    return write;
-  }
-
   /** Bytes at `position` (below `limit`) from memory, without copying; null when not there. */
   #fromMemory(position: number, limit: number): Uint8Array | null {
     for (const piece of this.#pieces) {
@@ -234,12 +310,6 @@ export class Download {
     return null;
   }
 
-  #notify(): void {
-    const wake = this.#wake;
-    this.#wake = [];
-    for (const resolve of wake) resolve();
-  }
-
   #changed(): Promise<void> {
     return new Promise((resolve) => this.#wake.push(resolve));
   }
@@ -247,21 +317,26 @@ export class Download {
   /**
    * A stream of the blob (or a range of it) that follows the download. Opens its own handle on
    * the spool right away; if the spool was already published away, reads from storage instead.
+   * Null when this download can no longer serve it (a pass-through whose first bytes are gone):
+   * the caller starts a fresh download.
    */
-  reader(range?: ByteRange): ReadableStream<Uint8Array> {
+  reader(range?: ByteRange): ReadableStream<Uint8Array> | null {
+    if (this.#isDetached && this.#state !== "failed") return null;
     let file: Deno.FsFile | undefined;
     try {
-      file = Deno.openSync(this.spoolPath, { read: true });
-    } catch {
-      return this.#fromStorage(range);
-    }
+      if (this.#spool.path) file = Deno.openSync(this.#spool.path, { read: true });
+    } catch { /* published (or removed): see below */ }
+    if (!file && !this.#spool.full) return this.#fromStorage(range);
     const handle = file;
-    let position = range?.start ?? 0;
-    const end = range ? range.end + 1 : undefined; // exclusive
+    const end = range ? range.end + 1 : Infinity; // exclusive
+    const me: ReaderPosition = { position: range?.start ?? 0, end };
+    this.#readers.add(me);
     let filePosition = 0;
     const close = () => {
+      this.#readers.delete(me);
+      if (this.#spool.full) this.notify(); // the download may be waiting for this reader
       try {
-        handle.close();
+        handle?.close();
       } catch { /* already closed */ }
     };
     return new ReadableStream<Uint8Array>({
@@ -271,18 +346,21 @@ export class Download {
             if (this.#state === "failed") throw this.#error;
             // The last byte a reader wants (of the blob, or of its range) waits for the
             // digest: no response completes with bytes that turn out to be wrong.
-            const wanted = Math.min(this.#received, end ?? Infinity);
+            const wanted = Math.min(this.#received, end);
             const limit = this.#state === "verified" ? wanted : wanted - 1;
+            const position = me.position;
             if (position < limit) {
-              let chunk = this.#fromMemory(position, limit);
-              if (!chunk && position < this.#written) {
+              let chunk = this.#fromMemory(position, limit) ??
+                (me.last && position === end - 1 ? me.last : null);
+              const written = this.#spool.written;
+              if (!chunk && handle && position < written) {
                 // Behind the blocks in memory: this part is on disk.
                 if (filePosition !== position) {
                   await handle.seek(position, Deno.SeekMode.Start);
                   filePosition = position;
                 }
                 const buffer = new Uint8Array(
-                  Math.min(READ_CHUNK, this.#written - position, limit - position),
+                  Math.min(READ_CHUNK, written - position, limit - position),
                 );
                 const n = await handle.read(buffer) ?? 0;
                 if (n === 0) throw new Error("spool file ended early");
@@ -290,8 +368,13 @@ export class Download {
                 chunk = buffer.subarray(0, n);
                 noteStreamed(n); // blocks from memory were counted when they were received
               }
+              if (!chunk && position < this.#memoryFrom) {
+                // Cannot happen: eviction waits for readers that still need the bytes.
+                throw new Error(`bytes from ${position} left memory before this reader read them`);
+              }
               if (chunk) {
-                position += chunk.byteLength;
+                me.position += chunk.byteLength;
+                if (this.#spool.full) this.notify(); // the download may be waiting for us
                 controller.enqueue(chunk);
                 return;
               }
@@ -333,81 +416,39 @@ export class Download {
   }
 }
 
-/**
- * Reads a body into the caller's blocks. A byte stream (fetch bodies are) reads straight into
- * the block, no copy; any other stream's chunks are copied in.
- */
-class BlockSource {
-  #byob?: ReadableStreamBYOBReader;
-  #default?: ReadableStreamDefaultReader<Uint8Array>;
-  /** Bytes of a default-stream chunk that did not fit the last block. */
-  #left: Uint8Array = new Uint8Array(0);
-
-  constructor(body: ReadableStream<Uint8Array>) {
-    try {
-      this.#byob = body.getReader({ mode: "byob" });
-    } catch {
-      this.#default = body.getReader();
-    }
-  }
-
-  /**
-   * Reads into `block` from `offset`. Returns the block (a BYOB read hands its memory back in
-   * a new view) and the bytes read, 0 at the end of the body.
-   */
-  async read(block: Uint8Array, offset: number): Promise<{ block: Uint8Array; n: number }> {
-    if (this.#byob) {
-      const length = block.byteLength; // the read detaches `block`
-      const { done, value } = await this.#byob.read(block.subarray(offset));
-      if (!value) throw new Error("body was cancelled");
-      const back = new Uint8Array(value.buffer, 0, length);
-      return { block: back, n: done ? 0 : value.byteLength };
-    }
-    if (this.#left.byteLength === 0) {
-      const { done, value } = await this.#default!.read();
-      if (done) return { block, n: 0 };
-      this.#left = value;
-    }
-    const n = Math.min(this.#left.byteLength, block.byteLength - offset);
-    block.set(this.#left.subarray(0, n), offset);
-    this.#left = this.#left.subarray(n);
-    return { block, n };
-  }
-
-  /** Whether the body has any byte left (read at its announced end). */
-  async hasMore(): Promise<boolean> {
-    const probe = await this.read(new Uint8Array(1), 0);
-    return probe.n > 0;
-  }
-
-  async cancel(): Promise<void> {
-    await (this.#byob ?? this.#default)!.cancel().catch(() => {});
-  }
-}
-
 export class InflightDownloads {
   readonly #downloads = new Map<string, Promise<Download | null>>();
   readonly #spoolDir: string;
   readonly #storage: Storage;
+  readonly #health: StoreHealth;
   readonly #log: (message: string) => void;
+  /** Every download not yet finished, joinable or not (for `settled`). */
+  readonly #running = new Set<Promise<void>>();
 
-  constructor(spoolDir: string, storage: Storage, log: (message: string) => void) {
+  constructor(
+    spoolDir: string,
+    storage: Storage,
+    health: StoreHealth,
+    log: (message: string) => void,
+  ) {
     this.#spoolDir = spoolDir;
     this.#storage = storage;
+    this.#health = health;
     this.#log = log;
   }
 
-  /** How many downloads are running (for metrics and tests). */
+  /** How many downloads new requests can join (for metrics and tests). */
   get size(): number {
     return this.#downloads.size;
   }
 
   /** Resolves when every download under way has been published or has failed. */
   async settled(): Promise<void> {
-    while (this.#downloads.size > 0) {
-      await Promise.allSettled(
-        [...this.#downloads.values()].map((d) => d.then((download) => download?.finished)),
-      );
+    while (this.#downloads.size > 0 || this.#running.size > 0) {
+      await Promise.allSettled([
+        ...[...this.#downloads.values()].map((d) => d.then((download) => download?.finished)),
+        ...this.#running,
+      ]);
     }
   }
 
@@ -425,9 +466,19 @@ export class InflightDownloads {
     if (running) return running;
     const started = this.#start(digest, fetch);
     this.#downloads.set(digest, started);
-    const forget = () => void this.#downloads.delete(digest);
+    // Only this download's entry: a fresh one may have replaced it once it detached.
+    const forget = () => {
+      if (this.#downloads.get(digest) === started) this.#downloads.delete(digest);
+    };
     started.then(
-      (download) => download ? download.finished.catch(() => {}).finally(forget) : forget(),
+      (download) => {
+        if (!download) return forget();
+        const finished = download.finished.catch(() => {});
+        this.#running.add(finished);
+        finished.finally(() => this.#running.delete(finished));
+        download.detached.then(forget);
+        finished.finally(forget);
+      },
       forget,
     );
     return started;
@@ -436,15 +487,13 @@ export class InflightDownloads {
   async #start(digest: string, fetch: FetchBlob): Promise<Download | null> {
     const response = await fetch();
     if (!response) return null;
-    await Deno.mkdir(this.#spoolDir, { recursive: true });
-    const spoolPath = `${this.#spoolDir}/spool-${parseDigest(digest).hex}-${crypto.randomUUID()}`;
-    let spool: Deno.FsFile;
+    let spool: Spool;
     try {
-      spool = await Deno.open(spoolPath, { write: true, createNew: true });
+      spool = await Spool.create(this.#spoolDir, parseDigest(digest).hex);
     } catch (e) {
       await response.body?.cancel();
-      throw new RegistryError("UNAVAILABLE", `cannot create spool file: ${(e as Error).message}`);
+      throw e;
     }
-    return new Download(digest, spoolPath, spool, response, this.#storage, this.#log);
+    return new Download(digest, spool, response, this.#storage, this.#health, this.#log);
   }
 }

@@ -6,7 +6,7 @@
 import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
-import { isUnavailable, RegistryError } from "../oci/errors.ts";
+import { isStorageFull, isUnavailable, RegistryError } from "../oci/errors.ts";
 import {
   acceptsMediaType,
   ALL_MANIFEST_TYPES,
@@ -19,6 +19,7 @@ import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
+import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
 
 /** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
@@ -94,6 +95,7 @@ export class Mirror {
   readonly #log: (message: string) => void;
   readonly #now: () => number;
   readonly #metrics: Metrics;
+  readonly #health: StoreHealth;
   /** Hot manifests by digest, so warm manifest GETs skip storage. */
   readonly #manifestMemory = new LruCache<ManifestResult>(
     MANIFEST_MEMORY_BYTES,
@@ -113,7 +115,13 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
-    this.#downloads = new InflightDownloads(options.spoolDir, options.storage, this.#log);
+    this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
+    this.#downloads = new InflightDownloads(
+      options.spoolDir,
+      options.storage,
+      this.#health,
+      this.#log,
+    );
   }
 
   /** Blob downloads currently running. */
@@ -220,6 +228,7 @@ export class Mirror {
     await response.body?.cancel();
     const digest = response.headers.get("docker-content-digest");
     if (digest !== link.digest) return await this.#fetchManifest(namespace, repository, tag);
+    // A link that cannot be recorded (store full) still leaves the manifest confirmed: serve it.
     await this.#writeTagLink(namespace, repository, tag, { ...link, confirmedAt: this.#now() });
     return cached;
   }
@@ -254,7 +263,12 @@ export class Mirror {
         `upstream sent an unparseable manifest for ${reference}`,
       );
     }
-    await this.#storage.write(manifestKey(digest), bytes, { digest });
+    const stored = await this.#store(
+      `manifest ${digest} passed through uncached`,
+      () => this.#storage.write(manifestKey(digest), bytes, { digest }),
+      "manifest",
+    );
+    if (!stored) return { digest, bytes, mediaType }; // verified, but not cached
     this.#manifestMemory.set(digest, { digest, bytes, mediaType });
     if (!isDigestReference) {
       await this.#writeTagLink(namespace, repository, reference, {
@@ -296,8 +310,31 @@ export class Mirror {
 
   async #writeTagLink(namespace: string, repository: string, tag: string, link: TagLink) {
     const key = tagKey(namespace, repository, tag);
-    await this.#storage.write(key, new TextEncoder().encode(JSON.stringify(link)));
-    this.#tagLinkMemory.set(key, link);
+    const stored = await this.#store(
+      `tag link ${namespace}/${repository}:${tag} not recorded`,
+      () => this.#storage.write(key, new TextEncoder().encode(JSON.stringify(link))),
+    );
+    if (stored) this.#tagLinkMemory.set(key, link);
+  }
+
+  /**
+   * Runs a write to the store. False when the store is full (noted, logged, counted as
+   * `uncached` when content goes out without being stored); other failures throw.
+   */
+  async #store(
+    what: string,
+    write: () => Promise<void>,
+    uncached?: "manifest" | "blob",
+  ): Promise<boolean> {
+    try {
+      await write();
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      this.#health.refused(what, e as RegistryError, uncached);
+      return false;
+    }
+    this.#health.stored();
+    return true;
   }
 
   #singleFlight(key: string, fetch: () => Promise<ManifestResult>): Promise<ManifestResult> {
@@ -325,10 +362,13 @@ export class Mirror {
     // a half-written object from a store whose writes are not atomic (s3rver).
     const running = await this.#downloads.running(digest)?.catch(() => null);
     if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
-      this.#count("blob", "miss"); // not stored yet; joins the one download
-      return options.method === "HEAD"
+      const followed = options.method === "HEAD"
         ? { size: running.expectedSize }
         : this.#follow(running, options);
+      if (followed) {
+        this.#count("blob", "miss"); // not stored yet; joins the one download
+        return followed;
+      }
     }
     const cached = await this.#cachedBlob(namespace, repository, digest, options);
     if (cached) {
@@ -342,30 +382,38 @@ export class Mirror {
       const length = response.headers.get("content-length");
       return { size: length !== null ? Number(length) : undefined };
     }
-    let download = await this.#downloads.join(digest, async () => {
-      // Re-checked inside the flight: a download may have been published since the lookup.
-      if (await this.#storage.stat(key)) return null;
-      return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
-    });
-    if (!download) {
-      const published = await this.#cachedBlob(namespace, repository, digest, options);
-      if (published) return published;
-      // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-      download = await this.#downloads.join(
-        digest,
-        () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
-      );
+    // A pass-through download (store full) may have dropped the first bytes by the time this
+    // request follows it; it is no longer joinable then, so the next join starts a fresh one.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let download = await this.#downloads.join(digest, async () => {
+        // Re-checked inside the flight: a download may have been published since the lookup.
+        if (await this.#storage.stat(key)) return null;
+        return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
+      });
+      if (!download) {
+        const published = await this.#cachedBlob(namespace, repository, digest, options);
+        if (published) return published;
+        // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
+        download = await this.#downloads.join(
+          digest,
+          () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
+        );
+      }
+      if (!download) break;
+      const followed = this.#follow(download, options);
+      if (followed) return followed;
     }
-    if (!download) {
-      throw new RegistryError("UNAVAILABLE", `blob ${digest} is neither stored nor fetchable`);
-    }
-    return this.#follow(download, options);
+    throw new RegistryError("UNAVAILABLE", `blob ${digest} is neither stored nor fetchable`);
   }
 
-  /** A response that follows a download (from its spool, or from storage once published). */
-  #follow(download: Download, options: BlobRequest): BlobResult {
+  /**
+   * A response that follows a download (from its spool, or from storage once published); null
+   * when the download can no longer serve it.
+   */
+  #follow(download: Download, options: BlobRequest): BlobResult | null {
     const range = options.range?.(download.expectedSize);
-    return { size: download.expectedSize, body: download.reader(range) };
+    const body = download.reader(range);
+    return body ? { size: download.expectedSize, body } : null;
   }
 
   /** The stored blob as the request wants it, or null when it is not (or no longer) served. */
