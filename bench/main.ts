@@ -7,7 +7,8 @@
  *   deno task bench --quick          smoke run (small sizes, 1-2 repetitions; ~1-2 minutes)
  *   deno task bench --only blob,cold run some sections only
  *
- * Sections: startup, blob, s3, manifest, cold, concurrent (`memory` = startup,blob,manifest).
+ * Sections: startup, blob, s3, manifest, cold, concurrent, guard (`memory` =
+ * startup,blob,manifest).
  * Every server is a fresh process with fresh storage per section (per repetition for the cold
  * ones); repetitions rotate the order of the servers so background noise is shared fairly.
  */
@@ -35,7 +36,7 @@ import { delay, REPO_ROOT, run, tempDir, which } from "../tests/support/tools.ts
 import { installPackages } from "../tests/support/setup.ts";
 
 const MiB = 1 << 20;
-const SECTIONS = ["startup", "blob", "s3", "manifest", "cold", "concurrent"] as const;
+const SECTIONS = ["startup", "blob", "s3", "manifest", "cold", "concurrent", "guard"] as const;
 type Section = typeof SECTIONS[number];
 const ALIASES: Record<string, Section[]> = { memory: ["startup", "blob", "manifest"] };
 
@@ -542,6 +543,97 @@ async function manifest(fx: Fixture, plan: Plan) {
   }
 }
 
+/**
+ * What the connection guard (src/http/connections.ts: per-connection serving, timeouts, cap)
+ * costs: the same mirror with it and with `--unguarded-connections` (plain Deno.serve), warm
+ * blob and manifest load, alternating per repetition. The limit column is the unguarded one.
+ */
+async function guard(fx: Fixture, plan: Plan) {
+  const big = fx.big!;
+  const m = fx.manifest!;
+  progress(`guard: warm ${sizeLabel(big.size)} GET and manifest load, with and without`);
+  const scratch = await tempDir("oci-bench-guard-");
+  const guarded = await startMirror({ upstreamHost: fx.upstream.host });
+  const plain = await startMirror({
+    upstreamHost: fx.upstream.host,
+    label: "oci-registry unguarded",
+    extraArgs: ["--unguarded-connections"],
+  });
+  try {
+    const servers = [guarded, plain];
+    const blobUrl = (s: Server) => `${s.url}${s.prefix}${big.repo}/blobs/${big.digest}`;
+    const manifestUrl = (s: Server) => `${s.url}${s.prefix}${m.repo}/manifests/${m.tag}`;
+    for (const server of servers) {
+      await getOk(blobUrl(server), big.size, server.label); // fills the cache
+      await getOk(blobUrl(server), big.size, server.label);
+      await httpGet(manifestUrl(server), { headers: { accept: MANIFEST_ACCEPT } });
+    }
+    const speeds = new Map<Server, number[]>(servers.map((s) => [s, []]));
+    for (let rep = 0; rep < plan.blobReps; rep++) {
+      for (const server of rotate(servers, rep)) {
+        const r = await getOk(blobUrl(server), big.size, server.label);
+        speeds.get(server)!.push(mibPerSecond(r.bytes, r.ms));
+      }
+    }
+    const loads = new Map<string, LoadResult[]>();
+    for (let rep = 0; rep < plan.manifestReps; rep++) {
+      for (const method of ["GET", "HEAD"] as const) {
+        for (const server of rotate(servers, rep)) {
+          const result = await load({
+            url: manifestUrl(server),
+            method,
+            headers: { Accept: MANIFEST_ACCEPT },
+            connections: plan.connections,
+            durationS: plan.manifestSeconds,
+            scratchDir: scratch.path,
+          });
+          const key = `${method} ${server.label}`;
+          loads.set(key, [...(loads.get(key) ?? []), result]);
+        }
+      }
+    }
+    const blobOn = median(speeds.get(guarded)!);
+    const blobOff = median(speeds.get(plain)!);
+    rows.push({
+      measure: `Guard cost: warm ${sizeLabel(big.size)} blob GET (limit = --unguarded-connections)`,
+      unit: "MiB/s",
+      oci: blobOn,
+      limit: blobOff,
+      runs: { oci: speeds.get(guarded)!, limit: speeds.get(plain)! },
+      target: ">= 0.9x unguarded",
+      met: blobOn >= 0.9 * blobOff,
+    });
+    for (const method of ["GET", "HEAD"] as const) {
+      const on = loads.get(`${method} ${guarded.label}`)!;
+      const off = loads.get(`${method} ${plain.label}`)!;
+      const rps = (r: LoadResult[]) => median(r.map((x) => x.rps));
+      const p99 = (r: LoadResult[]) => median(r.map((x) => x.p99Ms));
+      rows.push({
+        measure: `Guard cost: manifest ${method} by tag, ${plan.connections} conns (${on[0].tool})`,
+        unit: "req/s",
+        oci: rps(on),
+        limit: rps(off),
+        runs: { oci: on.map((r) => r.rps), limit: off.map((r) => r.rps) },
+        target: ">= 0.9x unguarded",
+        met: rps(on) >= 0.9 * rps(off),
+      });
+      rows.push({
+        measure: `Guard cost: manifest ${method} by tag: p99 latency`,
+        unit: "ms",
+        oci: p99(on),
+        limit: p99(off),
+        runs: { oci: on.map((r) => r.p99Ms), limit: off.map((r) => r.p99Ms) },
+        lowerIsBetter: true,
+        target: "< 20 ms",
+        met: p99(on) < 20,
+      });
+    }
+  } finally {
+    await Promise.all([guarded.stop(), plain.stop()]);
+    await scratch.cleanup();
+  }
+}
+
 async function cold(fx: Fixture, plan: Plan) {
   const c = fx.cold!;
   const label = sizeLabel(c.size);
@@ -788,7 +880,7 @@ async function main(): Promise<number> {
 
   try {
     const fx: Fixture = { upstream };
-    if (has("blob") || has("s3")) {
+    if (has("blob") || has("s3") || has("guard")) {
       const repo = "bench/big";
       const t = performance.now();
       const b = await pushRandomBlob(upstream, repo, plan.blobSize);
@@ -803,7 +895,7 @@ async function main(): Promise<number> {
       const b = await pushRandomBlob(upstream, "bench/concurrent", plan.concurrentSize);
       fx.concurrent = { repo: "bench/concurrent", digest: b.digest, size: b.size };
     }
-    if (has("manifest")) {
+    if (has("manifest") || has("guard")) {
       const image = buildImage({ layers: 1, layerSize: 1024 });
       await pushImage(upstream, "bench/app", "v1", image);
       fx.manifest = {
@@ -821,6 +913,7 @@ async function main(): Promise<number> {
       ["manifest", manifest],
       ["cold", cold],
       ["concurrent", concurrent],
+      ["guard", guard],
     ];
     for (const [name, fn] of sectionsToRun) {
       if (!has(name)) continue;

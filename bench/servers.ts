@@ -180,6 +180,8 @@ export interface MirrorOptions {
   storageArgs?: (dir: TempDir) => string[];
   /** Program to run; default `mirrorCommand()`. */
   command?: string[];
+  /** More global flags, before the storage subcommand. */
+  extraArgs?: string[];
   label?: string;
 }
 
@@ -217,6 +219,7 @@ export async function startMirror(opts: MirrorOptions): Promise<MirrorServer> {
       `127.0.0.1:${port}`,
       "--upstream-config-file",
       configFile,
+      ...(opts.extraArgs ?? []),
       ...storageArgs,
     ],
     cwd: REPO_ROOT,

@@ -56,6 +56,12 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     default: "60s",
     help: "close a keep-alive connection idle this long between requests",
   },
+  {
+    name: "unguarded-connections",
+    env: "UNGUARDED_CONNECTIONS",
+    boolean: true,
+    help: "plain Deno.serve: no timeouts or cap (only behind a proxy that enforces them)",
+  },
 ];
 
 const STORAGE_FLAGS: Record<string, FlagSpec[]> = {
@@ -109,6 +115,8 @@ export interface Settings {
   upstreamConfigFile?: string;
   allowPrivateUpstreams: boolean;
   connections: ConnectionLimits;
+  /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
+  unguardedConnections: boolean;
   storage: StorageSettings;
 }
 
@@ -164,6 +172,7 @@ export function parseCommandLine(
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
+      unguardedConnections: global["unguarded-connections"] === "true",
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };

@@ -5,7 +5,7 @@
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
-import { listen as listenForConnections } from "./http/connections.ts";
+import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
@@ -114,7 +114,9 @@ async function main(): Promise<number> {
   const named = upstreams.configured().map((u) => u.namespace).join(", ") || "none";
   let server;
   try {
-    server = listenForConnections(settings.listen, handler, settings.connections, log);
+    server = settings.unguardedConnections
+      ? listenUnguarded(settings.listen, handler)
+      : listenForConnections(settings.listen, handler, settings.connections, log);
   } catch (e) {
     console.error(
       `oci-registry: cannot listen on ${describeListen(settings.listen)}: ${(e as Error).message}`,
@@ -127,7 +129,11 @@ async function main(): Promise<number> {
   log(
     `oci-registry ${VERSION} listening on ${
       describeAddr(server.addr)
-    } (storage: ${storage.description}; configured upstreams: ${named}; at most ${server.maxConnections} connections; ${nativeHelp})`,
+    } (storage: ${storage.description}; configured upstreams: ${named}; ${
+      Number.isFinite(server.maxConnections)
+        ? `at most ${server.maxConnections} connections`
+        : "connections unguarded"
+    }; ${nativeHelp})`,
   );
   metrics.gauge(
     "oci_registry_http_connections_open",

@@ -317,6 +317,28 @@ export function listen(
   };
 }
 
+/**
+ * Plain `Deno.serve`: no timeouts, no cap, and the process can be exhausted as described above.
+ * Only for `--unguarded-connections`: behind a proxy that enforces both, and for the bench that
+ * measures what the guard costs.
+ */
+export function listenUnguarded(
+  address: ListenAddress,
+  handler: ConnectionHandler,
+): ConnectionServer {
+  const onListen = () => {};
+  const server = address.kind === "unix"
+    ? Deno.serve({ path: address.path, onListen }, handler)
+    : Deno.serve({ hostname: address.hostname, port: address.port, onListen }, handler);
+  return {
+    addr: server.addr,
+    maxConnections: Infinity,
+    stats: { open: 0, activeRequests: 0, timedOut: 0, evicted: 0, shed: 0, acceptErrors: 0 },
+    finished: server.finished,
+    shutdown: () => server.shutdown(),
+  };
+}
+
 function closeQuietly(conn: Deno.Conn): void {
   try {
     conn.close();

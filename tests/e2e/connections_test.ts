@@ -113,6 +113,25 @@ Deno.test("connections: an idle keep-alive connection is closed after --idle-tim
   }
 });
 
+Deno.test("connections: --unguarded-connections is plain Deno.serve: the idle connection stays", async () => {
+  // The contrast to the test above, and what the bench's "Guard cost" rows compare with.
+  await using mirror = await startMirror({
+    extraArgs: ["--unguarded-connections", "--idle-timeout", "500ms"],
+  });
+  await mirror.waitForLog(/connections unguarded/);
+  const { status, conn } = await rawRequest(mirror.port, "/v2/");
+  try {
+    assertEquals(status, "HTTP/1.1 200 OK");
+    const stillOpen = await Promise.race([
+      closedAt(conn).then(() => false),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 2000)),
+    ]);
+    assert(stillOpen, "an unguarded idle connection is not closed by the server");
+  } finally {
+    closeQuietly(conn);
+  }
+});
+
 Deno.test("connections: a --max-connections the descriptor limit cannot hold is lowered, and holds", async () => {
   // Past the limit Deno itself panics (measured), so the cap must stay below it whatever the
   // flag says: under ulimit -n 256 at most (256 - 128) / 2 = 64 connections are kept.
