@@ -29,6 +29,23 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "registry for requests that name none",
   },
   {
+    name: "hosted",
+    env: "HOSTED",
+    help: "comma-separated first path segments hosted here (push allowed, never fetched upstream)",
+  },
+  {
+    name: "sparse-manifests",
+    env: "SPARSE_MANIFESTS",
+    boolean: true,
+    help: "hosted: accept manifests whose layers or child manifests are not pushed (yet)",
+  },
+  {
+    name: "upload-expiry",
+    env: "UPLOAD_EXPIRY",
+    default: "24h",
+    help: "remove an upload session untouched this long",
+  },
+  {
     name: "upstream-config-file",
     env: "UPSTREAM_CONFIG_FILE",
     help: "YAML list of upstream registries",
@@ -112,6 +129,11 @@ export type StorageSettings =
 export interface Settings {
   listen: { kind: "tcp"; hostname: string; port: number } | { kind: "unix"; path: string };
   defaultNamespace: string;
+  /** First path segments whose repositories are hosted (src/registry/local.ts). */
+  hosted: string[];
+  uploadExpiryMs: number;
+  /** Hosted: accept manifests whose layers or child manifests are absent. */
+  sparseManifests: boolean;
   upstreamConfigFile?: string;
   allowPrivateUpstreams: boolean;
   connections: ConnectionLimits;
@@ -169,6 +191,9 @@ export function parseCommandLine(
     settings: {
       listen: parseListen(global.listen!),
       defaultNamespace: global["default-namespace"]!,
+      hosted: hostedNamespaces(global.hosted, global["default-namespace"]!),
+      uploadExpiryMs: positiveDuration(global, "upload-expiry"),
+      sparseManifests: global["sparse-manifests"] === "true",
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
@@ -178,17 +203,34 @@ export function parseCommandLine(
   };
 }
 
-function connectionLimits(flags: Record<string, string | undefined>): ConnectionLimits {
-  const timeout = (name: string) => {
-    let ms: number;
-    try {
-      ms = parseDuration(flags[name]!);
-    } catch (e) {
-      throw new ConfigError(`--${name}: ${(e as Error).message}`);
+/** `myorg,internal`: each a valid first component of a repository name, lower case. */
+function hostedNamespaces(value: string | undefined, defaultNamespace: string): string[] {
+  if (value === undefined || value.trim() === "") return [];
+  const names = value.split(",").map((name) => name.trim()).filter((name) => name !== "");
+  for (const name of names) {
+    if (!/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(name)) {
+      throw new ConfigError(`--hosted: "${name}" is not a repository name component`);
     }
-    if (ms <= 0) throw new ConfigError(`--${name} must be longer than 0s`);
-    return ms;
-  };
+    if (name === defaultNamespace) {
+      throw new ConfigError(`--hosted: "${name}" is the default namespace, which is mirrored`);
+    }
+  }
+  return [...new Set(names)];
+}
+
+function positiveDuration(flags: Record<string, string | undefined>, name: string): number {
+  let ms: number;
+  try {
+    ms = parseDuration(flags[name]!);
+  } catch (e) {
+    throw new ConfigError(`--${name}: ${(e as Error).message}`);
+  }
+  if (ms <= 0) throw new ConfigError(`--${name} must be longer than 0s`);
+  return ms;
+}
+
+function connectionLimits(flags: Record<string, string | undefined>): ConnectionLimits {
+  const timeout = (name: string) => positiveDuration(flags, name);
   let maxConnections: number | undefined;
   const max = flags["max-connections"];
   if (max !== undefined && max !== "") {

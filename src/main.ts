@@ -8,6 +8,7 @@ import { ConfigError, loadUpstreams } from "./config.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { LocalRegistry } from "./registry/local.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
@@ -99,8 +100,24 @@ async function main(): Promise<number> {
     "Blob downloads from upstream under way.",
     () => mirror.activeDownloads,
   );
+  const registry = new LocalRegistry({
+    storage,
+    namespaces: settings.hosted,
+    uploadExpiryMs: settings.uploadExpiryMs,
+    sparseManifests: settings.sparseManifests,
+  });
+  // Abandoned upload sessions are removed at start and then every few minutes.
+  const expireUploads = () =>
+    registry.uploads.expire().catch((e) => log(`upload expiry failed: ${(e as Error).message}`));
+  const uploadSweep = settings.hosted.length === 0 ? undefined : setInterval(
+    expireUploads,
+    Math.min(settings.uploadExpiryMs, 10 * 60_000),
+  );
+  if (uploadSweep !== undefined) expireUploads();
   const handler = createHandler({
     mirror,
+    registry,
+    hosted: settings.hosted,
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
@@ -129,7 +146,9 @@ async function main(): Promise<number> {
   log(
     `oci-registry ${VERSION} listening on ${
       describeAddr(server.addr)
-    } (storage: ${storage.description}; configured upstreams: ${named}; ${
+    } (storage: ${storage.description}; configured upstreams: ${named}; hosted: ${
+      settings.hosted.join(", ") || "none"
+    }; ${
       Number.isFinite(server.maxConnections)
         ? `at most ${server.maxConnections} connections`
         : "connections unguarded"
@@ -153,6 +172,7 @@ async function main(): Promise<number> {
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
   await server.finished;
+  clearInterval(uploadSweep);
   // Let downloads that clients already received finish publishing, within reason.
   await Promise.race([mirror.settled(), new Promise((resolve) => setTimeout(resolve, 20_000))]);
   upstream.close();
