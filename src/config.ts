@@ -254,11 +254,11 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     throw new ConfigError(`${where}: key "namespace" must be a registry host name, e.g. docker.io`);
   }
   const host = requiredString(record, "host", where);
+  const badPort = unreachablePort(host);
+  if (badPort) throw new ConfigError(`${where}: key "host" (${host}): ${badPort}`);
   if (!isUpstreamHost(host)) {
     throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
   }
-  const badPort = unreachablePort(host);
-  if (badPort) throw new ConfigError(`${where}: key "host" (${host}): ${badPort}`);
   return {
     namespace,
     host,

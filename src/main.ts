@@ -164,6 +164,26 @@ async function main(): Promise<number> {
     "Requests whose response is not fully sent yet.",
     () => connections.activeRequests,
   );
+  metrics.sampledCounter(
+    "oci_registry_http_connections_timed_out_total",
+    "Connections closed for sending no request head, or idling, past their timeout.",
+    () => connections.timedOut,
+  );
+  metrics.sampledCounter(
+    "oci_registry_http_connections_evicted_total",
+    "Idle connections closed early to make room (at the connection cap, or on EMFILE).",
+    () => connections.evicted,
+  );
+  metrics.sampledCounter(
+    "oci_registry_http_connections_shed_total",
+    "Connections and requests answered 503 because every slot was busy.",
+    () => connections.shed,
+  );
+  metrics.sampledCounter(
+    "oci_registry_http_accept_errors_total",
+    "accept() failures (descriptors exhausted).",
+    () => connections.acceptErrors,
+  );
 
   const stop = () => {
     log("shutting down");

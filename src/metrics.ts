@@ -60,7 +60,7 @@ export class Metrics {
   );
   readonly cache = new Counter(
     "oci_registry_cache_requests_total",
-    "Manifest and blob lookups, by kind and result (hit, miss, stale, revalidated).",
+    "Manifest and blob lookups, by kind and result (hit, miss, stale, revalidated; uncached: a miss passed through because the store is full).",
   );
   readonly upstream = new Counter(
     "oci_registry_upstream_requests_total",
@@ -68,8 +68,13 @@ export class Metrics {
   );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
-  /** Sampled when rendered: current values that are owned elsewhere. */
-  readonly #gauges: { name: string; help: string; read: () => number }[] = [];
+  /** Sampled when rendered: current values (or running totals) that are owned elsewhere. */
+  readonly #sampled: {
+    name: string;
+    help: string;
+    type: "gauge" | "counter";
+    read: () => number;
+  }[] = [];
 
   /**
    * Lets these namespaces appear in labels as themselves. Only operators name them (the
@@ -86,19 +91,24 @@ export class Metrics {
   }
 
   gauge(name: string, help: string, read: () => number): void {
-    this.#gauges.push({ name, help, read });
+    this.#sampled.push({ name, help, type: "gauge", read });
+  }
+
+  /** A total that only grows, counted elsewhere (e.g. connections closed for idling). */
+  sampledCounter(name: string, help: string, read: () => number): void {
+    this.#sampled.push({ name, help, type: "counter", read });
   }
 
   render(): string {
-    const gauges = this.#gauges.map(({ name, help, read }) =>
-      `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${read()}`
+    const sampled = this.#sampled.map(({ name, help, type, read }) =>
+      `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${read()}`
     );
     const rss = Deno.memoryUsage().rss;
     return [
       this.requests.render(),
       this.cache.render(),
       this.upstream.render(),
-      ...gauges,
+      ...sampled,
       `# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes ${rss}`,
     ].join("\n") + "\n";
   }

@@ -10,7 +10,9 @@
  * than 128 header lines, a repeated Host header, control bytes or non-ASCII bytes in the
  * request target, a malformed method, request target, version, header name, Content-Length or
  * chunk framing, and Content-Length with Transfer-Encoding. It answers each with a bare 400 (no
- * body, not 414 or 431), and none of them reaches the access log or /metrics. Everything else
+ * body, not 414 or 431), and none of them reaches the access log or /metrics. A chunked body
+ * whose framing is invalid makes it drop the connection with no response at all, even after
+ * the handler answered (tests/e2e/fuzz_test.ts meets both). Everything else
  * reaches the handler, including Host values such as `x/metrics#` or `a b`, absolute-form
  * targets (`GET http://other/metrics`, where request.url takes the target's authority), and
  * invented method tokens.

@@ -33,6 +33,46 @@ storageContract("filesystem", async () => {
   };
 });
 
+// The same contract on a small real tmpfs (root only), where a full disk can be made on demand.
+if (Deno.uid() === 0) {
+  storageContract("filesystem on tmpfs", async () => {
+    const root = await Deno.makeTempDir({ prefix: "fs-storage-tmpfs-" });
+    await command("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", root);
+    const storage = new FilesystemStorage(`${root}/data`);
+    return {
+      storage,
+      rawKeys: async () => (await walk(`${root}/data`)).filter((k) => k !== ".tmp/.lock"),
+      spoolFile: async (bytes) => {
+        const path = `${storage.tempDir}/spool-${crypto.randomUUID()}`;
+        await Deno.writeFile(path, bytes);
+        return path;
+      },
+      fill: async () => {
+        const path = `${root}/filler`;
+        using file = await Deno.open(path, { write: true, createNew: true });
+        try {
+          for (const zeros = new Uint8Array(1 << 20);;) await file.write(zeros);
+        } catch (e) {
+          if (!/No space left/.test(String(e))) throw e;
+        }
+        return () => Deno.remove(path);
+      },
+      dispose: async () => {
+        await storage.close();
+        await command("umount", root);
+        await Deno.remove(root, { recursive: true });
+      },
+    };
+  }, { canFill: true });
+} else {
+  console.error("storage_filesystem_test: the tmpfs (full disk) contract run needs root; skipped");
+}
+
+async function command(name: string, ...args: string[]): Promise<void> {
+  const out = await new Deno.Command(name, { args, stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${name}: ${new TextDecoder().decode(out.stderr)}`);
+}
+
 Deno.test("filesystem: temp files left by a crash are removed on start", async () => {
   const root = await Deno.makeTempDir({ prefix: "fs-storage-" });
   try {

@@ -206,6 +206,8 @@ class FaultyProxy {
   readonly port: number;
   /** Upcoming connections answered with 503 SlowDown and closed. */
   slowDowns = 0;
+  /** Upcoming connections answered with 507 InsufficientStorage (a full store) and closed. */
+  insufficient = 0;
   /** Upcoming connections cut after this many bytes of the answer. */
   cuts = 0;
   cutAfter = 0;
@@ -240,13 +242,17 @@ class FaultyProxy {
   async #handle(client: Deno.Conn): Promise<void> {
     this.#open.add(client);
     try {
-      if (this.slowDowns > 0) {
-        this.slowDowns--;
+      if (this.slowDowns > 0 || this.insufficient > 0) {
+        const [status, code] = this.slowDowns > 0
+          ? ["503 Slow Down", "SlowDown"]
+          : ["507 Insufficient Storage", "InsufficientStorage"];
+        if (this.slowDowns > 0) this.slowDowns--;
+        else this.insufficient--;
         await client.read(new Uint8Array(64 * 1024)); // the request (or its start)
-        const body = '<?xml version="1.0"?><Error><Code>SlowDown</Code>' +
-          "<Message>Please reduce your request rate.</Message></Error>";
+        const body = `<?xml version="1.0"?><Error><Code>${code}</Code>` +
+          "<Message>Cannot take this now.</Message></Error>";
         await client.write(new TextEncoder().encode(
-          "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n" +
+          `HTTP/1.1 ${status}\r\nContent-Type: application/xml\r\n` +
             `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
         ));
         return;
@@ -363,6 +369,46 @@ Deno.test("s3: throttling (503 SlowDown) is retried with backoff", async () => {
         await expectUnavailable(storage.stat(key), 10_000);
       });
       assertEquals(proxy.slowDowns, 97, "three attempts");
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
+Deno.test("s3: a write the service cannot store (507, SlowDown) is INSUFFICIENT_STORAGE", async () => {
+  await withServer(async (s3) => {
+    const proxy = new FaultyProxy(s3.port);
+    try {
+      const bytes = pattern(5000, 4);
+      const key = blobKey(digestOf(bytes));
+      const refused = async (storage: S3Storage) => {
+        const error = await assertRejects(() => storage.write(key, bytes), RegistryError);
+        assertEquals(error.code, "INSUFFICIENT_STORAGE", error.message);
+        assertEquals(error.status, 507);
+      };
+      proxy.insufficient = 100;
+      await throughProxy(s3, proxy, "full/", refused);
+      // A verified download's spool goes through the (multipart) upload path.
+      const spool = await Deno.makeTempFile();
+      await Deno.writeFile(spool, bytes);
+      await throughProxy(s3, proxy, "full/", async (storage) => {
+        const error = await assertRejects(() => storage.publishFile(key, spool), RegistryError);
+        assertEquals(error.code, "INSUFFICIENT_STORAGE", error.message);
+      });
+      await Deno.remove(spool).catch(() => {});
+      proxy.insufficient = 0;
+      proxy.slowDowns = 100; // still refusing after the SDK's retries
+      await throughProxy(s3, proxy, "full/", refused);
+      // Reads that fail the same way stay UNAVAILABLE: nothing to do with space.
+      await throughProxy(s3, proxy, "full/", async (storage) => {
+        await expectUnavailable(storage.stat(key), 10_000);
+      });
+      proxy.slowDowns = 0;
+      await throughProxy(s3, proxy, "full/", async (storage) => {
+        assertEquals(await storage.stat(key), null, "nothing stored");
+        await storage.write(key, bytes); // and it heals
+        assertEquals(await storage.readBytes(key), bytes);
+      });
     } finally {
       await proxy.close();
     }

@@ -19,7 +19,9 @@
  * reader, still verified, nothing published. With no disk behind the blocks in memory, a block
  * is evicted only once every live reader that still needs it has read it (the slowest reader
  * paces the download instead of the disk), and once byte 0 is gone the download stops taking
- * new readers: later requests start a fresh download.
+ * new readers: later requests start a fresh download. A reader that holds the download up for
+ * longer than `stalledReaderMs` (a client that stopped reading) is cut off, so one stalled
+ * client cannot stop everyone else's pull.
  */
 import { createBlockHasher } from "../background_hash.ts";
 import { parseDigest } from "../digest.ts";
@@ -63,6 +65,17 @@ interface ReaderPosition {
   end: number;
   /** Its last byte, kept when the block holding it had to leave memory before verification. */
   last?: Uint8Array;
+  /** Ends its stream with `reason` (a stalled reader during a pass-through). */
+  drop(reason: unknown): void;
+}
+
+/** What every download of one mirror shares. */
+export interface DownloadContext {
+  storage: Storage;
+  health: StoreHealth;
+  log: (message: string) => void;
+  /** How long a pass-through waits for a reader that does not read before cutting it off. */
+  stalledReaderMs: number;
 }
 
 export class Download {
@@ -90,20 +103,16 @@ export class Download {
   #storage: Storage;
   #spool: Spool;
   #health: StoreHealth;
+  #stalledReaderMs: number;
 
-  constructor(
-    digest: string,
-    spool: Spool,
-    response: Response,
-    storage: Storage,
-    health: StoreHealth,
-    log: (message: string) => void,
-  ) {
+  constructor(digest: string, spool: Spool, response: Response, context: DownloadContext) {
     this.digest = digest;
     this.#spool = spool;
     spool.onChange = () => this.notify();
-    this.#storage = storage;
-    this.#health = health;
+    this.#storage = context.storage;
+    this.#health = context.health;
+    this.#stalledReaderMs = context.stalledReaderMs;
+    const log = context.log;
     const length = response.headers.get("content-length");
     this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
     this.detached = new Promise((resolve) => this.#detach = resolve);
@@ -128,9 +137,16 @@ export class Download {
         // hashed) first, or, with the disk full, read by every reader that needs it. That
         // bounds the memory of a download whatever the disk, the CPU and the readers do.
         const keepFrom = (block - BLOCKS_IN_MEMORY + 1) * BLOCK_SIZE;
+        const waitingSince = performance.now();
         while (!this.#readyToEvict(keepFrom)) {
           if (this.#spool.failure !== undefined) throw this.#spool.failure;
-          await this.#changed();
+          if (!this.#spool.full) {
+            await this.#changed();
+            continue;
+          }
+          const left = this.#stalledReaderMs - (performance.now() - waitingSince);
+          if (left <= 0) this.#dropReadersHolding(keepFrom, log);
+          else await this.#changedWithin(left);
         }
         if (hashing.length >= BLOCKS_IN_MEMORY) await hashing.shift();
         while (this.#pieces.length > 0 && this.#pieces[0].start < keepFrom) this.#pieces.shift();
@@ -235,22 +251,42 @@ export class Download {
     if (!this.#spool.full) return false; // on disk soon: wait for it
     // Pass-through: no live reader may still need bytes in [written, keepFrom).
     for (const reader of this.#readers) {
-      const from = Math.max(reader.position, written);
-      const to = Math.min(reader.end, keepFrom);
-      if (from >= to) continue;
-      if (from === reader.end - 1 && !reader.last) {
-        // All it lacks is the last byte it wants, held back until the blob verifies: waiting
-        // for it would wait forever. One byte is kept for it instead.
-        const byte = this.#fromMemory(from, from + 1);
-        if (byte) {
-          reader.last = byte.slice();
-          continue;
-        }
-      }
-      if (from === reader.end - 1 && reader.last) continue;
-      return false;
+      if (this.#holds(reader, keepFrom, written)) return false;
     }
     return true;
+  }
+
+  /** Whether `reader` still needs bytes in [written, keepFrom), which only memory holds. */
+  #holds(reader: ReaderPosition, keepFrom: number, written: number): boolean {
+    const from = Math.max(reader.position, written);
+    const to = Math.min(reader.end, keepFrom);
+    if (from >= to) return false;
+    if (from === reader.end - 1 && !reader.last) {
+      // All it lacks is the last byte it wants, held back until the blob verifies: waiting
+      // for it would wait forever. One byte is kept for it instead.
+      const byte = this.#fromMemory(from, from + 1);
+      if (byte) {
+        reader.last = byte.slice();
+        return false;
+      }
+    }
+    return !(from === reader.end - 1 && reader.last);
+  }
+
+  /** Cuts off the readers a pass-through has waited on for too long (clients not reading). */
+  #dropReadersHolding(keepFrom: number, log: (message: string) => void): void {
+    const written = this.#spool.written;
+    const stalled = [...this.#readers].filter((r) => this.#holds(r, keepFrom, written));
+    log(
+      `store full: blob ${this.digest}: ${stalled.length} client(s) read nothing for ${
+        this.#stalledReaderMs / 1000
+      } s; cut off so the other readers of the pass-through go on`,
+    );
+    const reason = new RegistryError(
+      "UNAVAILABLE",
+      `blob ${this.digest}: this client stopped reading a download shared with others`,
+    );
+    for (const reader of stalled) reader.drop(reason);
   }
 
   #markDetached(): void {
@@ -314,6 +350,16 @@ export class Download {
     return new Promise((resolve) => this.#wake.push(resolve));
   }
 
+  /** Like `#changed`, but resolves after `ms` at the latest. */
+  async #changedWithin(ms: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#changed(),
+      new Promise<void>((resolve) => timer = setTimeout(resolve, ms)),
+    ]);
+    clearTimeout(timer);
+  }
+
   /**
    * A stream of the blob (or a range of it) that follows the download. Opens its own handle on
    * the spool right away; if the spool was already published away, reads from storage instead.
@@ -329,7 +375,17 @@ export class Download {
     if (!file && !this.#spool.full) return this.#fromStorage(range);
     const handle = file;
     const end = range ? range.end + 1 : Infinity; // exclusive
-    const me: ReaderPosition = { position: range?.start ?? 0, end };
+    let stream: ReadableStreamDefaultController<Uint8Array> | undefined;
+    const me: ReaderPosition = {
+      position: range?.start ?? 0,
+      end,
+      drop: (reason) => {
+        close();
+        try {
+          stream?.error(reason);
+        } catch { /* already closed */ }
+      },
+    };
     this.#readers.add(me);
     let filePosition = 0;
     const close = () => {
@@ -340,9 +396,11 @@ export class Download {
       } catch { /* already closed */ }
     };
     return new ReadableStream<Uint8Array>({
+      start: (controller) => void (stream = controller),
       pull: async (controller) => {
         try {
           while (true) {
+            if (!this.#readers.has(me)) return; // cut off (see #dropReadersHolding)
             if (this.#state === "failed") throw this.#error;
             // The last byte a reader wants (of the blob, or of its range) waits for the
             // digest: no response completes with bytes that turn out to be wrong.
@@ -419,22 +477,13 @@ export class Download {
 export class InflightDownloads {
   readonly #downloads = new Map<string, Promise<Download | null>>();
   readonly #spoolDir: string;
-  readonly #storage: Storage;
-  readonly #health: StoreHealth;
-  readonly #log: (message: string) => void;
+  readonly #context: DownloadContext;
   /** Every download not yet finished, joinable or not (for `settled`). */
   readonly #running = new Set<Promise<void>>();
 
-  constructor(
-    spoolDir: string,
-    storage: Storage,
-    health: StoreHealth,
-    log: (message: string) => void,
-  ) {
+  constructor(spoolDir: string, context: DownloadContext) {
     this.#spoolDir = spoolDir;
-    this.#storage = storage;
-    this.#health = health;
-    this.#log = log;
+    this.#context = context;
   }
 
   /** How many downloads new requests can join (for metrics and tests). */
@@ -494,6 +543,6 @@ export class InflightDownloads {
       await response.body?.cancel();
       throw e;
     }
-    return new Download(digest, spool, response, this.#storage, this.#health, this.#log);
+    return new Download(digest, spool, response, this.#context);
   }
 }

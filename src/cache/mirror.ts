@@ -79,8 +79,15 @@ export interface MirrorOptions {
   metrics?: Metrics;
   /** Clock, for tests. */
   now?: () => number;
+  /** How long a pass-through (store full) waits for a client that stopped reading; tests. */
+  stalledReaderMs?: number;
 }
 
+/**
+ * A pass-through download goes at its slowest reader's pace; one that has not taken a 1 MiB
+ * block in this long is cut off, so the others go on (about 35 KiB/s at the least).
+ */
+const STALLED_READER_MS = 30_000;
 /** Memory for hot manifests: a few thousand typical manifests. */
 const MANIFEST_MEMORY_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
@@ -116,12 +123,12 @@ export class Mirror {
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
-    this.#downloads = new InflightDownloads(
-      options.spoolDir,
-      options.storage,
-      this.#health,
-      this.#log,
-    );
+    this.#downloads = new InflightDownloads(options.spoolDir, {
+      storage: options.storage,
+      health: this.#health,
+      log: this.#log,
+      stalledReaderMs: options.stalledReaderMs ?? STALLED_READER_MS,
+    });
   }
 
   /** Blob downloads currently running. */

@@ -32,7 +32,11 @@ interface Fixture {
   fill(): Promise<() => Promise<void>>;
 }
 
-async function withFullableMirror(sizeMiB: number, fn: (f: Fixture) => Promise<void>) {
+async function withFullableMirror(
+  sizeMiB: number,
+  fn: (f: Fixture) => Promise<void>,
+  options: { stalledReaderMs?: number } = {},
+) {
   const root = await Deno.makeTempDir({ prefix: "store-full-" });
   const mount = await new Deno.Command("mount", {
     args: ["-t", "tmpfs", "-o", `size=${sizeMiB}m`, "tmpfs", root],
@@ -60,6 +64,7 @@ async function withFullableMirror(sizeMiB: number, fn: (f: Fixture) => Promise<v
       log: (line) => logs.push(line),
       metrics,
       now: () => clock.now,
+      stalledReaderMs: options.stalledReaderMs,
     });
     const fill = async () => {
       const path = `${root}/filler`;
@@ -258,4 +263,30 @@ Deno.test({
       assertEquals(await readAll(ranged.body!), bytes.slice(0, 100));
       assertEquals(upstream.count("blob", "GET"), 1);
     }),
+});
+
+Deno.test({
+  name: "store full: a reader that stops reading is cut off; the others of the pass-through finish",
+  ignore: !isRoot,
+  fn: () =>
+    withFullableMirror(4, async ({ mirror, upstream, fill, logs }) => {
+      await fill();
+      const bytes = randomBytes(12 * MiB);
+      const digest = upstream.addBlob(bytes);
+      upstream.byteStreams = true;
+      upstream.chunkSize = 256 * 1024;
+      const stalled = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!
+        .getReader();
+      const reading = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!;
+      await stalled.read(); // then nothing more: a client that stopped reading
+      const started = performance.now();
+      assertEquals(digestOf(await readAll(reading)), digest, "the reading client gets it all");
+      const waited = performance.now() - started;
+      assert(waited >= 250, `cut off after ${waited.toFixed(0)} ms, not before the limit`);
+      const error = await readRest(stalled).then(() => null, (e) => e);
+      assert(error instanceof RegistryError, `the stalled client's stream fails: ${error}`);
+      assertEquals(error.code, "UNAVAILABLE");
+      assertMatch(logs.join("\n"), /1 client\(s\) read nothing for 0.3 s; cut off/);
+      assertEquals(upstream.count("blob", "GET"), 1);
+    }, { stalledReaderMs: 300 }),
 });

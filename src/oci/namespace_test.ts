@@ -75,3 +75,17 @@ Deno.test("invalid names and ns values are NAME_INVALID", () => {
     assertEquals(error.code, "NAME_INVALID");
   }
 });
+
+Deno.test("a namespace with a port outside 1-65535 is no registry host", () => {
+  for (const ns of ["registry.test:99999", "registry.test:0", "[::1]:70000"]) {
+    const error = assertThrows(() => resolveName("x", ns, "docker.io"), RegistryError);
+    assertEquals([error.code, error.status], ["NAME_INVALID", 400], ns);
+  }
+  // As a path prefix it is no host either, so it is read as (an invalid) repository name.
+  const prefix = assertThrows(() => resolveName("registry.test:99999/x", null, "docker.io"));
+  assertEquals((prefix as RegistryError).code, "NAME_INVALID");
+  assertEquals(
+    resolveName("x", "registry.test:65535", "docker.io").namespace,
+    "registry.test:65535",
+  );
+});

@@ -27,12 +27,19 @@ export function isTag(reference: string): boolean {
 }
 
 export function isRegistryHost(value: string): boolean {
-  return value.length <= 253 && REGISTRY_HOST.test(value);
+  return value.length <= 253 && REGISTRY_HOST.test(value) && validPort(value);
+}
+
+/** A port, when there is one, is a TCP port: `registry.test:99999` is no host (nor is `:0`). */
+function validPort(host: string): boolean {
+  const port = /:(\d+)$/.exec(host);
+  return port === null || (Number(port[1]) >= 1 && Number(port[1]) <= 65535);
 }
 
 /** An upstream address: a registry host name, or a bracketed IPv6 literal, with an optional port. */
 export function isUpstreamHost(value: string): boolean {
-  return isRegistryHost(value) || /^\[[0-9a-fA-F:.]+\](?::[0-9]{1,5})?$/.test(value);
+  return isRegistryHost(value) ||
+    (/^\[[0-9a-fA-F:.]+\](?::[0-9]{1,5})?$/.test(value) && validPort(value));
 }
 
 /**

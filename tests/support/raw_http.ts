@@ -16,6 +16,8 @@ export interface RawAnswer {
   headers: Headers;
   /** The body as text (after the head; chunked bodies are left framed). */
   body: string;
+  /** The body's bytes, as received (chunked bodies are left framed). */
+  bodyBytes: Uint8Array;
   /** Everything received, as text. */
   raw: string;
 }
@@ -58,8 +60,7 @@ export async function rawRequest(
       conn.close();
     } catch { /* already closed */ }
   }
-  const raw = new TextDecoder().decode(concat(chunks));
-  return parseAnswer(raw);
+  return parseAnswer(concat(chunks));
 }
 
 function concat(chunks: Uint8Array[]): Uint8Array {
@@ -72,20 +73,41 @@ function concat(chunks: Uint8Array[]): Uint8Array {
   return out;
 }
 
-function parseAnswer(raw: string): RawAnswer {
-  // Skip interim responses (100 Continue) to the final one.
-  let rest = raw;
-  while (/^HTTP\/1\.[01] 1\d\d /.test(rest) && rest.includes("\r\n\r\n")) {
-    rest = rest.slice(rest.indexOf("\r\n\r\n") + 4);
+/** Where the head that starts at `from` ends (the index after its blank line), or -1. */
+function headEnd(bytes: Uint8Array, from: number): number {
+  for (let i = from; i + 3 < bytes.length; i++) {
+    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
+      return i + 4;
+    }
   }
-  const status = /^HTTP\/1\.[01] (\d{3})/.exec(rest);
-  if (!status) return { status: 0, headers: new Headers(), body: "", raw };
-  const end = rest.indexOf("\r\n\r\n");
-  const head = end < 0 ? rest : rest.slice(0, end);
+  return -1;
+}
+
+function parseAnswer(bytes: Uint8Array): RawAnswer {
+  const latin1 = new TextDecoder("latin1");
+  const raw = new TextDecoder().decode(bytes);
+  // Skip interim responses (100 Continue) to the final one.
+  let start = 0;
+  while (/^HTTP\/1\.[01] 1\d\d /.test(latin1.decode(bytes.subarray(start, start + 13)))) {
+    const end = headEnd(bytes, start);
+    if (end < 0) break;
+    start = end;
+  }
+  const end = headEnd(bytes, start);
+  const head = latin1.decode(bytes.subarray(start, end < 0 ? bytes.length : end - 4));
+  const status = /^HTTP\/1\.[01] (\d{3})/.exec(head);
+  const bodyBytes = end < 0 ? new Uint8Array() : bytes.subarray(end);
+  if (!status) return { status: 0, headers: new Headers(), body: "", bodyBytes, raw };
   const headers = new Headers();
   for (const line of head.split("\r\n").slice(1)) {
     const colon = line.indexOf(":");
     if (colon > 0) headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
   }
-  return { status: Number(status[1]), headers, body: end < 0 ? "" : rest.slice(end + 4), raw };
+  return {
+    status: Number(status[1]),
+    headers,
+    body: new TextDecoder().decode(bodyBytes),
+    bodyBytes,
+    raw,
+  };
 }
