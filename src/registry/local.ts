@@ -475,7 +475,8 @@ export function paginate(items: string[], options: { n?: number; last?: string }
   const after = options.last === undefined ? sorted : sorted.filter((item) => item > options.last!);
   if (options.n === undefined || after.length <= options.n) return { items: after };
   const page = after.slice(0, options.n);
-  return { items: page, next: page.length > 0 ? page[page.length - 1] : undefined };
+  // n=0 asks for nothing, and gets no Link either.
+  return page.length > 0 ? { items: page, next: page[page.length - 1] } : { items: page };
 }
 
 /** The chunks one after the other (each opened only when reached), then `tail`. */

@@ -78,7 +78,13 @@ export async function startUpload(
     parseDigest(digest);
     const upload = await registry.uploads.start(name);
     try {
-      await registry.uploads.finish(name, upload.id, digest, request.body, contentLength(request));
+      await registry.uploads.finish(
+        name,
+        upload.id,
+        digest,
+        bodyOf(request),
+        contentLength(request),
+      );
     } catch (e) {
       await registry.uploads.cancel(name, upload.id).catch(() => {});
       throw e;
@@ -112,7 +118,7 @@ export async function patchUpload(
       `Content-Range ${range.start}-${range.end} does not match Content-Length ${length}`,
     );
   }
-  const state = await registry.uploads.append(name, id, request.body, {
+  const state = await registry.uploads.append(name, id, bodyOf(request), {
     start: range?.start,
     length: length ?? (range ? range.end - range.start + 1 : undefined),
   });
@@ -145,7 +151,7 @@ export async function putUpload(
       );
     }
   }
-  await registry.uploads.finish(name, id, digest, request.body, contentLength(request));
+  await registry.uploads.finish(name, id, digest, bodyOf(request), contentLength(request));
   return created(name, digest);
 }
 
@@ -178,6 +184,32 @@ function accepted(name: string, state: UploadState, status: 202 | 204): Response
       "docker-upload-uuid": state.id,
       "content-length": "0",
     },
+  });
+}
+
+/**
+ * The request body, whose read failure (the client hung up before its Content-Length) is a
+ * client error, BLOB_UPLOAD_INVALID, rather than an internal one.
+ */
+function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
+  if (!request.body) return null;
+  const reader = request.body.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (e) {
+        throw new RegistryError(
+          "BLOB_UPLOAD_INVALID",
+          `the request body broke off: ${(e as Error)?.message ?? e}`,
+          { cause: e },
+        );
+      }
+      if (result.done) controller.close();
+      else controller.enqueue(result.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
   });
 }
 

@@ -76,12 +76,15 @@ async function readManifestBody(request: Request): Promise<Uint8Array> {
   }
   const chunks: Uint8Array[] = [];
   let total = 0;
-  if (request.body) {
-    for await (const chunk of request.body) {
+  try {
+    for await (const chunk of request.body ?? []) {
       total += chunk.byteLength;
       if (total > MAX_MANIFEST_BYTES) throw tooLarge();
       chunks.push(chunk);
     }
+  } catch (e) {
+    if (e instanceof RegistryError) throw e;
+    throw new RegistryError("MANIFEST_INVALID", "the request body broke off", { cause: e });
   }
   if (total === 0) throw new RegistryError("MANIFEST_INVALID", "the manifest body is empty");
   return concatBytes(chunks, total);
