@@ -26,7 +26,7 @@ import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/ho
 import * as hostedManifests from "./api/hosted/manifests.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { hostedName, resolveName } from "./oci/namespace.ts";
-import type { Registry } from "./registry/registry.ts";
+import type { ReferrerStore, Registry } from "./registry/registry.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
@@ -223,9 +223,14 @@ async function dispatch(
     case "tags":
       if (rest !== "list") throw noSuchEndpoint(target.path);
       return await listTags(options.mirror, name, pathName, target.query);
-    case "referrers":
-      // Referrers of mirrored content are not served yet (hosted repositories only).
-      throw noSuchEndpoint(target.path);
+    case "referrers": {
+      const mirror = options.mirror;
+      const referrers: ReferrerStore = {
+        list: (_name, digest, artifactType) =>
+          mirror.listReferrers(name.namespace, name.repository, digest, artifactType),
+      };
+      return await listReferrers(referrers, pathName, decodeSegment(rest), target.query);
+    }
   }
 }
 
@@ -275,7 +280,7 @@ async function dispatchHosted(
       if (method === "GET") return await listHostedTags(registry, name, query);
       throw await refused();
     case "referrers":
-      if (method === "GET") return await listReferrers(registry, name, rest, query);
+      if (method === "GET") return await listReferrers(registry.referrers, name, rest, query);
       throw await refused();
   }
 }

@@ -15,7 +15,14 @@ import {
   isIndexType,
   MAX_MANIFEST_BYTES,
 } from "../oci/media_types.ts";
-import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
+import {
+  blobKey,
+  manifestKey,
+  mirroredReferrersKey,
+  tagKey,
+  type TagLink,
+} from "../storage/layout.ts";
+import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
@@ -40,6 +47,13 @@ export interface Upstream {
     namespace: string,
     repository: string,
     query: URLSearchParams,
+    signal?: AbortSignal,
+  ): Promise<Response>;
+  /** The referrers API; absent (or 404, MANIFEST_UNKNOWN) when upstream has none. */
+  referrers?(
+    namespace: string,
+    repository: string,
+    digest: string,
     signal?: AbortSignal,
   ): Promise<Response>;
 }
@@ -485,6 +499,74 @@ export class Mirror {
   listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
     return this.#upstream.tags(namespace, repository, query);
   }
+
+  /**
+   * The referrers of a mirrored manifest: upstream's referrers API, else (upstream has none) the
+   * fallback tag `sha256-<hex>` the spec defines, fetched and cached like any manifest. The API's
+   * answer is stored too, so an unreachable upstream still gets the last list (stale).
+   */
+  async listReferrers(
+    namespace: string,
+    repository: string,
+    digest: string,
+    artifactType?: string,
+  ): Promise<Descriptor[]> {
+    const all = await this.#referrers(namespace, repository, digest);
+    return artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType);
+  }
+
+  async #referrers(namespace: string, repository: string, digest: string): Promise<Descriptor[]> {
+    const key = mirroredReferrersKey(namespace, repository, digest);
+    let response: Response | undefined;
+    try {
+      response = await this.#upstream.referrers?.(namespace, repository, digest);
+    } catch (e) {
+      if (isUnavailable(e)) {
+        const cached = await this.#storage.readBytes(key);
+        if (cached) {
+          this.#log(`serving stale referrers of ${digest} in ${namespace}/${repository}`);
+          return parseDescriptors(cached) ?? [];
+        }
+      }
+      if (!(e instanceof RegistryError && e.code === "MANIFEST_UNKNOWN")) throw e;
+    }
+    if (response) {
+      const bytes = await readLimited(response, MAX_MANIFEST_BYTES, `referrers of ${digest}`);
+      const descriptors = parseDescriptors(bytes);
+      if (!descriptors) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream's referrers of ${digest} are no index`);
+      }
+      await this.#store(
+        `referrers of ${digest} in ${namespace}/${repository} not recorded`,
+        () =>
+          this.#storage.write(
+            key,
+            new TextEncoder().encode(JSON.stringify({ manifests: descriptors })),
+          ),
+      );
+      return descriptors;
+    }
+    const [algorithm, hex] = digest.split(":");
+    try {
+      const index = await this.getManifest(namespace, repository, `${algorithm}-${hex}`, [
+        "application/vnd.oci.image.index.v1+json",
+      ]);
+      return parseDescriptors(index.bytes) ?? [];
+    } catch (e) {
+      if (e instanceof RegistryError && e.code === "MANIFEST_UNKNOWN") return [];
+      throw e;
+    }
+  }
+}
+
+/** The `manifests` of an image index, or null when `bytes` is no index. */
+function parseDescriptors(bytes: Uint8Array): Descriptor[] | null {
+  try {
+    const doc = JSON.parse(new TextDecoder().decode(bytes));
+    return Array.isArray(doc?.manifests) ? doc.manifests : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -513,6 +595,10 @@ function countingUpstream(
       count(namespace, "tags", "GET");
       return upstream.tags(namespace, repository, query, signal);
     },
+    referrers: upstream.referrers && ((namespace, repository, digest, signal) => {
+      count(namespace, "referrers", "GET");
+      return upstream.referrers!(namespace, repository, digest, signal);
+    }),
   };
 }
 

@@ -27,6 +27,12 @@ export function tagKey(namespace: string, repository: string, tag: string): stri
   return `${repositoryPrefix(namespace, repository)}_tags/${tag}`;
 }
 
+/** The referrers of a mirrored manifest as last listed by upstream (JSON descriptors). */
+export function mirroredReferrersKey(namespace: string, repository: string, digest: string) {
+  const d = parseDigest(digest);
+  return `${repositoryPrefix(namespace, repository)}_referrers_index/${d.algorithm}/${d.hex}`;
+}
+
 /** What a tag pointed at when last confirmed with upstream (or pushed). */
 export interface TagLink {
   digest: string;

@@ -10,7 +10,16 @@
  * Each must report 0 failures; on failure the failing checks are printed by name.
  */
 import { assert, assertEquals } from "../support/assert.ts";
+import {
+  buildImage,
+  descriptorOf,
+  makeBlob,
+  pushBlob,
+  pushImage,
+  pushManifest,
+} from "../support/images.ts";
 import { startMirror } from "../support/mirror.ts";
+import { startUpstream } from "../support/upstream.ts";
 import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { REPO_ROOT, run, tempDir } from "../support/tools.ts";
 
@@ -25,7 +34,7 @@ interface Summary {
 }
 
 /** The 2026 suite: its summary block (`Pass....: N`, `FAIL....: N`) and failed check names. */
-async function run2026(host: string): Promise<Summary> {
+async function run2026(host: string, env: Record<string, string> = {}): Promise<Summary> {
   await using dir = await tempDir("oci-conformance-");
   const result = await run(`${SUITES}/oci-conformance`, [], {
     cwd: dir.path,
@@ -38,6 +47,7 @@ async function run2026(host: string): Promise<Summary> {
       OCI_REPO1: "myorg/repo1",
       OCI_REPO2: "myorg/repo2",
       OCI_RESULTS_DIR: "./results",
+      ...env,
     },
   });
   const output = result.stdout + result.stderr;
@@ -55,12 +65,12 @@ async function run2026(host: string): Promise<Summary> {
 }
 
 /** v1.1.1 (ginkgo): `N Passed | N Failed | ...` and the `[FAIL] ...` lines. */
-async function runV111(url: string): Promise<Summary> {
+async function runV111(url: string, env?: Record<string, string>): Promise<Summary> {
   await using dir = await tempDir("oci-conformance-v111-");
   const result = await run(`${SUITES}/oci-conformance-v1.1.1`, ["-ginkgo.no-color"], {
     cwd: dir.path,
     timeoutMs: 300_000,
-    env: {
+    env: env ? { OCI_ROOT_URL: url, OCI_REPORT_DIR: ".", ...env } : {
       OCI_ROOT_URL: url,
       OCI_NAMESPACE: "myorg/myrepo",
       OCI_CROSSMOUNT_NAMESPACE: "myorg/other",
@@ -108,4 +118,71 @@ Deno.test("OCI conformance (2026 suite, everything on, and v1.1.1): S3", async (
   } finally {
     await s3.stop();
   }
+});
+
+Deno.test("OCI conformance through the mirror: v1.1.1 pull workflow, 2026 suite read-only", async () => {
+  await using up = await startUpstream();
+  const image = await pushImage(up, "library/conformance", "1", buildImage({ layers: 2 }));
+  // A signature of the image, listed the way a registry without a referrers API lists it: an
+  // index under the fallback tag sha256-<hex> (distribution 2.8.2 has no referrers API).
+  const empty = makeBlob("application/vnd.oci.empty.v1+json", new TextEncoder().encode("{}"));
+  await pushBlob(up, "library/conformance", empty);
+  const signature = makeBlob(
+    "application/vnd.oci.image.manifest.v1+json",
+    new TextEncoder().encode(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      artifactType: "application/vnd.example.signature",
+      config: descriptorOf(empty),
+      layers: [descriptorOf(empty)],
+      subject: descriptorOf(image.manifest),
+    })),
+  );
+  await pushManifest(up, "library/conformance", signature.digest, signature);
+  const fallback = makeBlob(
+    "application/vnd.oci.image.index.v1+json",
+    new TextEncoder().encode(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [descriptorOf(signature, { artifactType: "application/vnd.example.signature" })],
+    })),
+  );
+  await pushManifest(up, "library/conformance", `sha256-${image.manifest.sha256}`, fallback);
+  await using mirror = await startMirror({
+    upstreams: [{ namespace: "registry.test", host: up.host, tls: false }],
+  });
+  const repo = "registry.test/library/conformance";
+  assertClean(
+    "oci-conformance-v1.1.1 pull through the mirror",
+    await runV111(mirror.url, {
+      OCI_NAMESPACE: repo,
+      OCI_TEST_PULL: "1",
+      OCI_TAG_NAME: "1",
+      OCI_MANIFEST_DIGEST: image.digest,
+      OCI_BLOB_DIGEST: image.layers[0].digest,
+    }),
+    10,
+  );
+  assertClean(
+    "oci-conformance read-only through the mirror",
+    await run2026(mirror.host, {
+      OCI_VERSION: "1.1",
+      OCI_DATA_SPARSE: "false",
+      OCI_API_PUSH: "false",
+      OCI_REPO1: repo,
+      OCI_REPO2: repo,
+      OCI_RO_DATA_TAGS: "1",
+      OCI_RO_DATA_MANIFESTS: image.digest,
+      OCI_RO_DATA_BLOBS: [image.config.digest, ...image.layers.map((l) => l.digest)].join(" "),
+      OCI_RO_DATA_REFERRERS: image.digest,
+    }),
+    1,
+  );
+  const referrers = await mirror.fetch(
+    `/v2/${repo}/referrers/${image.digest}?artifactType=application/vnd.example.signature`,
+  );
+  assertEquals(referrers.headers.get("oci-filters-applied"), "artifactType");
+  assertEquals((await referrers.json()).manifests.map((d: { digest: string }) => d.digest), [
+    signature.digest,
+  ]);
 });

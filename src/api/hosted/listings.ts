@@ -5,7 +5,7 @@
 import { parseDigest } from "../../digest.ts";
 import { RegistryError } from "../../oci/errors.ts";
 import { OCI_INDEX } from "../../oci/media_types.ts";
-import type { Page, Registry } from "../../registry/registry.ts";
+import type { Page, ReferrerStore, Registry } from "../../registry/registry.ts";
 
 export async function listTags(
   registry: Registry,
@@ -23,15 +23,16 @@ export async function listCatalog(registry: Registry, query: URLSearchParams): P
   return listing({ repositories: page.items }, page, "/v2/_catalog", options.n);
 }
 
+/** For hosted repositories and (through the mirror's store) mirrored ones alike. */
 export async function listReferrers(
-  registry: Registry,
+  referrers: ReferrerStore,
   name: string,
   reference: string,
   query: URLSearchParams,
 ): Promise<Response> {
   const digest = parseDigest(reference).toString();
   const artifactType = query.get("artifactType") || undefined;
-  const manifests = await registry.referrers.list(name, digest, artifactType);
+  const manifests = await referrers.list(name, digest, artifactType);
   const headers = new Headers({ "content-type": OCI_INDEX });
   if (artifactType !== undefined) headers.set("oci-filters-applied", "artifactType");
   const body = JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests });
