@@ -15,19 +15,27 @@ async function walk(dir: string, base = ""): Promise<string[]> {
   return out;
 }
 
-storageContract("filesystem", async () => {
-  const root = await Deno.makeTempDir({ prefix: "fs-storage-" });
+/** A store in `${root}/data`, with what the contract needs to look behind it. */
+function storeIn(root: string) {
   const storage = new FilesystemStorage(`${root}/data`);
   return {
     storage,
     rawKeys: async () => (await walk(`${root}/data`)).filter((k) => k !== ".tmp/.lock"),
-    spoolFile: async (bytes) => {
+    spoolFile: async (bytes: Uint8Array) => {
       const path = `${storage.tempDir}/spool-${crypto.randomUUID()}`;
       await Deno.writeFile(path, bytes);
       return path;
     },
+  };
+}
+
+storageContract("filesystem", async () => {
+  const root = await Deno.makeTempDir({ prefix: "fs-storage-" });
+  const store = storeIn(root);
+  return {
+    ...store,
     dispose: async () => {
-      await storage.close();
+      await store.storage.close();
       await Deno.remove(root, { recursive: true });
     },
   };
@@ -38,15 +46,9 @@ if (Deno.uid() === 0) {
   storageContract("filesystem on tmpfs", async () => {
     const root = await Deno.makeTempDir({ prefix: "fs-storage-tmpfs-" });
     await command("mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", root);
-    const storage = new FilesystemStorage(`${root}/data`);
+    const store = storeIn(root);
     return {
-      storage,
-      rawKeys: async () => (await walk(`${root}/data`)).filter((k) => k !== ".tmp/.lock"),
-      spoolFile: async (bytes) => {
-        const path = `${storage.tempDir}/spool-${crypto.randomUUID()}`;
-        await Deno.writeFile(path, bytes);
-        return path;
-      },
+      ...store,
       fill: async () => {
         const path = `${root}/filler`;
         using file = await Deno.open(path, { write: true, createNew: true });
@@ -58,7 +60,7 @@ if (Deno.uid() === 0) {
         return () => Deno.remove(path);
       },
       dispose: async () => {
-        await storage.close();
+        await store.storage.close();
         await command("umount", root);
         await Deno.remove(root, { recursive: true });
       },

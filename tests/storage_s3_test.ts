@@ -6,7 +6,7 @@ import { blobKey } from "../src/storage/layout.ts";
 import { digestOf } from "../src/digest.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";
 import { type S3rver, startS3rver } from "./support/s3rver.ts";
-import { freePort } from "./support/tools.ts";
+import { closeQuietly, freePort } from "./support/tools.ts";
 import { pattern, storageContract } from "./storage_contract.ts";
 
 let server: S3rver | undefined;
@@ -320,12 +320,6 @@ class FaultyProxy {
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
   let offset = 0;
   while (offset < data.byteLength) offset += await conn.write(data.subarray(offset));
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* already closed */ }
 }
 
 // The proxy misbehaves per connection and the SDK keeps connections alive, so every phase below

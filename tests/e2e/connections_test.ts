@@ -6,7 +6,7 @@
  */
 import { assert, assertEquals } from "../support/assert.ts";
 import { startMirror } from "../support/mirror.ts";
-import { freePort, waitFor } from "../support/tools.ts";
+import { closeQuietly, freePort, waitFor } from "../support/tools.ts";
 
 const encoder = new TextEncoder();
 const MIRROR = [
@@ -29,12 +29,6 @@ async function closedAt(conn: Deno.Conn): Promise<number> {
     while (await conn.read(buffer) !== null) { /* discard */ }
   } catch { /* reset: closed too */ }
   return performance.now();
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* already closed */ }
 }
 
 /** One request on a raw socket; returns the status line and the socket (kept open). */

@@ -2,8 +2,8 @@
  * Makes this machine ready for the end-to-end tests; run by `deno task test` before `deno test`.
  *
  * - Checks the real components exist (docker-registry, skopeo, containerd, podman, umoci,
- *   htpasswd, nginx, openssl); when some are missing and we are root, installs their Debian
- *   packages with apt-get (without starting their services).
+ *   buildah, dockerd and docker, htpasswd, nginx, openssl); when some are missing and we are
+ *   root, installs their Debian packages with apt-get (without starting their services).
  * - Pins the reserved test names (registry.test, ...) to 127.0.0.1 in /etc/hosts, so a client
  *   that bypasses the mirror fails fast instead of reaching anything else.
  *
@@ -18,6 +18,9 @@ export const REQUIRED_BINARIES: Record<string, string> = {
   "/usr/bin/ctr": "containerd",
   "/usr/bin/podman": "podman",
   "/usr/bin/umoci": "umoci",
+  "/usr/bin/buildah": "buildah",
+  "/usr/sbin/dockerd": "docker.io",
+  "/usr/bin/docker": "docker.io",
   "/usr/bin/htpasswd": "apache2-utils",
   "/usr/sbin/nginx": "nginx-light",
   "/usr/bin/openssl": "openssl",
@@ -75,7 +78,8 @@ export async function installPackages(packages: string[]): Promise<void> {
   }
   console.error(`setup: installing ${packages.join(" ")} with apt-get`);
   const env = { DEBIAN_FRONTEND: "noninteractive" };
-  // Package scripts must not start system-wide nginx/containerd daemons: tests run their own.
+  // Package scripts must not start system-wide nginx/containerd/docker daemons: tests run their
+  // own.
   let madePolicy = false;
   if (!exists(POLICY_RC_D)) {
     Deno.writeTextFileSync(POLICY_RC_D, "#!/bin/sh\nexit 101\n", { mode: 0o755 });

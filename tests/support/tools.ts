@@ -418,3 +418,10 @@ export class ChildProcess {
     if (partial) emit(partial);
   }
 }
+
+/** Closes a connection that may be closed already (by its peer, or by an earlier close). */
+export function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* already closed */ }
+}
