@@ -57,6 +57,12 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "close a keep-alive connection idle this long between requests",
   },
   {
+    name: "shutdown-grace",
+    env: "SHUTDOWN_GRACE",
+    default: "25s",
+    help: "on SIGTERM, how long requests and downloads in flight may take to finish",
+  },
+  {
     name: "unguarded-connections",
     env: "UNGUARDED_CONNECTIONS",
     boolean: true,
@@ -117,6 +123,8 @@ export interface Settings {
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
   unguardedConnections: boolean;
+  /** How long a SIGTERM waits for requests and downloads in flight. */
+  shutdownGraceMs: number;
   storage: StorageSettings;
 }
 
@@ -173,22 +181,29 @@ export function parseCommandLine(
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",
+      shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };
 }
 
+/** A duration flag in milliseconds; errors name the flag. */
+function duration(
+  flags: Record<string, string | undefined>,
+  name: string,
+  { allowZero = false } = {},
+): number {
+  let ms: number;
+  try {
+    ms = parseDuration(flags[name]!);
+  } catch (e) {
+    throw new ConfigError(`--${name}: ${(e as Error).message}`);
+  }
+  if (ms <= 0 && !allowZero) throw new ConfigError(`--${name} must be longer than 0s`);
+  return ms;
+}
+
 function connectionLimits(flags: Record<string, string | undefined>): ConnectionLimits {
-  const timeout = (name: string) => {
-    let ms: number;
-    try {
-      ms = parseDuration(flags[name]!);
-    } catch (e) {
-      throw new ConfigError(`--${name}: ${(e as Error).message}`);
-    }
-    if (ms <= 0) throw new ConfigError(`--${name} must be longer than 0s`);
-    return ms;
-  };
   let maxConnections: number | undefined;
   const max = flags["max-connections"];
   if (max !== undefined && max !== "") {
@@ -199,8 +214,8 @@ function connectionLimits(flags: Record<string, string | undefined>): Connection
   }
   return {
     maxConnections,
-    headerTimeoutMs: timeout("header-timeout"),
-    idleTimeoutMs: timeout("idle-timeout"),
+    headerTimeoutMs: duration(flags, "header-timeout"),
+    idleTimeoutMs: duration(flags, "idle-timeout"),
   };
 }
 

@@ -107,3 +107,20 @@ Deno.test("connection limits: defaults, flags, environment, and mistakes", () =>
   fails(["--header-timeout", "soon"], '--header-timeout: invalid duration "soon"');
   fails(["--idle-timeout", "0s"], "--idle-timeout must be longer than 0s");
 });
+
+Deno.test("--shutdown-grace: 25 s by default, 0 allowed, from SHUTDOWN_GRACE too", () => {
+  assertEquals(settings(["filesystem", "--root", "d"]).shutdownGraceMs, 25_000);
+  assertEquals(
+    settings(["--shutdown-grace", "0s", "filesystem", "--root", "d"]).shutdownGraceMs,
+    0,
+  );
+  assertEquals(
+    settings(["filesystem", "--root", "d"], { SHUTDOWN_GRACE: "2m" }).shutdownGraceMs,
+    120_000,
+  );
+  assertThrows(
+    () => settings(["--shutdown-grace", "later", "filesystem", "--root", "d"]),
+    ConfigError,
+    '--shutdown-grace: invalid duration "later"',
+  );
+});

@@ -63,6 +63,8 @@ export interface ConnectionServer {
   readonly finished: Promise<void>;
   /** Stops accepting, closes idle connections, lets responses in progress finish. */
   shutdown(): Promise<void>;
+  /** Closes every connection now, responses in progress included (after a grace period). */
+  closeAll(): void;
 }
 
 /** The per-connection entry point of Deno's HTTP server; internal, so checked at start-up. */
@@ -105,7 +107,7 @@ const LOG_EVERY_MS = 10_000;
 
 interface Connection {
   readonly abort: AbortController;
-  server?: { finished: Promise<void>; shutdown(): Promise<void> };
+  server?: { finished: Promise<void> };
   /** Requests in progress on it (HTTP/2 may carry several). */
   active: number;
   /** Requests it has started; 0 means it is still to send its first head. */
@@ -203,7 +205,9 @@ export function listen(
       const done = () => {
         connection.active--;
         stats.activeRequests--;
-        if (connection.active === 0) idle(connection);
+        if (connection.active > 0) return;
+        if (closing) close(connection); // shutting down: its last response is out
+        else idle(connection);
       };
       info.completed.then(done, done);
       if (stats.activeRequests > maxConnections) {
@@ -299,9 +303,10 @@ export function listen(
         listener.close();
       } catch { /* already closed */ }
       await accepting;
+      // Busy connections are closed as their last response completes (see perRequest). Not
+      // the engine's own graceful shutdown: aborting a connection after it raises BadResource.
       for (const connection of connections.keys()) {
         if (connection.active === 0) close(connection);
-        else connection.server?.shutdown().catch(() => {});
       }
       while (ended.size > 0) await Promise.all(ended);
     })();
@@ -314,6 +319,9 @@ export function listen(
     stats,
     finished: accepting.then(() => shutdown()),
     shutdown,
+    closeAll: () => {
+      for (const connection of connections.keys()) close(connection);
+    },
   };
 }
 
@@ -336,6 +344,7 @@ export function listenUnguarded(
     stats: { open: 0, activeRequests: 0, timedOut: 0, evicted: 0, shed: 0, acceptErrors: 0 },
     finished: server.finished,
     shutdown: () => server.shutdown(),
+    closeAll: () => {}, // Deno.serve cannot: the process exits with them open
   };
 }
 
