@@ -6,6 +6,7 @@ import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
+import { readiness } from "./http/readiness.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { createHandler } from "./server.ts";
@@ -99,11 +100,13 @@ async function main(): Promise<number> {
     "Blob downloads from upstream under way.",
     () => mirror.activeDownloads,
   );
+  const ready = readiness(storage);
   const handler = createHandler({
     mirror,
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
+    readiness: ready.check,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
@@ -184,6 +187,7 @@ async function main(): Promise<number> {
     });
   }
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
+  ready.shuttingDown();
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
   const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);

@@ -32,6 +32,8 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Access and error log sink (one line per call). */
   log?: (line: string) => void;
+  /** For GET /readyz: null when ready to serve, else why not (storage down, shutting down). */
+  readiness?: () => Promise<string | null>;
 }
 
 type Handler = (request: Request) => Promise<Response>;
@@ -65,11 +67,13 @@ const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags)\/(.+)$/;
 
 /** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
 type Route =
-  | { endpoint: "root" | "metrics" | "ping" | "other" }
+  | { endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "other" }
   | { endpoint: "manifests" | "blobs" | "tags"; pathName: string; rest: string };
 
 function routeOf(path: string): Route {
   if (path === "/") return { endpoint: "root" };
+  if (path === "/healthz") return { endpoint: "healthz" };
+  if (path === "/readyz") return { endpoint: "readyz" };
   if (path === "/metrics") return { endpoint: "metrics" };
   if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
   const match = RESOURCE_PATH.exec(path);
@@ -176,9 +180,17 @@ async function dispatch(
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
-      return new Response(request.method === "HEAD" ? null : "ok\n", {
-        headers: { "content-type": "text/plain" },
+      return plainText(request, "ok\n");
+    case "healthz":
+      if (!reading) throw unsupported(request);
+      return plainText(request, "ok\n");
+    case "readyz": {
+      if (!reading) throw unsupported(request);
+      const notReady = await options.readiness?.() ?? null;
+      return plainText(request, notReady === null ? "ready\n" : `not ready: ${notReady}\n`, {
+        status: notReady === null ? 200 : 503,
       });
+    }
     case "metrics":
       if (!reading) throw unsupported(request);
       return new Response(request.method === "HEAD" ? null : options.metrics.render(), {
@@ -228,6 +240,14 @@ function mirroredWrite(namespace: string): RegistryError {
     "UNSUPPORTED",
     `${namespace} is a mirrored registry: it is read-only here; push to the upstream instead`,
   );
+}
+
+/** Probes and the root page: plain text, nothing for HEAD. */
+function plainText(request: Request, text: string, init: { status?: number } = {}): Response {
+  return new Response(request.method === "HEAD" ? null : text, {
+    status: init.status ?? 200,
+    headers: { "content-type": "text/plain" },
+  });
 }
 
 function json(body: unknown, status = 200): Response {
