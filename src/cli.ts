@@ -6,6 +6,7 @@
  */
 import { ConfigError, parseDuration } from "./config.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
 interface FlagSpec {
   name: string;
@@ -55,6 +56,18 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     env: "IDLE_TIMEOUT",
     default: "60s",
     help: "close a keep-alive connection idle this long between requests",
+  },
+  {
+    name: "log-format",
+    env: "LOG_FORMAT",
+    default: "text",
+    help: "text, or json: one JSON object per line (messages and the access log)",
+  },
+  {
+    name: "log-level",
+    env: "LOG_LEVEL",
+    default: "info",
+    help: "debug, info (includes the access log), warn or error",
   },
   {
     name: "shutdown-grace",
@@ -125,6 +138,8 @@ export interface Settings {
   unguardedConnections: boolean;
   /** How long a SIGTERM waits for requests and downloads in flight. */
   shutdownGraceMs: number;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
   storage: StorageSettings;
 }
 
@@ -182,9 +197,24 @@ export function parseCommandLine(
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",
       shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
+      logFormat: oneOf(global, "log-format", LOG_FORMATS),
+      logLevel: oneOf(global, "log-level", LOG_LEVELS),
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };
+}
+
+/** A flag whose value must be one of `choices`. */
+function oneOf<T extends string>(
+  flags: Record<string, string | undefined>,
+  name: string,
+  choices: readonly T[],
+): T {
+  const value = flags[name]!;
+  if (!(choices as readonly string[]).includes(value)) {
+    throw new ConfigError(`--${name}: expected ${choices.join(", ")}; got "${value}"`);
+  }
+  return value as T;
 }
 
 /** A duration flag in milliseconds; errors name the flag. */

@@ -124,3 +124,22 @@ Deno.test("--shutdown-grace: 25 s by default, 0 allowed, from SHUTDOWN_GRACE too
     '--shutdown-grace: invalid duration "later"',
   );
 });
+
+Deno.test("--log-format and --log-level: defaults, environment, and mistakes", () => {
+  const s = settings(["filesystem", "--root", "d"]);
+  assertEquals([s.logFormat, s.logLevel], ["text", "info"]);
+  const env = { LOG_FORMAT: "json", LOG_LEVEL: "warn" };
+  const e = settings(["filesystem", "--root", "d"], env);
+  assertEquals([e.logFormat, e.logLevel], ["json", "warn"]);
+  assertEquals(settings(["--log-level=error", "filesystem", "--root", "d"], env).logLevel, "error");
+  assertThrows(
+    () => settings(["--log-format", "xml", "filesystem", "--root", "d"]),
+    ConfigError,
+    '--log-format: expected text, json; got "xml"',
+  );
+  assertThrows(
+    () => settings(["filesystem", "--root", "d"], { LOG_LEVEL: "loud" }),
+    ConfigError,
+    '--log-level: expected debug, info, warn, error; got "loud"',
+  );
+});

@@ -80,7 +80,7 @@ async function main(): Promise<number> {
     throw e;
   }
 
-  const log = createLog();
+  const log = createLog({ format: settings.logFormat, level: settings.logLevel });
   let storage: Storage;
   let spoolDir: string;
   try {
@@ -106,6 +106,7 @@ async function main(): Promise<number> {
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
+    accessLog: log.access,
     readiness: ready.check,
   });
 

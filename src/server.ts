@@ -23,6 +23,7 @@ import { listTags } from "./api/tags.ts";
 import type { Mirror } from "./cache/mirror.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { resolveName } from "./oci/namespace.ts";
+import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
@@ -30,8 +31,10 @@ export interface ServerOptions {
   defaultNamespace: string;
   /** Request counters, and what GET /metrics renders. */
   metrics: Metrics;
-  /** Access and error log sink (one line per call). */
-  log?: (line: string) => void;
+  /** Error log sink (one line per call). */
+  log?: LogFn;
+  /** Access log: one entry per request; default a text line through `log`. */
+  accessLog?: (entry: AccessEntry) => void;
   /** For GET /readyz: null when ready to serve, else why not (storage down, shutting down). */
   readiness?: () => Promise<string | null>;
 }
@@ -56,6 +59,11 @@ const LOGGED_TARGET_CHARS = 512;
  */
 const HOST_HEADER =
   /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
+
+/** What the handling of one request learnt that its access-log line should say. */
+interface Seen {
+  namespace?: string;
+}
 
 /** What the request target asks for: its path and its query (without the "?"). */
 interface Target {
@@ -86,17 +94,19 @@ function routeOf(path: string): Route {
 }
 
 export function createHandler(options: ServerOptions): Handler {
-  const log = options.log ?? ((line) => console.log(line));
+  const log: LogFn = options.log ?? ((line) => console.log(line));
+  const accessLog = options.accessLog ?? ((entry) => log(accessText(entry)));
   options.metrics.nameNamespaces([options.defaultNamespace]);
   return async (request) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
     let route: Route = { endpoint: "other" };
+    const seen: Seen = {};
     let response: Response;
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, request, target, route);
+      response = await dispatch(options, request, target, route, seen);
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -108,12 +118,15 @@ export function createHandler(options: ServerOptions): Handler {
       endpoint: route.endpoint,
       status: statusLabel(response.status),
     });
-    const elapsed = (performance.now() - started).toFixed(1);
-    log(
-      `${request.method} ${loggable(raw)} ${response.status} ${
-        response.headers.get("content-length") ?? "-"
-      } ${elapsed}ms`,
-    );
+    const length = response.headers.get("content-length");
+    accessLog({
+      method: request.method,
+      target: loggable(raw),
+      status: response.status,
+      bytes: length === null ? null : Number(length),
+      durationMs: performance.now() - started,
+      ...seen,
+    });
     return response;
   };
 }
@@ -175,6 +188,7 @@ async function dispatch(
   request: Request,
   target: Target,
   route: Route,
+  seen: Seen,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
   switch (route.endpoint) {
@@ -204,6 +218,7 @@ async function dispatch(
   }
   const { pathName, rest } = route;
   const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+  seen.namespace = name.namespace;
   if (!reading || (route.endpoint === "blobs" && /^uploads(\/|$)/.test(rest))) {
     throw mirroredWrite(name.namespace);
   }
@@ -258,7 +273,7 @@ function json(body: unknown, status = 200): Response {
 }
 
 /** The single mapping from thrown errors to HTTP responses. */
-export function errorResponse(e: unknown, request: Request, log: (line: string) => void): Response {
+export function errorResponse(e: unknown, request: Request, log: LogFn): Response {
   const error = e instanceof RegistryError
     ? e
     : new RegistryError("UNKNOWN", "internal error", { cause: e });
@@ -267,6 +282,7 @@ export function errorResponse(e: unknown, request: Request, log: (line: string) 
       `internal error on ${request.method} ${loggable(rawTarget(request.url))}: ${
         (e as Error)?.stack ?? e
       }`,
+      "error",
     );
   }
   const body = request.method === "HEAD" ? null : JSON.stringify(error.toJSON());
