@@ -16,6 +16,7 @@
  * A request counts as busy from its head until its response was fully sent (`info.completed`),
  * so a long blob download is never cut by the idle timeout.
  */
+import type { LogFn } from "../log.ts";
 
 export interface ConnectionLimits {
   /**
@@ -120,7 +121,7 @@ export function listen(
   address: ListenAddress,
   handler: ConnectionHandler,
   limits: ConnectionLimits,
-  log: (line: string) => void,
+  log: LogFn,
 ): ConnectionServer {
   const serve = serveOnConnection();
   const safe = safeMaxConnections();
@@ -128,6 +129,7 @@ export function listen(
   if (limits.maxConnections !== undefined && limits.maxConnections > safe) {
     log(
       `http: --max-connections ${limits.maxConnections} lowered to ${safe}: the descriptor limit leaves no room for more (raise ulimit -n)`,
+      "warn",
     );
   }
   const listener = address.kind === "unix"
@@ -182,7 +184,7 @@ export function listen(
   }, sweepEveryMs);
 
   const onError = (error: unknown) => {
-    log(`http: handler failed: ${(error as Error)?.stack ?? error}`);
+    log(`http: handler failed: ${(error as Error)?.stack ?? error}`, "error");
     return new Response(
       JSON.stringify({ errors: [{ code: "UNKNOWN", message: "internal error", detail: {} }] }),
       { status: 500, headers: { "content-type": "application/json" } },
@@ -222,7 +224,7 @@ export function listen(
     try {
       connection.server = serve(conn, connection.abort.signal, perRequest, onError, () => {});
     } catch (e) {
-      log(`http: cannot serve a connection: ${(e as Error).message}`);
+      log(`http: cannot serve a connection: ${(e as Error).message}`, "warn");
       try {
         conn.close();
       } catch { /* already closed */ }
@@ -273,6 +275,7 @@ export function listen(
             `http: accept failed ${unlogged} time(s): ${
               (e as Error).message
             }; ${stats.open} connections open${freed ? ", closing the longest idle one" : ""}`,
+            "warn",
           );
           loggedAt = performance.now();
           unlogged = 0;
