@@ -5,6 +5,7 @@
  * Every flag can also come from an environment variable; a flag wins over its variable.
  */
 import { ConfigError, parseDuration } from "./config.ts";
+import { parseSizeBound, type SizeBound } from "./config/size.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
@@ -93,6 +94,18 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "on SIGTERM, how long requests and downloads in flight may take to finish",
   },
   {
+    name: "max-cache-size",
+    env: "MAX_CACHE_SIZE",
+    help:
+      "evict least recently used mirrored images past this size: 50GiB, 1e9 bytes, or 80% (filesystem)",
+  },
+  {
+    name: "eviction-grace",
+    env: "EVICTION_GRACE",
+    default: "1m",
+    help: "never evict what was read this recently (a client may still be pulling its parts)",
+  },
+  {
     name: "unguarded-connections",
     env: "UNGUARDED_CONNECTIONS",
     boolean: true,
@@ -162,6 +175,9 @@ export interface Settings {
   shutdownGraceMs: number;
   logFormat: LogFormat;
   logLevel: LogLevel;
+  /** The cache size bound (cache/bound.ts); absent: the cache only grows. */
+  maxCacheSize?: SizeBound;
+  evictionGraceMs: number;
   storage: StorageSettings;
 }
 
@@ -224,6 +240,8 @@ export function parseCommandLine(
       shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
       logFormat: oneOf(global, "log-format", LOG_FORMATS),
       logLevel: oneOf(global, "log-level", LOG_LEVELS),
+      maxCacheSize: cacheSize(global["max-cache-size"], kind),
+      evictionGraceMs: duration(global, "eviction-grace", { allowZero: true }),
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };
@@ -242,6 +260,15 @@ function hostedNamespaces(value: string | undefined, defaultNamespace: string): 
     }
   }
   return [...new Set(names)];
+}
+
+function cacheSize(value: string | undefined, kind: string): SizeBound | undefined {
+  if (value === undefined || value.trim() === "") return undefined;
+  const bound = parseSizeBound(value, "--max-cache-size");
+  if ("percent" in bound && kind !== "filesystem") {
+    throw new ConfigError("--max-cache-size: a percentage needs filesystem storage; give bytes");
+  }
+  return bound;
 }
 
 /** A flag whose value must be one of `choices`. */

@@ -165,3 +165,24 @@ Deno.test("--log-format and --log-level: defaults, environment, and mistakes", (
     '--log-level: expected debug, info, warn, error; got "loud"',
   );
 });
+
+Deno.test("--max-cache-size: bytes, units, a share of the filesystem; --eviction-grace", () => {
+  const s = settings(["filesystem", "--root", "d"]);
+  assertEquals([s.maxCacheSize, s.evictionGraceMs], [undefined, 60_000]);
+  assertEquals(settings(["--max-cache-size", "50GiB", "filesystem", "--root", "d"]).maxCacheSize, {
+    bytes: 50 * 2 ** 30,
+  });
+  const env = { MAX_CACHE_SIZE: "80%", EVICTION_GRACE: "5s" };
+  const e = settings(["filesystem", "--root", "d"], env);
+  assertEquals([e.maxCacheSize, e.evictionGraceMs], [{ percent: 80 }, 5000]);
+  assertThrows(
+    () => settings(["--max-cache-size", "80%", "s3", "--bucket", "b"]),
+    ConfigError,
+    "a percentage needs filesystem storage",
+  );
+  assertThrows(
+    () => settings(["--max-cache-size", "lots", "filesystem", "--root", "d"]),
+    ConfigError,
+    "--max-cache-size",
+  );
+});

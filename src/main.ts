@@ -2,9 +2,11 @@
  * Entry point: command line + environment -> settings -> storage -> mirror -> HTTP server.
  * Configuration problems print one clear line and exit 2; nothing here prints secrets.
  */
+import { CacheBound } from "./cache/bound.ts";
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
+import { filesystemBytes } from "./config/size.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
 import { createLog } from "./log.ts";
@@ -95,7 +97,31 @@ async function main(): Promise<number> {
     log,
   });
   const metrics = new Metrics();
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics });
+  let bound: CacheBound | undefined;
+  if (settings.maxCacheSize) {
+    const size = settings.maxCacheSize;
+    try {
+      bound = new CacheBound({
+        storage,
+        maxBytes: "bytes" in size ? size.bytes : Math.floor(
+          (await filesystemBytes((settings.storage as { root: string }).root)) * size.percent / 100,
+        ),
+        hosted: settings.hosted,
+        graceMs: settings.evictionGraceMs,
+        log,
+        onEvicted: (keys) => mirror.forget(keys),
+      });
+      await bound.load();
+    } catch (e) {
+      console.error(`oci-registry: cannot index the cache: ${(e as Error).message}`);
+      upstream.close();
+      await storage.close?.();
+      return 1;
+    }
+    registerBoundMetrics(metrics, bound);
+  }
+  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics, bound });
+  bound?.start();
   metrics.gauge(
     "oci_registry_blob_downloads_in_flight",
     "Blob downloads from upstream under way.",
@@ -225,6 +251,7 @@ async function main(): Promise<number> {
     );
     server.closeAll();
   }
+  await bound?.close();
   upstream.close();
   await storage.close?.();
   // S3 spools live in a directory of this process's own; the filesystem's .tmp stays.
@@ -233,6 +260,34 @@ async function main(): Promise<number> {
   }
   await log.flush();
   return 0;
+}
+
+function registerBoundMetrics(metrics: Metrics, bound: CacheBound): void {
+  metrics.gauge(
+    "oci_registry_cache_size_bytes",
+    "Bytes of mirrored content in the store (hosted repositories not included).",
+    () => bound.index.bytes,
+  );
+  metrics.gauge(
+    "oci_registry_cache_max_size_bytes",
+    "The bound --max-cache-size sets.",
+    () => bound.maxBytes,
+  );
+  metrics.gauge(
+    "oci_registry_cache_entries",
+    "Mirrored manifests and blobs in the store.",
+    () => bound.index.entries,
+  );
+  metrics.sampledCounter(
+    "oci_registry_cache_evictions_total",
+    "Images (or lone blobs) evicted to keep the cache within its bound.",
+    () => bound.evictions,
+  );
+  metrics.sampledCounter(
+    "oci_registry_cache_evicted_bytes_total",
+    "Bytes freed by eviction.",
+    () => bound.evictedBytes,
+  );
 }
 
 if (import.meta.main) {

@@ -77,6 +77,8 @@ export interface DownloadContext {
   log: LogFn;
   /** How long a pass-through waits for a reader that does not read before cutting it off. */
   stalledReaderMs: number;
+  /** Told of every blob published (the cache size bound counts it). */
+  onPublished?: (digest: string, size: number) => void;
 }
 
 export class Download {
@@ -105,6 +107,7 @@ export class Download {
   #spool: Spool;
   #health: StoreHealth;
   #stalledReaderMs: number;
+  #onPublished: DownloadContext["onPublished"];
 
   constructor(digest: string, spool: Spool, response: Response, context: DownloadContext) {
     this.digest = digest;
@@ -113,6 +116,7 @@ export class Download {
     this.#storage = context.storage;
     this.#health = context.health;
     this.#stalledReaderMs = context.stalledReaderMs;
+    this.#onPublished = context.onPublished;
     const log = context.log;
     const length = response.headers.get("content-length");
     this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
@@ -230,6 +234,7 @@ export class Download {
         size: this.#received,
       });
       this.#health.stored();
+      this.#onPublished?.(this.digest, this.#received);
     } catch (e) {
       this.#markDetached();
       await this.#spool.remove();

@@ -25,8 +25,10 @@ import {
 } from "../storage/layout.ts";
 import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
+import type { CacheBound } from "./bound.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
+import { digestOfKey } from "./bound.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
 
@@ -96,6 +98,8 @@ export interface MirrorOptions {
   now?: () => number;
   /** How long a pass-through (store full) waits for a client that stopped reading; tests. */
   stalledReaderMs?: number;
+  /** The cache size bound, told what is stored and read (absent: the cache only grows). */
+  bound?: CacheBound;
 }
 
 /**
@@ -129,6 +133,7 @@ export class Mirror {
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
+  readonly #bound: CacheBound | undefined;
 
   constructor(options: MirrorOptions) {
     this.#storage = options.storage;
@@ -138,12 +143,26 @@ export class Mirror {
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
+    const bound = this.#bound = options.bound;
     this.#downloads = new InflightDownloads(options.spoolDir, {
       storage: options.storage,
       health: this.#health,
       log: this.#log,
       stalledReaderMs: options.stalledReaderMs ?? STALLED_READER_MS,
+      onPublished: bound && ((digest, size) => {
+        bound.index.addBlob(digest, size);
+        bound.check();
+      }),
     });
+  }
+
+  /** Evicted content leaves the memory caches too (their next read goes to storage). */
+  forget(keys: string[]): void {
+    for (const key of keys) {
+      const digest = digestOfKey(key);
+      if (digest && key.startsWith("manifests/")) this.#manifestMemory.delete(digest);
+      else this.#tagLinkMemory.delete(key);
+    }
   }
 
   /** Blob downloads currently running. */
@@ -177,11 +196,13 @@ export class Mirror {
           ? this.#manifestByDigest(namespace, repository, reference)
           : this.#manifestByTag(namespace, repository, reference),
     );
+    this.#bound?.index.touch(manifestKey(manifest.digest));
     if (acceptsMediaType(accept, manifest.mediaType)) return manifest;
     if (isIndexType(manifest.mediaType)) {
       const entry = pickDefaultPlatform(manifest.bytes, accept);
       if (entry) {
         const child = await this.#manifestByDigest(namespace, repository, entry.digest);
+        this.#bound?.index.touch(manifestKey(child.digest));
         if (acceptsMediaType(accept, child.mediaType)) return child;
       }
     }
@@ -293,6 +314,10 @@ export class Mirror {
     );
     if (!stored) return { digest, bytes, mediaType }; // verified, but not cached
     this.#manifestMemory.set(digest, { digest, bytes, mediaType });
+    if (this.#bound) {
+      this.#bound.index.addManifest(digest, bytes);
+      this.#bound.check();
+    }
     if (!isDigestReference) {
       await this.#writeTagLink(namespace, repository, reference, {
         digest,
@@ -312,6 +337,8 @@ export class Mirror {
     if (!bytes) return null;
     const manifest = { digest, bytes, mediaType: mediaTypeOf(bytes) };
     this.#manifestMemory.set(digest, manifest);
+    // Stored by another replica since the index was built: counted from now on.
+    this.#bound?.index.addManifest(digest, bytes);
     return manifest;
   }
 
@@ -337,7 +364,10 @@ export class Mirror {
       `tag link ${namespace}/${repository}:${tag} not recorded`,
       () => this.#storage.write(key, new TextEncoder().encode(JSON.stringify(link))),
     );
-    if (stored) this.#tagLinkMemory.set(key, link);
+    if (stored) {
+      this.#tagLinkMemory.set(key, link);
+      this.#bound?.index.setTag(key, link.digest);
+    }
   }
 
   /**
@@ -383,6 +413,27 @@ export class Mirror {
     const key = blobKey(digest);
     // A download under way (or publishing) answers for the blob: no storage request, and never
     // a half-written object from a store whose writes are not atomic (s3rver).
+    const result = await this.#blob(namespace, repository, digest, options);
+    const index = this.#bound?.index;
+    if (!index) return result;
+    if (result.size !== undefined && !result.redirect && !index.has(key)) {
+      // Stored by another replica (or before a restart lost it): counted from now on.
+      if (await this.#storage.stat(key)) index.addBlob(digest, result.size);
+    }
+    if (!result.body) {
+      index.touch(key);
+      return result;
+    }
+    return { ...result, body: index.reading(key, result.body) };
+  }
+
+  async #blob(
+    namespace: string,
+    repository: string,
+    digest: string,
+    options: BlobRequest,
+  ): Promise<BlobResult> {
+    const key = blobKey(digest);
     const running = await this.#downloads.running(digest)?.catch(() => null);
     if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
       const followed = options.method === "HEAD"

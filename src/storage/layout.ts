@@ -5,8 +5,12 @@
  *   blobs/sha256/ab/abcdef...                         blob bytes (content-addressed, shared)
  *   manifests/sha256/ab/abcdef...                     manifest bytes (content-addressed, shared)
  *   repositories/<namespace>/<repository>/_tags/<tag> tag link: JSON TagLink
+ *   cache/access/<process id>                         last reads of mirrored content (JSON)
  */
 import { parseDigest } from "../digest.ts";
+
+/** Access times of mirrored content, one JSON object per process (cache/bound.ts). */
+export const ACCESS_TIMES_PREFIX = "cache/access/";
 
 /** Never written: GET /readyz asks for it to prove the store answers at all. */
 export const READINESS_PROBE_KEY = "readiness-probe";
