@@ -106,6 +106,12 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "never evict what was read this recently (a client may still be pulling its parts)",
   },
   {
+    name: "gc-interval",
+    env: "GC_INTERVAL",
+    default: "0s",
+    help: "run garbage collection this often (0s: never; see the gc subcommand)",
+  },
+  {
     name: "unguarded-connections",
     env: "UNGUARDED_CONNECTIONS",
     boolean: true,
@@ -175,15 +181,35 @@ export interface Settings {
   shutdownGraceMs: number;
   logFormat: LogFormat;
   logLevel: LogLevel;
+  /** Periodic garbage collection (registry/gc.ts); 0: only by the gc subcommand. */
+  gcIntervalMs: number;
   /** The cache size bound (cache/bound.ts); absent: the cache only grows. */
   maxCacheSize?: SizeBound;
   evictionGraceMs: number;
   storage: StorageSettings;
 }
 
-export type CliResult = { kind: "run"; settings: Settings } | { kind: "help"; text: string } | {
-  kind: "version";
-};
+export type CliResult =
+  | { kind: "run"; settings: Settings }
+  | { kind: "gc"; settings: Settings; delete: boolean; minAgeMs: number }
+  | { kind: "help"; text: string }
+  | { kind: "version" };
+
+/** Flags of `oci-registry gc`, given with the global flags. */
+const GC_FLAGS: FlagSpec[] = [
+  {
+    name: "delete",
+    env: "GC_DELETE",
+    boolean: true,
+    help: "gc: remove what is found (default: a dry run that only lists it)",
+  },
+  {
+    name: "min-age",
+    env: "GC_MIN_AGE",
+    default: "1h",
+    help: "gc: never remove anything younger (other replicas may be writing it)",
+  },
+];
 
 export function usage(): string {
   const describe = (flags: FlagSpec[]) =>
@@ -196,9 +222,13 @@ export function usage(): string {
     "",
     "usage: oci-registry [global flags] filesystem --root DIR",
     "       oci-registry [global flags] s3 --bucket BUCKET [s3 flags]",
+    "       oci-registry gc [--delete] [--min-age D] [global flags] filesystem|s3 ...",
     "",
     "global flags:",
     describe(GLOBAL_FLAGS),
+    "",
+    "gc flags:",
+    describe(GC_FLAGS),
     "",
     "filesystem flags:",
     describe(STORAGE_FLAGS.filesystem),
@@ -218,32 +248,44 @@ export function parseCommandLine(
 ): CliResult {
   if (args.includes("--help") || args.includes("-h")) return { kind: "help", text: usage() };
   if (args.includes("--version") || args.includes("-V")) return { kind: "version" };
+  const gc = args[0] === "gc";
+  if (gc) args = args.slice(1);
   const subcommandAt = args.findIndex((arg) => arg in STORAGE_FLAGS);
   if (subcommandAt === -1) {
     throw new ConfigError("missing storage subcommand: filesystem or s3 (see --help)");
   }
-  const global = parseFlags(args.slice(0, subcommandAt), GLOBAL_FLAGS, env, "");
+  const global = parseFlags(
+    args.slice(0, subcommandAt),
+    gc ? [...GLOBAL_FLAGS, ...GC_FLAGS] : GLOBAL_FLAGS,
+    env,
+    "",
+  );
   const kind = args[subcommandAt] as "filesystem" | "s3";
   const local = parseFlags(args.slice(subcommandAt + 1), STORAGE_FLAGS[kind], env, kind);
+  const settings: Settings = {
+    listen: parseListen(global.listen!),
+    defaultNamespace: global["default-namespace"]!,
+    hosted: hostedNamespaces(global.hosted, global["default-namespace"]!),
+    uploadExpiryMs: duration(global, "upload-expiry"),
+    sparseManifests: global["sparse-manifests"] === "true",
+    upstreamConfigFile: global["upstream-config-file"] || undefined,
+    allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
+    connections: connectionLimits(global),
+    unguardedConnections: global["unguarded-connections"] === "true",
+    shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
+    logFormat: oneOf(global, "log-format", LOG_FORMATS),
+    logLevel: oneOf(global, "log-level", LOG_LEVELS),
+    maxCacheSize: cacheSize(global["max-cache-size"], kind),
+    evictionGraceMs: duration(global, "eviction-grace", { allowZero: true }),
+    gcIntervalMs: duration(global, "gc-interval", { allowZero: true }),
+    storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
+  };
+  if (!gc) return { kind: "run", settings };
   return {
-    kind: "run",
-    settings: {
-      listen: parseListen(global.listen!),
-      defaultNamespace: global["default-namespace"]!,
-      hosted: hostedNamespaces(global.hosted, global["default-namespace"]!),
-      uploadExpiryMs: duration(global, "upload-expiry"),
-      sparseManifests: global["sparse-manifests"] === "true",
-      upstreamConfigFile: global["upstream-config-file"] || undefined,
-      allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
-      connections: connectionLimits(global),
-      unguardedConnections: global["unguarded-connections"] === "true",
-      shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
-      logFormat: oneOf(global, "log-format", LOG_FORMATS),
-      logLevel: oneOf(global, "log-level", LOG_LEVELS),
-      maxCacheSize: cacheSize(global["max-cache-size"], kind),
-      evictionGraceMs: duration(global, "eviction-grace", { allowZero: true }),
-      storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
-    },
+    kind: "gc",
+    settings,
+    delete: global.delete === "true",
+    minAgeMs: duration(global, "min-age", { allowZero: true }),
   };
 }
 

@@ -186,3 +186,26 @@ Deno.test("--max-cache-size: bytes, units, a share of the filesystem; --eviction
     "--max-cache-size",
   );
 });
+
+Deno.test("gc subcommand: a dry run unless --delete; --min-age 1h by default; --gc-interval", () => {
+  const dry = parseCommandLine(["gc", "filesystem", "--root", "d"], () => undefined);
+  assertEquals(dry.kind === "gc" && [dry.delete, dry.minAgeMs], [false, 3_600_000]);
+  const real = parseCommandLine(
+    ["gc", "--delete", "--min-age", "0s", "--hosted", "myorg", "s3", "--bucket", "b"],
+    () => undefined,
+  );
+  assertEquals(real.kind === "gc" && [real.delete, real.minAgeMs, real.settings.hosted], [
+    true,
+    0,
+    ["myorg"],
+  ]);
+  assertThrows(
+    () => parseCommandLine(["--delete", "filesystem", "--root", "d"], () => undefined),
+    ConfigError,
+    "unknown flag --delete",
+  );
+  assertEquals(
+    settings(["--gc-interval", "6h", "filesystem", "--root", "d"]).gcIntervalMs,
+    21_600_000,
+  );
+});

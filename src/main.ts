@@ -12,6 +12,13 @@ import { readiness } from "./http/readiness.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { LocalRegistry } from "./registry/local.ts";
+import {
+  collectGarbage,
+  DEFAULT_MIN_AGE_MS,
+  formatReport,
+  type GcOptions,
+  SPOOL_MAX_AGE_MS,
+} from "./registry/gc.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
@@ -71,6 +78,7 @@ async function main(): Promise<number> {
       return 0;
     }
     settings = parsed.settings;
+    if (parsed.kind === "gc") return await gcCommand(settings, parsed.delete, parsed.minAgeMs);
     upstreams = await loadUpstreams(
       settings.upstreamConfigFile,
       Deno.env.get("UPSTREAM_CREDENTIALS"),
@@ -142,6 +150,26 @@ async function main(): Promise<number> {
   );
   if (uploadSweep !== undefined) expireUploads();
   const ready = readiness(storage);
+  const gcStats = { runs: 0, failures: 0, objects: 0, bytes: 0 };
+  const gcTimer = settings.gcIntervalMs === 0 ? undefined : setInterval(async () => {
+    try {
+      const report = await collectGarbage(
+        gcOptions(settings, storage, DEFAULT_MIN_AGE_MS, spoolDir),
+        true,
+      );
+      gcStats.runs++;
+      gcStats.objects += report.removed.length;
+      gcStats.bytes += report.bytes;
+      const keys = report.removed.map((item) => item.key);
+      for (const key of keys) bound?.index.remove(key);
+      mirror.forget(keys);
+      if (keys.length > 0) log(formatReport(report, true));
+    } catch (e) {
+      gcStats.failures++;
+      log(`garbage collection failed: ${(e as Error).message}`, "warn");
+    }
+  }, settings.gcIntervalMs);
+  registerGcMetrics(metrics, gcStats);
   const handler = createHandler({
     mirror,
     registry,
@@ -237,6 +265,7 @@ async function main(): Promise<number> {
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
   clearInterval(uploadSweep);
+  clearInterval(gcTimer);
   const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const inTime = await Promise.race([
@@ -260,6 +289,87 @@ async function main(): Promise<number> {
   }
   await log.flush();
   return 0;
+}
+
+/** What a collection looks at; spools are swept only when they belong to no live process. */
+function gcOptions(
+  settings: Settings,
+  storage: Storage,
+  minAgeMs: number,
+  ownSpool?: string,
+): GcOptions {
+  const spoolParent = settings.storage.kind === "filesystem"
+    ? undefined
+    : settings.storage.spoolDir ?? Deno.env.get("TMPDIR") ?? "/tmp";
+  return {
+    storage,
+    hosted: settings.hosted,
+    minAgeMs,
+    uploadExpiryMs: settings.uploadExpiryMs,
+    spools: settings.storage.kind === "filesystem"
+      ? [{
+        dir: `${settings.storage.root}/.tmp`,
+        maxAgeMs: SPOOL_MAX_AGE_MS,
+        keep: (name) => name === ".lock",
+      }]
+      : [{
+        dir: spoolParent!,
+        maxAgeMs: SPOOL_MAX_AGE_MS,
+        keep: (name) =>
+          !name.startsWith("oci-registry-spool-") || `${spoolParent}/${name}` === ownSpool,
+      }],
+  };
+}
+
+/** `oci-registry gc`: lists (or with --delete removes) garbage, then exits. */
+async function gcCommand(settings: Settings, remove: boolean, minAgeMs: number): Promise<number> {
+  let opened: { storage: Storage; spoolDir: string };
+  try {
+    opened = await openStorage(settings.storage);
+  } catch (e) {
+    console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
+    return 1;
+  }
+  const { storage, spoolDir } = opened;
+  try {
+    const report = await collectGarbage(gcOptions(settings, storage, minAgeMs, spoolDir), remove);
+    console.log(formatReport(report, remove));
+    return 0;
+  } catch (e) {
+    console.error(`oci-registry gc: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await storage.close?.();
+    if (settings.storage.kind === "s3") {
+      await Deno.remove(spoolDir, { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+function registerGcMetrics(
+  metrics: Metrics,
+  stats: { runs: number; failures: number; objects: number; bytes: number },
+): void {
+  metrics.sampledCounter(
+    "oci_registry_gc_runs_total",
+    "Periodic garbage collections completed (--gc-interval).",
+    () => stats.runs,
+  );
+  metrics.sampledCounter(
+    "oci_registry_gc_failures_total",
+    "Periodic garbage collections that failed.",
+    () => stats.failures,
+  );
+  metrics.sampledCounter(
+    "oci_registry_gc_removed_objects_total",
+    "Objects garbage collection removed.",
+    () => stats.objects,
+  );
+  metrics.sampledCounter(
+    "oci_registry_gc_removed_bytes_total",
+    "Bytes garbage collection freed.",
+    () => stats.bytes,
+  );
 }
 
 function registerBoundMetrics(metrics: Metrics, bound: CacheBound): void {
