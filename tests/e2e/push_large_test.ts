@@ -1,8 +1,7 @@
 /**
  * A 1 GiB push to a hosted repository, monolithic and in 128 MiB chunks, at constant memory: the
  * mirror process's resident memory may grow by a few tens of MiB, never by the blob. The client
- * is curl streaming files (Deno's own fetch uploads a stream body at ~11 MiB/s here, measured,
- * which would make this test about the client). The pulled bytes hash to the pushed digest.
+ * is curl streaming files. The pulled bytes hash to the pushed digest.
  */
 import { createHash } from "node:crypto";
 import { assert, assertEquals } from "../support/assert.ts";
