@@ -6,6 +6,7 @@ import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
+import { readiness } from "./http/readiness.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { LocalRegistry } from "./registry/local.ts";
@@ -80,7 +81,7 @@ async function main(): Promise<number> {
     throw e;
   }
 
-  const log = createLog();
+  const log = createLog({ format: settings.logFormat, level: settings.logLevel });
   let storage: Storage;
   let spoolDir: string;
   try {
@@ -114,6 +115,7 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
+  const ready = readiness(storage);
   const handler = createHandler({
     mirror,
     registry,
@@ -121,6 +123,8 @@ async function main(): Promise<number> {
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
+    accessLog: log.access,
+    readiness: ready.check,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
@@ -185,16 +189,42 @@ async function main(): Promise<number> {
     () => connections.acceptErrors,
   );
 
-  const stop = () => {
-    log("shutting down");
-    server.shutdown();
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
-  await server.finished;
+  // SIGTERM/SIGINT: stop accepting, let responses and downloads in flight finish within the
+  // grace period, then close whatever is left and exit 0. A second signal ends the wait.
+  let signalled!: (signal: string) => void;
+  const stopRequested = new Promise<string>((resolve) => signalled = resolve);
+  let forced!: (inTime: false) => void;
+  const secondSignal = new Promise<false>((resolve) => forced = resolve);
+  let stopping = false;
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(signal, () => {
+      if (stopping) {
+        log(`${signal} again: not waiting any longer`);
+        forced(false);
+      }
+      stopping = true;
+      signalled(signal);
+    });
+  }
+  const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
+  ready.shuttingDown();
   clearInterval(uploadSweep);
-  // Let downloads that clients already received finish publishing, within reason.
-  await Promise.race([mirror.settled(), new Promise((resolve) => setTimeout(resolve, 20_000))]);
+  const graceMs = settings.shutdownGraceMs;
+  log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
+  const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const inTime = await Promise.race([
+    inFlight,
+    secondSignal,
+    new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), graceMs)),
+  ]);
+  clearTimeout(timer);
+  if (!inTime) {
+    log(
+      `stopping now: closing ${connections.open} connection(s), leaving ${mirror.activeDownloads} download(s) unfinished`,
+    );
+    server.closeAll();
+  }
   upstream.close();
   await storage.close?.();
   // S3 spools live in a directory of this process's own; the filesystem's .tmp stays.

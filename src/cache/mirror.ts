@@ -3,6 +3,7 @@
  * upstream whether a tag moved, fetching a miss, and serving stale content when upstream is
  * unreachable. It knows nothing of HTTP routing; api/ turns its results into responses.
  */
+import type { LogFn } from "../log.ts";
 import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
@@ -88,7 +89,7 @@ export interface MirrorOptions {
   upstreams: UpstreamRegistry;
   /** Local directory for download spools (same filesystem as the store, when on disk). */
   spoolDir: string;
-  log?: (message: string) => void;
+  log?: LogFn;
   /** Where cache results and upstream requests are counted. */
   metrics?: Metrics;
   /** Clock, for tests. */
@@ -113,7 +114,7 @@ export class Mirror {
   readonly #upstream: Upstream;
   readonly #upstreams: UpstreamRegistry;
   readonly #downloads: InflightDownloads;
-  readonly #log: (message: string) => void;
+  readonly #log: LogFn;
   readonly #now: () => number;
   readonly #metrics: Metrics;
   readonly #health: StoreHealth;
@@ -229,6 +230,7 @@ export class Mirror {
       this.#count("manifest", "stale");
       this.#log(
         `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
+        "warn",
       );
       return stored;
     }
