@@ -2,7 +2,7 @@
  * Real clients pushing to a hosted repository and pulling back out: skopeo copies a multi-arch
  * OCI image (an index over two platforms) in with --all, and out again to an OCI layout whose
  * every blob and manifest must be byte-exact; podman and a real dockerd each pull it, push it to
- * another hosted repository and pull that back.
+ * another hosted repository and pull that back; containerd's ctr pushes all platforms of it.
  */
 import { assertEquals } from "../support/assert.ts";
 import {
@@ -13,7 +13,7 @@ import {
   skopeoPush,
   writeOciLayout,
 } from "../support/images.ts";
-import { podmanClient } from "../support/clients.ts";
+import { podmanClient, startContainerd } from "../support/clients.ts";
 import { startDockerd } from "../support/dockerd.ts";
 import { startMirror } from "../support/mirror.ts";
 import { run, sha256File, tempDir } from "../support/tools.ts";
@@ -90,4 +90,27 @@ Deno.test("docker pull, push to another hosted repository, pull again (real dock
   const pulled = await docker.inspect(copy);
   assertEquals(pulled.Id, image.config.digest, "the same image came back");
   assertEquals(pulled.RootFS.Layers, image.layers.map((l) => l.diffId));
+});
+
+Deno.test("ctr images pull --all-platforms, then ctr images push to another hosted repository", async () => {
+  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using dir = await tempDir();
+  const image = buildIndex({ layers: 2 });
+  await writeOciLayout(dir.join("in"), image, "1");
+  await skopeoPush({ host: mirror.host }, dir.join("in"), "1", "myorg/ctr");
+  await using containerd = await startContainerd();
+  const source = `${mirror.host}/myorg/ctr:1`;
+  const copy = `${mirror.host}/myorg/ctr-copy:2`;
+  await containerd.pull(source, { plainHttp: true, allPlatforms: true });
+  await containerd.ctr(["images", "tag", source, copy], { check: true });
+  await containerd.ctr(["images", "push", "--plain-http", copy], { check: true });
+  const head = await mirror.fetch("/v2/myorg/ctr-copy/manifests/2", { method: "HEAD" });
+  assertEquals(head.headers.get("docker-content-digest"), image.digest, "the same index");
+  for (const blob of [...blobsOf(image), ...manifestsOf(image)]) {
+    const path = blob.mediaType.includes("manifest") || blob.mediaType.includes("index")
+      ? "manifests"
+      : "blobs";
+    const r = await mirror.fetch(`/v2/myorg/ctr-copy/${path}/${blob.digest}`, { method: "HEAD" });
+    assertEquals(r.status, 200, `${blob.digest} pushed`);
+  }
 });
