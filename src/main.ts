@@ -262,9 +262,9 @@ async function main(): Promise<number> {
   }
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
   ready.shuttingDown();
+  clearInterval(uploadSweep);
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
-  clearInterval(uploadSweep);
   clearInterval(gcTimer);
   const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);
   let timer: ReturnType<typeof setTimeout> | undefined;

@@ -237,6 +237,7 @@ async function dispatch(
     ? hostedName(pathName, target.query.get("ns"), hosted)
     : null;
   if (hostedRepository !== null) {
+    seen.namespace = hostedRepository.split("/", 1)[0];
     return await dispatchHosted(options.registry!, hostedRepository, request, target, route);
   }
   const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);

@@ -107,7 +107,9 @@ Deno.test("image: the scratch image holds exactly what it should and serves pull
     assertEquals(entries.map((e) => e.path).sort(), staged.paths, "nothing more, nothing less");
     // README.md states the sizes: within 10% of what was built here.
     const readme = await Deno.readTextFile(`${REPO_ROOT}/README.md`);
-    const stated = /(\d+) paths, (\d+) MB uncompressed, a (\d+) MB compressed layer/.exec(readme);
+    const stated =
+      /(\d+)\s+paths,\s+(\d+)\s+MB\s+uncompressed,\s+a\s+(\d+)\s+MB\s+compressed\s+layer/
+        .exec(readme);
     assert(stated, "README.md states the image's size");
     assertEquals(Number(stated[1]), entries.length, "README's path count");
     for (const [said, measured] of [[stated[2], files], [stated[3], size]]) {
