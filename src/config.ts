@@ -21,6 +21,12 @@ export interface UpstreamConfig {
   /** How long a cached blob is trusted before upstream is asked to confirm it again. */
   blobInvalidationMs: number;
   /**
+   * Requests left in upstream's rate-limit window (`ratelimit-remaining`) at or below which
+   * cached tags are served without revalidation, keeping the quota for what is not cached.
+   * Default DEFAULT_RATE_LIMIT_RESERVE.
+   */
+  rateLimitReserve?: number;
+  /**
    * True when an operator named this upstream (file or credentials): such upstreams may live on
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
@@ -29,6 +35,7 @@ export interface UpstreamConfig {
 
 export const DEFAULT_MANIFEST_INVALIDATION_MS = 60 * 60 * 1000; // 1h
 export const DEFAULT_BLOB_INVALIDATION_MS = 30 * 24 * 60 * 60 * 1000; // 30d
+export const DEFAULT_RATE_LIMIT_RESERVE = 10;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -104,89 +111,13 @@ export function defaultUpstream(namespace: string): UpstreamConfig {
  * fetch standard's "bad port" list. Probed on Deno 2.9.6 by fetching every port 1-65535 over
  * http and https: exactly these 82 fail that way, for both schemes.
  */
+// deno-fmt-ignore
 export const FETCH_BLOCKED_PORTS: ReadonlySet<number> = new Set([
-  1,
-  7,
-  9,
-  11,
-  13,
-  15,
-  17,
-  19,
-  20,
-  21,
-  22,
-  23,
-  25,
-  37,
-  42,
-  43,
-  53,
-  69,
-  77,
-  79,
-  87,
-  95,
-  101,
-  102,
-  103,
-  104,
-  109,
-  110,
-  111,
-  113,
-  115,
-  117,
-  119,
-  123,
-  135,
-  137,
-  139,
-  143,
-  161,
-  179,
-  389,
-  427,
-  465,
-  512,
-  513,
-  514,
-  515,
-  526,
-  530,
-  531,
-  532,
-  540,
-  548,
-  554,
-  556,
-  563,
-  587,
-  601,
-  636,
-  989,
-  990,
-  993,
-  995,
-  1719,
-  1720,
-  1723,
-  2049,
-  3659,
-  4045,
-  4190,
-  5060,
-  5061,
-  6000,
-  6566,
-  6665,
-  6666,
-  6667,
-  6668,
-  6669,
-  6679,
-  6697,
-  10080,
+  1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102,
+  103, 104, 109, 110, 111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465,
+  512, 513, 514, 515, 526, 530, 531, 532, 540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993,
+  995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000, 6566, 6665, 6666, 6667, 6668,
+  6669, 6679, 6697, 10080,
 ]);
 
 /**
@@ -216,6 +147,7 @@ const KNOWN_KEYS = new Set([
   "password",
   "manifest_invalidation_time",
   "blob_invalidation_time",
+  "rate_limit_reserve",
 ]);
 
 /** Parses the upstream YAML (a list of entries). `source` names the file in messages. */
@@ -259,6 +191,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   if (!isUpstreamHost(host)) {
     throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
   }
+  const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
   return {
     namespace,
     host,
@@ -271,6 +204,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
       DEFAULT_MANIFEST_INVALIDATION_MS,
     blobInvalidationMs: optionalDuration(record, "blob_invalidation_time", where) ??
       DEFAULT_BLOB_INVALIDATION_MS,
+    ...(rateLimitReserve === undefined ? {} : { rateLimitReserve }),
     configured: true,
   };
 }
@@ -305,6 +239,19 @@ function optionalBoolean(
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "boolean") {
     throw new ConfigError(`${where}: key "${key}" must be true or false`);
+  }
+  return value;
+}
+
+function optionalCount(
+  record: Record<string, unknown>,
+  key: string,
+  where: string,
+): number | undefined {
+  const value = record[key];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new ConfigError(`${where}: key "${key}" must be a whole number, 0 or more`);
   }
   return value;
 }

@@ -172,3 +172,19 @@ Deno.test("the blocked-port list is the one this Deno's fetch applies", async ()
     assert(!(await refused(port)), `port ${port} allowed`);
   }
 });
+
+Deno.test("rate_limit_reserve: a whole number, absent by default (the client's default applies)", () => {
+  const [set, unset] = parseUpstreamYaml(
+    "- namespace: a.io\n  host: a.io\n  rate_limit_reserve: 0\n- namespace: b.io\n  host: b.io",
+    "f",
+  );
+  assertEquals(set.rateLimitReserve, 0);
+  assertEquals(unset.rateLimitReserve, undefined);
+  for (const bad of ["-1", "2.5", '"ten"']) {
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n  rate_limit_reserve: ${bad}`, "f"),
+      ConfigError,
+      'key "rate_limit_reserve" must be a whole number, 0 or more',
+    );
+  }
+});

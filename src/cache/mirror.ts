@@ -38,13 +38,13 @@ export interface Upstream {
     namespace: string,
     repository: string,
     reference: string,
-    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal; retry?: boolean },
   ): Promise<Response>;
   blob(
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean },
   ): Promise<Response>;
   tags(
     namespace: string,
@@ -59,6 +59,11 @@ export interface Upstream {
     digest: string,
     signal?: AbortSignal,
   ): Promise<Response>;
+  /**
+   * True while the namespace's upstream has little rate-limit quota left (or asked not to be
+   * called): what is cached is then served without asking it (see upstream/rate_limits.ts).
+   */
+  quotaLow?(namespace: string): boolean;
 }
 
 export interface ManifestResult {
@@ -242,6 +247,11 @@ export class Mirror {
       this.#count("manifest", "hit");
       return stored;
     }
+    if (this.#upstream.quotaLow?.(namespace)) {
+      // The quota is for what is not cached; this tag is served as it was last confirmed.
+      this.#count("manifest", "stale");
+      return stored;
+    }
     try {
       const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
       this.#count("manifest", "revalidated");
@@ -268,6 +278,7 @@ export class Mirror {
     const response = await this.#upstream.manifest(namespace, repository, tag, {
       method: "HEAD",
       accept: ALL_MANIFEST_TYPES,
+      retry: false, // a cached answer is at hand: serve it rather than wait for retries
     });
     await response.body?.cancel();
     const digest = response.headers.get("docker-content-digest");
@@ -531,8 +542,12 @@ export class Mirror {
     const confirmationKey = `${namespace}/${repository}@${digest}`;
     const confirmed = Math.max(stored.getTime(), this.#blobConfirmations.get(confirmationKey) ?? 0);
     if (this.#now() - confirmed < config.blobInvalidationMs) return true;
+    if (this.#upstream.quotaLow?.(namespace)) return true; // content-addressed: still right
     try {
-      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      const response = await this.#upstream.blob(namespace, repository, digest, {
+        method: "HEAD",
+        retry: false, // cached bytes are at hand
+      });
       await response.body?.cancel();
       this.#blobConfirmations.set(confirmationKey, this.#now());
       return true;
@@ -652,6 +667,7 @@ function countingUpstream(
       count(namespace, "referrers", "GET");
       return upstream.referrers!(namespace, repository, digest, signal);
     }),
+    quotaLow: upstream.quotaLow?.bind(upstream),
   };
 }
 

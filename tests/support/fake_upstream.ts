@@ -30,6 +30,12 @@ export class FakeUpstream implements Upstream {
   chunkSize = 64 * 1024;
   /** Serve blob bodies as byte streams (like Deno's fetch) instead of plain streams. */
   byteStreams = false;
+  /** What `quotaLow` answers: an upstream whose rate-limit quota is nearly spent. */
+  quotaIsLow = false;
+
+  quotaLow(_namespace: string): boolean {
+    return this.quotaIsLow;
+  }
 
   addManifest(tag: string, document: unknown): string {
     const bytes = encoder.encode(JSON.stringify(document));
