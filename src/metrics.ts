@@ -66,6 +66,10 @@ export class Metrics {
     "oci_registry_upstream_requests_total",
     "Requests the mirror made upstream, by namespace, kind and method.",
   );
+  readonly upstreamErrors = new Counter(
+    "oci_registry_upstream_errors_total",
+    "Upstream requests that failed, by namespace, kind and error code (UNAVAILABLE: unreachable or 5xx; MANIFEST_UNKNOWN, BLOB_UNKNOWN: 404).",
+  );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
   readonly #labelled: { name: string; help: string; read: () => [Labels, number][] }[] = [];
@@ -117,6 +121,7 @@ export class Metrics {
       this.requests.render(),
       this.cache.render(),
       this.upstream.render(),
+      this.upstreamErrors.render(),
       ...sampled,
       ...this.#labelled.map(({ name, help, read }) =>
         [

@@ -30,7 +30,7 @@ import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
 import { digestOfKey } from "./bound.ts";
 import { StoreHealth } from "./store_health.ts";
-import { Metrics } from "../metrics.ts";
+import { Metrics, OTHER } from "../metrics.ts";
 
 /** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
 export interface Upstream {
@@ -648,25 +648,40 @@ function countingUpstream(
   upstreams: UpstreamRegistry,
 ): Upstream {
   metrics.nameNamespaces(upstreams.configured().map((u) => u.namespace));
-  const count = (namespace: string, kind: string, method: string) =>
-    metrics.upstream.inc({ namespace: metrics.namespaceLabel(namespace), kind, method });
+  const count = <T>(namespace: string, kind: string, method: string, request: () => Promise<T>) => {
+    const label = metrics.namespaceLabel(namespace);
+    metrics.upstream.inc({ namespace: label, kind, method });
+    return request().catch((e) => {
+      // Codes come from the one register (oci/errors.ts): a bounded label.
+      const code = e instanceof RegistryError ? e.code : OTHER;
+      metrics.upstreamErrors.inc({ namespace: label, kind, code });
+      throw e;
+    });
+  };
   return {
-    manifest: (namespace, repository, reference, init) => {
-      count(namespace, "manifest", init.method);
-      return upstream.manifest(namespace, repository, reference, init);
-    },
-    blob: (namespace, repository, digest, init) => {
-      count(namespace, "blob", init.method);
-      return upstream.blob(namespace, repository, digest, init);
-    },
-    tags: (namespace, repository, query, signal) => {
-      count(namespace, "tags", "GET");
-      return upstream.tags(namespace, repository, query, signal);
-    },
-    referrers: upstream.referrers && ((namespace, repository, digest, signal) => {
-      count(namespace, "referrers", "GET");
-      return upstream.referrers!(namespace, repository, digest, signal);
-    }),
+    manifest: (namespace, repository, reference, init) =>
+      count(
+        namespace,
+        "manifest",
+        init.method,
+        () => upstream.manifest(namespace, repository, reference, init),
+      ),
+    blob: (namespace, repository, digest, init) =>
+      count(
+        namespace,
+        "blob",
+        init.method,
+        () => upstream.blob(namespace, repository, digest, init),
+      ),
+    tags: (namespace, repository, query, signal) =>
+      count(namespace, "tags", "GET", () => upstream.tags(namespace, repository, query, signal)),
+    referrers: upstream.referrers && ((namespace, repository, digest, signal) =>
+      count(
+        namespace,
+        "referrers",
+        "GET",
+        () => upstream.referrers!(namespace, repository, digest, signal),
+      )),
     quotaLow: upstream.quotaLow?.bind(upstream),
   };
 }
