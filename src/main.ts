@@ -28,11 +28,12 @@ export const VERSION = "0.1.0";
 
 async function openStorage(
   settings: StorageSettings,
+  { keepTemp = false } = {},
 ): Promise<{ storage: Storage; spoolDir: string }> {
   if (settings.kind === "filesystem") {
     const { FilesystemStorage } = await import("./storage/filesystem.ts");
     // Cleans what a killed predecessor left half-written before anything is served.
-    const storage = new FilesystemStorage(settings.root);
+    const storage = new FilesystemStorage(settings.root, { keepTemp });
     // Spools live beside the store so that publishing a verified download is a rename.
     return { storage, spoolDir: storage.tempDir };
   }
@@ -349,7 +350,7 @@ function gcOptions(
 async function gcCommand(settings: Settings, remove: boolean, minAgeMs: number): Promise<number> {
   let opened: { storage: Storage; spoolDir: string };
   try {
-    opened = await openStorage(settings.storage);
+    opened = await openStorage(settings.storage, { keepTemp: true });
   } catch (e) {
     console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
     return 1;

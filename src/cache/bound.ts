@@ -10,7 +10,14 @@
  */
 import { isDigest } from "../digest.ts";
 import type { LogFn } from "../log.ts";
-import { ACCESS_TIMES_PREFIX, blobKey, hostedPrefix, manifestKey } from "../storage/layout.ts";
+import {
+  ACCESS_TIMES_PREFIX,
+  blobKey,
+  digestOfKey,
+  hostedPrefix,
+  manifestKey,
+  parseLinkDigest,
+} from "../storage/layout.ts";
 import type { Storage } from "../storage/storage.ts";
 import { ContentIndex, type Entry } from "./content_index.ts";
 
@@ -217,24 +224,6 @@ export async function hostedKeys(storage: Storage, hosted: string[]): Promise<Se
     }
   }
   return keys;
-}
-
-/** `blobs/sha256/ab/abcd...` -> `sha256:abcd...`, or null for anything else. */
-export function digestOfKey(key: string): string | null {
-  const parts = key.split("/");
-  if (parts.length !== 4) return null;
-  const digest = `${parts[1]}:${parts[3]}`;
-  return isDigest(digest) ? digest : null;
-}
-
-export function parseLinkDigest(bytes: Uint8Array | null): string | null {
-  if (!bytes) return null;
-  try {
-    const digest = JSON.parse(new TextDecoder().decode(bytes))?.digest;
-    return typeof digest === "string" && isDigest(digest) ? digest : null;
-  } catch {
-    return null;
-  }
 }
 
 /** Runs `fn` over every key with a few requests in flight (S3 lists can be long). */

@@ -7,6 +7,7 @@
  * Entries are keyed by storage key (layout.ts), so a blob and a manifest with one digest stay
  * apart. Per entry: a key, two numbers and, for manifests, the keys of their children.
  */
+import { referencedDigests } from "../oci/manifest.ts";
 import { blobKey, manifestKey } from "../storage/layout.ts";
 
 export interface Entry {
@@ -236,25 +237,6 @@ export class ContentIndex {
 
 /** Storage keys of what a manifest references: config and layers (blobs), entries (manifests). */
 export function childKeys(bytes: Uint8Array): string[] {
-  let doc: {
-    config?: { digest?: unknown };
-    layers?: { digest?: unknown }[];
-    manifests?: { digest?: unknown }[];
-  };
-  try {
-    doc = JSON.parse(new TextDecoder().decode(bytes));
-  } catch {
-    return [];
-  }
-  const keys = new Set<string>();
-  const add = (digest: unknown, keyOf: (d: string) => string) => {
-    if (typeof digest !== "string") return;
-    try {
-      keys.add(keyOf(digest));
-    } catch { /* not a digest: nothing stored under it */ }
-  };
-  add(doc?.config?.digest, blobKey);
-  for (const layer of Array.isArray(doc?.layers) ? doc.layers : []) add(layer?.digest, blobKey);
-  for (const m of Array.isArray(doc?.manifests) ? doc.manifests : []) add(m?.digest, manifestKey);
-  return [...keys];
+  const { blobs, manifests } = referencedDigests(bytes);
+  return [...blobs.map(blobKey), ...manifests.map(manifestKey)];
 }

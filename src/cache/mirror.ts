@@ -18,6 +18,7 @@ import {
 } from "../oci/media_types.ts";
 import {
   blobKey,
+  digestOfKey,
   manifestKey,
   mirroredReferrersKey,
   tagKey,
@@ -28,7 +29,6 @@ import type { ByteRange, Storage } from "../storage/storage.ts";
 import type { CacheBound } from "./bound.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { LruCache } from "./lru.ts";
-import { digestOfKey } from "./bound.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics, OTHER } from "../metrics.ts";
 

@@ -120,3 +120,28 @@ export function parseManifest(bytes: Uint8Array, contentType: string | null): Pa
   if (isAnnotations(m.annotations)) result.annotations = m.annotations;
   return result;
 }
+
+/**
+ * What a stored manifest references, leniently (an upstream's manifest was verified by digest,
+ * not by structure): config and layer digests, and for an index its child manifests.
+ */
+export function referencedDigests(bytes: Uint8Array): { blobs: string[]; manifests: string[] } {
+  let doc: {
+    config?: { digest?: unknown };
+    layers?: { digest?: unknown }[];
+    manifests?: { digest?: unknown }[];
+  };
+  try {
+    doc = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return { blobs: [], manifests: [] };
+  }
+  const digests = (items: unknown) =>
+    (Array.isArray(items) ? items : []).map((item) => item?.digest).filter(
+      (digest): digest is string => typeof digest === "string" && isDigest(digest),
+    );
+  return {
+    blobs: [...new Set(digests([doc?.config, ...(Array.isArray(doc?.layers) ? doc.layers : [])]))],
+    manifests: [...new Set(digests(doc?.manifests))],
+  };
+}

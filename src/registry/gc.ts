@@ -9,16 +9,17 @@
  * are listed again just before deleting, each object re-checked for its age.
  */
 import { isDigest } from "../digest.ts";
+import { referencedDigests } from "../oci/manifest.ts";
 import {
   blobKey,
+  digestOfKey,
   hostedPrefix,
   manifestKey,
+  parseLinkDigest,
   uploadPrefix,
   UPLOADS_PREFIX,
 } from "../storage/layout.ts";
 import type { Storage } from "../storage/storage.ts";
-import { childKeys } from "../cache/content_index.ts";
-import { digestOfKey, parseLinkDigest } from "../cache/bound.ts";
 
 export type GarbageKind =
   | "orphaned blob"
@@ -170,7 +171,10 @@ async function referencedKeys(storage: Storage, hosted: string[]): Promise<Set<s
   const keys = new Set<string>();
   for await (const key of storage.list("manifests/")) {
     const bytes = digestOfKey(key) ? await storage.readBytes(key) : null;
-    if (bytes) { for (const child of childKeys(bytes)) keys.add(child); }
+    if (!bytes) continue;
+    const { blobs, manifests } = referencedDigests(bytes);
+    for (const digest of blobs) keys.add(blobKey(digest));
+    for (const digest of manifests) keys.add(manifestKey(digest));
   }
   for (const namespace of hosted) {
     for await (const key of storage.list(hostedPrefix(namespace))) {

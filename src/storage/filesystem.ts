@@ -38,7 +38,7 @@ export class FilesystemStorage implements Storage {
    * predecessor left in the temp directory. Synchronous on purpose: the cleanup is over before
    * anyone (the cache's download spools included) can put a file there.
    */
-  constructor(root: string) {
+  constructor(root: string, options: { keepTemp?: boolean } = {}) {
     // Trailing slashes would only make joined paths uglier.
     this.root = root.length > 1 ? root.replace(/\/+$/, "") : root;
     this.tempDir = `${this.root}/${TEMP_DIR}`;
@@ -56,7 +56,8 @@ export class FilesystemStorage implements Storage {
       owner = true; // a filesystem without locks: assume we are alone, as we usually are
     }
     this.#lock = lock;
-    if (!owner) return;
+    // `oci-registry gc` looks at the temp directory instead (a dry run must not change it).
+    if (!owner || options.keepTemp) return;
     try {
       for (const entry of Deno.readDirSync(this.tempDir)) {
         if (entry.name === LOCK_FILE) continue;

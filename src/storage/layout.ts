@@ -7,7 +7,7 @@
  *   repositories/<namespace>/<repository>/_tags/<tag> tag link: JSON TagLink
  *   cache/access/<process id>                         last reads of mirrored content (JSON)
  */
-import { parseDigest } from "../digest.ts";
+import { isDigest, parseDigest } from "../digest.ts";
 
 /** Access times of mirrored content, one JSON object per process (cache/bound.ts). */
 export const ACCESS_TIMES_PREFIX = "cache/access/";
@@ -23,6 +23,25 @@ export function blobKey(digest: string): string {
 export function manifestKey(digest: string): string {
   const d = parseDigest(digest);
   return `manifests/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}`;
+}
+
+/** `blobs/sha256/ab/abcd...` -> `sha256:abcd...`, or null for anything else. */
+export function digestOfKey(key: string): string | null {
+  const parts = key.split("/");
+  if (parts.length !== 4) return null;
+  const digest = `${parts[1]}:${parts[3]}`;
+  return isDigest(digest) ? digest : null;
+}
+
+/** The digest a tag link (TagLink JSON) names, or null for a damaged link. */
+export function parseLinkDigest(bytes: Uint8Array | null): string | null {
+  if (!bytes) return null;
+  try {
+    const digest = JSON.parse(new TextDecoder().decode(bytes))?.digest;
+    return typeof digest === "string" && isDigest(digest) ? digest : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Namespace, repository and tag must already be validated by oci/reference.ts. */
