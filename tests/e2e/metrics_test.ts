@@ -48,7 +48,11 @@ Deno.test("metrics move as scripted: miss, hit, stale, upstream error, eviction,
   // A miss: the tag and a layer come from upstream.
   assertEquals(await get("a/manifests/1"), 200);
   assertEquals(await get(`a/blobs/${a.layers[0].digest}`), 200);
-  const missed = await scrape(mirror);
+  // The response ends as the download is verified; it is stored (indexed) a moment later.
+  const missed = await waitFor(async () => {
+    const s = await scrape(mirror);
+    return s.value("oci_registry_cache_entries") === 2 ? s : undefined;
+  });
   assertEquals(cache(missed, "manifest", "miss"), 1);
   assertEquals(cache(missed, "blob", "miss"), 1);
   assertEquals(upstreamGets(missed, "manifest"), 1);
@@ -67,7 +71,10 @@ Deno.test("metrics move as scripted: miss, hit, stale, upstream error, eviction,
     assertEquals(await get(`a/blobs/${blob.digest}`), 200);
   }
   assertEquals(await get(`a/manifests/${a.digest}`), 200);
-  const hit = await scrape(mirror);
+  const hit = await waitFor(async () => {
+    const s = await scrape(mirror);
+    return s.value("oci_registry_cache_entries") === 4 ? s : undefined; // both misses stored
+  });
   assertEquals(cache(hit, "manifest", "hit"), 1);
   assertEquals(cache(hit, "blob", "hit"), 1);
   assertEquals(cache(hit, "blob", "miss"), 3);
