@@ -45,7 +45,18 @@ export interface Log extends LogFn {
   access(entry: AccessEntry): void;
   /** Resolves when every line logged so far is written. */
   flush(): Promise<void>;
+  /** The latest warnings and errors, oldest first (for the status page), whatever the level. */
+  recent(): LoggedEvent[];
 }
+
+export interface LoggedEvent {
+  time: Date;
+  level: LogLevel;
+  message: string;
+}
+
+/** Warnings and errors the status page lists. */
+const RECENT_EVENTS = 20;
 
 export interface LogOptions {
   format?: LogFormat;
@@ -94,7 +105,12 @@ export function createLog(options: LogOptions = {}): Log {
     writing ??= Promise.resolve().then(drain).finally(() => writing = undefined);
   };
 
+  const recent: LoggedEvent[] = [];
   const log: LogFn = (message, level = "info") => {
+    if (level === "warn" || level === "error") {
+      recent.push({ time: now(), level, message: message.slice(0, 2000) });
+      if (recent.length > RECENT_EVENTS) recent.shift();
+    }
     if (LOG_LEVELS.indexOf(level) < threshold) return;
     if (json) emit(jsonLine(now(), level, { msg: message }));
     else emit(message.endsWith("\n") ? message : `${message}\n`);
@@ -107,6 +123,7 @@ export function createLog(options: LogOptions = {}): Log {
     async flush() {
       while (writing) await writing;
     },
+    recent: () => [...recent],
   });
 }
 

@@ -9,7 +9,8 @@ import { ConfigError, loadUpstreams } from "./config.ts";
 import { filesystemBytes } from "./config/size.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
-import { createLog } from "./log.ts";
+import { createLog, type Log } from "./log.ts";
+import type { StatusSnapshot } from "./http/status_page.ts";
 import { Metrics } from "./metrics.ts";
 import { LocalRegistry } from "./registry/local.ts";
 import {
@@ -67,6 +68,7 @@ function describeAddr(addr: Deno.Addr): string {
 }
 
 async function main(): Promise<number> {
+  const startedAt = new Date();
   let settings: Settings;
   let upstreams;
   try {
@@ -204,6 +206,7 @@ async function main(): Promise<number> {
     log,
     accessLog: log.access,
     readiness: ready.check,
+    status: () => statusSnapshot(metrics, log, upstream, storage, bound, startedAt),
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
@@ -314,6 +317,59 @@ async function main(): Promise<number> {
   }
   await log.flush();
   return 0;
+}
+
+/** The status page's figures, read from the metrics, the log, the upstream client and the index. */
+function statusSnapshot(
+  metrics: Metrics,
+  log: Log,
+  upstream: UpstreamClient,
+  storage: Storage,
+  bound: CacheBound | undefined,
+  startedAt: Date,
+): StatusSnapshot {
+  const upstreams = new Map<string, StatusSnapshot["upstreams"][number]>();
+  const row = (namespace: string) => {
+    let found = upstreams.get(namespace);
+    if (!found) upstreams.set(namespace, found = { namespace, requests: 0, errors: 0 });
+    return found;
+  };
+  for (const { labels, value } of metrics.upstream.series()) {
+    row(labels.namespace).requests += value;
+  }
+  for (const { labels, value } of metrics.upstreamErrors.series()) {
+    // A 404 is an answer, not a failing upstream.
+    if (labels.code !== "MANIFEST_UNKNOWN" && labels.code !== "BLOB_UNKNOWN") {
+      row(labels.namespace).errors += value;
+    }
+  }
+  for (const { namespace, state } of upstream.rateLimitStates()) {
+    const entry = row(metrics.namespaceLabel(namespace));
+    if (state.remaining !== undefined && (entry.remaining ?? Infinity) > state.remaining) {
+      entry.remaining = state.remaining;
+      entry.limit = state.limit;
+    }
+  }
+  return {
+    version: VERSION,
+    storage: storage.description,
+    startedAt,
+    now: new Date(),
+    cache: bound && {
+      bytes: bound.index.bytes,
+      maxBytes: bound.maxBytes,
+      entries: bound.index.entries,
+      evictions: bound.evictions,
+      repositories: bound.index.repositories(),
+    },
+    lookups: metrics.cache.series().map(({ labels, value }) => ({
+      kind: labels.kind,
+      result: labels.result,
+      count: value,
+    })),
+    upstreams: [...upstreams.values()].sort((a, b) => a.namespace.localeCompare(b.namespace)),
+    recentErrors: log.recent(),
+  };
 }
 
 /** What a collection looks at; spools are swept only when they belong to no live process. */

@@ -26,21 +26,28 @@ export function statusLabel(status: number): string {
 }
 
 class Counter {
-  readonly #values = new Map<string, number>();
+  readonly #values = new Map<string, { labels: Labels; value: number }>();
   constructor(readonly name: string, readonly help: string) {}
 
   inc(labels: Labels = {}, by = 1): void {
     const key = labelText(labels);
-    this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+    const known = this.#values.get(key);
+    if (known) known.value += by;
+    else this.#values.set(key, { labels: { ...labels }, value: by });
   }
 
   get(labels: Labels = {}): number {
-    return this.#values.get(labelText(labels)) ?? 0;
+    return this.#values.get(labelText(labels))?.value ?? 0;
+  }
+
+  /** Every series so far (for the status page). */
+  series(): { labels: Labels; value: number }[] {
+    return [...this.#values.values()];
   }
 
   render(): string {
     const lines = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
-    for (const [labels, value] of this.#values) lines.push(`${this.name}${labels} ${value}`);
+    for (const [labels, { value }] of this.#values) lines.push(`${this.name}${labels} ${value}`);
     return lines.join("\n");
   }
 }

@@ -28,6 +28,7 @@ import { RegistryError } from "./oci/errors.ts";
 import { hostedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
+import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./http/status_page.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
@@ -45,6 +46,8 @@ export interface ServerOptions {
   accessLog?: (entry: AccessEntry) => void;
   /** For GET /readyz: null when ready to serve, else why not (storage down, shutting down). */
   readiness?: () => Promise<string | null>;
+  /** For browsers at GET /: the figures the status page shows. */
+  status?: () => StatusSnapshot;
 }
 
 type Handler = (request: Request) => Promise<Response>;
@@ -206,6 +209,16 @@ async function dispatch(
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
+      if (options.status && wantsHtml(request)) {
+        return new Response(request.method === "HEAD" ? null : renderStatusPage(options.status()), {
+          headers: {
+            "content-type": "text/html; charset=utf-8",
+            "cache-control": "no-store",
+            // Nothing but this page's own inline style: no script, nothing from elsewhere.
+            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'",
+          },
+        });
+      }
       return plainText(request, "ok\n");
     case "healthz":
       if (!reading) throw unsupported(request);

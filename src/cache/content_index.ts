@@ -94,6 +94,29 @@ export class ContentIndex {
     tags.add(tagKey);
   }
 
+  /**
+   * Mirrored repositories with a tag cached: their tags and the bytes of the images those tags
+   * name (content two repositories share counts in both).
+   */
+  repositories(): { namespace: string; repository: string; tags: number; bytes: number }[] {
+    const byName = new Map<string, { tags: number; keys: Set<string> }>();
+    for (const [tagKey, manifest] of this.#tagTarget) {
+      const match = /^repositories\/(.+)\/_tags\/[^/]+$/.exec(tagKey);
+      const root = this.#entries.get(manifest);
+      if (!match || !root) continue;
+      let repo = byName.get(match[1]);
+      if (!repo) byName.set(match[1], repo = { tags: 0, keys: new Set() });
+      repo.tags++;
+      for (const member of this.members(root)) repo.keys.add(member.key);
+    }
+    return [...byName].map(([name, { tags, keys }]) => {
+      const slash = name.indexOf("/");
+      let bytes = 0;
+      for (const key of keys) bytes += this.#entries.get(key)?.size ?? 0;
+      return { namespace: name.slice(0, slash), repository: name.slice(slash + 1), tags, bytes };
+    }).sort((a, b) => b.bytes - a.bytes);
+  }
+
   /** The tag links pointing at a manifest. */
   tagsOf(key: string): string[] {
     return [...this.#tagsOf.get(key) ?? []];

@@ -25,6 +25,8 @@ export const REQUIRED_BINARIES: Record<string, string> = {
   "/usr/bin/htpasswd": "apache2-utils",
   "/usr/sbin/nginx": "nginx-light",
   "/usr/bin/openssl": "openssl",
+  // Renders the status page (tests/e2e/status_page_test.ts).
+  "/usr/bin/chromium": "chromium",
   // Copied into the scratch image (scripts/image.ts).
   "/etc/ssl/certs/ca-certificates.crt": "ca-certificates",
 };
