@@ -112,6 +112,7 @@ Deno.test("gc re-lists references before deleting: a manifest stored meanwhile k
       write: (key, data, options) => storage.write(key, data, options),
       publishFile: (key, path, options) => storage.publishFile(key, path, options),
       delete: (key) => storage.delete(key),
+      move: (from, to) => storage.move(from, to),
       async *list(prefix) {
         if (prefix === "manifests/" && ++manifestLists === 2) {
           const manifest = manifestOver([layer]);

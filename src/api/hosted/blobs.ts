@@ -194,7 +194,11 @@ function accepted(name: string, state: UploadState, status: 202 | 204): Response
  * memory.ts.
  */
 function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
-  if (!request.body) return null;
+  // Without Content-Length or Transfer-Encoding an HTTP/1.1 request has no body (Deno still
+  // hands out an empty stream): say so, so that a final PUT can move a lone chunk into place.
+  const length = request.headers.get("content-length");
+  const framed = length !== null || request.headers.has("transfer-encoding");
+  if (!request.body || length === "0" || !framed) return null;
   const reader = request.body.getReader();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
