@@ -393,13 +393,23 @@ function gcOptions(
         maxAgeMs: SPOOL_MAX_AGE_MS,
         keep: (name) => name === ".lock",
       }]
-      : [{
-        dir: spoolParent!,
+      // The files in every process's spool directory, never the directories: an idle server's
+      // own may be old, and it must still be there for its next download.
+      : spoolDirs(spoolParent!).filter((dir) => dir !== ownSpool).map((dir) => ({
+        dir,
         maxAgeMs: SPOOL_MAX_AGE_MS,
-        keep: (name) =>
-          !name.startsWith("oci-registry-spool-") || `${spoolParent}/${name}` === ownSpool,
-      }],
+      })),
   };
+}
+
+function spoolDirs(parent: string): string[] {
+  try {
+    return [...Deno.readDirSync(parent)]
+      .filter((entry) => entry.isDirectory && entry.name.startsWith("oci-registry-spool-"))
+      .map((entry) => `${parent}/${entry.name}`);
+  } catch {
+    return []; // no spool parent yet: nothing left behind
+  }
 }
 
 /** `oci-registry gc`: lists (or with --delete removes) garbage, then exits. */

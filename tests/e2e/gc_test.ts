@@ -61,10 +61,15 @@ const BACKENDS = {
     }),
   s3: async () => {
     const s3 = await startS3rver("gc-store");
+    // A spool parent of this test's own: gc looks at every process's spools in it.
+    const spools = await Deno.makeTempDir({ prefix: "gc-spools-" });
     return {
-      args: s3MirrorArgs(s3) as string[] | undefined,
+      args: s3MirrorArgs(s3, "--spool-dir", spools) as string[] | undefined,
       storage: (_root: string): Storage => new S3Storage({ ...s3.options, prefix: "" }),
-      stop: () => s3.stop(),
+      stop: async () => {
+        await s3.stop();
+        await Deno.remove(spools, { recursive: true });
+      },
     };
   },
 };
