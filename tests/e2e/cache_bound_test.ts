@@ -18,6 +18,7 @@ import { type Mirror, startMirror } from "../support/mirror.ts";
 import { scrape } from "../support/prometheus.ts";
 import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { startUpstream } from "../support/upstream.ts";
+import { RegistryClient } from "../support/registry_client.ts";
 import { delay, pathExists, sha256File, tempDir } from "../support/tools.ts";
 
 const NS = "registry.test";
@@ -160,3 +161,38 @@ for (const [kind, makeBackend] of Object.entries(BACKENDS)) {
     }
   });
 }
+
+Deno.test("--max-cache-size: hosted repositories are neither counted nor evicted, shared layers included", async () => {
+  await using up = await startUpstream();
+  await using mirror = await startMirror({
+    upstreams: [{ namespace: NS, host: up.host, tls: false }],
+    extraArgs: ["--hosted", "myorg", "--max-cache-size", String(4 * MiB), "--eviction-grace", "0s"],
+  });
+  // A hosted image whose only layer is also a layer of the mirrored image `old`.
+  const hosted = buildImage({ layers: [{ size: 2 * MiB, gzip: false }] });
+  await pushImage(new RegistryClient({ url: mirror.url }), "myorg/app", "1", hosted);
+  const old = withLayer(buildImage({ layers: [{ size: 1 * MiB, gzip: false }] }), hosted.layers[0]);
+  const young = buildImage({ layers: [{ size: 2 * MiB, gzip: false }] });
+  await pushImage(up, "old", "1", old);
+  await pushImage(up, "young", "1", young);
+  await pull(mirror, "old", old);
+  const filled = (await scrape(mirror)).value("oci_registry_cache_size_bytes");
+  // Counted: old's own layer and the shared one it pulled through (not the hosted push itself).
+  assert(filled > 3 * MiB && filled < 3.1 * MiB, `${filled}`);
+  await delay(100);
+  await pull(mirror, "young", young); // 5 MiB > 4 MiB: old goes
+  await mirror.waitForLog(new RegExp(`evicted manifests/sha256/../${old.digest.slice(7)}`));
+  const path = (blob: { sha256: string }) =>
+    `${mirror.root}/blobs/sha256/${blob.sha256.slice(0, 2)}/${blob.sha256}`;
+  assert(!await pathExists(path(old.layers[0])), "old's own layer is still stored");
+  assert(await pathExists(path(hosted.layers[0])), "the layer the hosted image shares is gone");
+  // The hosted image still pulls whole from the mirror, with upstream never asked.
+  up.clearLog();
+  await using dest = await tempDir();
+  await skopeoPullDir({ host: mirror.host }, "myorg/app", "1", dest.join("hosted"));
+  for (const blob of [hosted.config, ...hosted.layers]) {
+    assertEquals(await sha256File(dest.join("hosted", blob.sha256)), blob.sha256);
+  }
+  assertEquals(await up.count(), 0);
+  assert((await scrape(mirror)).value("oci_registry_cache_size_bytes") < 4 * MiB);
+});
