@@ -16,7 +16,13 @@ const ACCEPT = "application/vnd.oci.image.manifest.v1+json";
 Deno.test("metrics move as scripted: miss, hit, stale, upstream error, eviction, gc", async () => {
   await using up = await startUpstream();
   await using mirror = await startMirror({
-    upstreams: [{ namespace: NS, host: up.host, tls: false, manifest_invalidation_time: "1s" }],
+    upstreams: [{
+      namespace: NS,
+      host: up.host,
+      tls: false,
+      manifest_invalidation_time: "1s",
+      blob_invalidation_time: "1s",
+    }],
     extraArgs: ["--max-cache-size", "1MiB", "--eviction-grace", "0s", "--gc-interval", "1s"],
   });
   const a = await pushImage(
@@ -83,8 +89,21 @@ Deno.test("metrics move as scripted: miss, hit, stale, upstream error, eviction,
   assert(filled > 600 << 10 && filled < 700 << 10, `${filled}`);
   assertEquals(hit.value("oci_registry_cache_entries"), 4); // manifest, config, two layers
 
-  // A stale serve: the tag is past manifest_invalidation_time and upstream is down.
+  // blob_invalidation_time still applies under the bound: an old blob is confirmed upstream.
   await delay(1100);
+  assertEquals(await get(`a/blobs/${a.layers[1].digest}`), 200);
+  const confirmed = await scrape(mirror);
+  assertEquals(
+    confirmed.value("oci_registry_upstream_requests_total", {
+      namespace: NS,
+      kind: "blob",
+      method: "HEAD",
+    }),
+    1,
+  );
+  assertEquals(cache(confirmed, "blob", "hit"), 2);
+
+  // A stale serve: the tag is past manifest_invalidation_time and upstream is down.
   await up.stop();
   assertEquals(await get("a/manifests/1"), 200);
   const stale = await scrape(mirror);
@@ -113,7 +132,10 @@ Deno.test("metrics move as scripted: miss, hit, stale, upstream error, eviction,
   assertEquals(await get(`b/blobs/${b.config.digest}`), 200);
   const evicted = await waitFor(async () => {
     const s = await scrape(mirror);
-    return s.value("oci_registry_cache_evictions_total") === 1 ? s : undefined;
+    // Evicted, and B's config (the last blob) stored too.
+    const done = s.value("oci_registry_cache_evictions_total") === 1 &&
+      s.value("oci_registry_cache_entries") === 3;
+    return done ? s : undefined;
   }, { timeoutMs: 10_000 });
   const size = evicted.value("oci_registry_cache_size_bytes");
   assert(size < 1 << 20 && size > 600 << 10, `${size}`);
