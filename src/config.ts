@@ -26,11 +26,27 @@ export interface UpstreamConfig {
    * Default DEFAULT_RATE_LIMIT_RESERVE.
    */
   rateLimitReserve?: number;
+  /** Which repositories and tags may be mirrored (cache/filters.ts); absent: all. */
+  filter?: FilterConfig;
   /**
    * True when an operator named this upstream (file or credentials): such upstreams may live on
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
   configured: boolean;
+}
+
+/** Repository and tag patterns of one namespace (see cache/filters.ts for their meaning). */
+export interface FilterConfig {
+  /** Repository globs that may be mirrored; absent: every repository. */
+  repositories?: string[];
+  /** Repository globs that never are (wins over `repositories`). */
+  excludeRepositories?: string[];
+  /** Tag globs that may be served; absent: every tag. */
+  tags?: string[];
+  /** Tag globs that never are. */
+  excludeTags?: string[];
+  /** Status of a refusal: 404 (default, says nothing) or 403 (says it is a policy). */
+  refusalStatus?: 403 | 404;
 }
 
 export const DEFAULT_MANIFEST_INVALIDATION_MS = 60 * 60 * 1000; // 1h
@@ -148,6 +164,11 @@ const KNOWN_KEYS = new Set([
   "manifest_invalidation_time",
   "blob_invalidation_time",
   "rate_limit_reserve",
+  "repositories",
+  "exclude_repositories",
+  "tags",
+  "exclude_tags",
+  "refusal_status",
 ]);
 
 /** Parses the upstream YAML (a list of entries). `source` names the file in messages. */
@@ -192,6 +213,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
   }
   const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
+  const filter = parseFilter(record, where);
   return {
     namespace,
     host,
@@ -205,6 +227,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     blobInvalidationMs: optionalDuration(record, "blob_invalidation_time", where) ??
       DEFAULT_BLOB_INVALIDATION_MS,
     ...(rateLimitReserve === undefined ? {} : { rateLimitReserve }),
+    ...(filter === undefined ? {} : { filter }),
     configured: true,
   };
 }
@@ -241,6 +264,35 @@ function optionalBoolean(
     throw new ConfigError(`${where}: key "${key}" must be true or false`);
   }
   return value;
+}
+
+/** The filter keys of an entry, or undefined when it has none. */
+function parseFilter(record: Record<string, unknown>, where: string): FilterConfig | undefined {
+  const filter: FilterConfig = {};
+  const lists = [
+    ["repositories", "repositories"],
+    ["exclude_repositories", "excludeRepositories"],
+    ["tags", "tags"],
+    ["exclude_tags", "excludeTags"],
+  ] as const;
+  for (const [key, field] of lists) {
+    const value = record[key];
+    if (value === undefined || value === null) continue;
+    if (!Array.isArray(value) || value.some((v) => typeof v !== "string" || v === "")) {
+      throw new ConfigError(
+        `${where}: key "${key}" must be a list of patterns such as "library/*"`,
+      );
+    }
+    filter[field] = value as string[];
+  }
+  const status = record.refusal_status;
+  if (status !== undefined && status !== null) {
+    if (status !== 403 && status !== 404) {
+      throw new ConfigError(`${where}: key "refusal_status" must be 403 or 404`);
+    }
+    filter.refusalStatus = status;
+  }
+  return Object.keys(filter).length === 0 ? undefined : filter;
 }
 
 function optionalCount(

@@ -188,3 +188,34 @@ Deno.test("rate_limit_reserve: a whole number, absent by default (the client's d
     );
   }
 });
+
+Deno.test("filters in the upstream file: lists of patterns and a refusal status", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  host: registry-1.docker.io",
+      '  repositories: ["library/*"]',
+      "  exclude_repositories: [library/ubuntu]",
+      '  tags: ["v*", latest]',
+      "  exclude_tags: ['*-rc*']",
+      "  refusal_status: 403",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.filter, {
+    repositories: ["library/*"],
+    excludeRepositories: ["library/ubuntu"],
+    tags: ["v*", "latest"],
+    excludeTags: ["*-rc*"],
+    refusalStatus: 403,
+  });
+  const bad = (line: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n  ${line}`, "f"),
+      ConfigError,
+      message,
+    );
+  bad("repositories: library/*", 'key "repositories" must be a list of patterns');
+  bad('tags: [""]', 'key "tags" must be a list of patterns');
+  bad("refusal_status: 500", 'key "refusal_status" must be 403 or 404');
+});

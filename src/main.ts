@@ -95,7 +95,15 @@ async function main(): Promise<number> {
     log,
   });
   const metrics = new Metrics();
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics });
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams,
+    spoolDir,
+    log,
+    metrics,
+    upstreamPolicy: settings.upstreamPolicy,
+  });
   // Unconfigured namespaces share the label "other": the lowest of their values is shown.
   const rateLimitGauge = (pick: (state: RateLimitState) => number | undefined) => () => {
     const lowest = new Map<string, [Record<string, string>, number]>();

@@ -19,6 +19,7 @@ import {
 import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
+import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
@@ -87,6 +88,8 @@ export interface MirrorOptions {
   now?: () => number;
   /** How long a pass-through (store full) waits for a client that stopped reading; tests. */
   stalledReaderMs?: number;
+  /** Whether namespaces nobody configured are mirrored (default "any"). */
+  upstreamPolicy?: UpstreamPolicy;
 }
 
 /**
@@ -118,6 +121,9 @@ export class Mirror {
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  readonly #upstreamPolicy: UpstreamPolicy;
+  /** Compiled filters of the configured namespaces that have one. */
+  readonly #filters = new Map<string, Filter>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
 
@@ -128,6 +134,7 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
+    this.#upstreamPolicy = options.upstreamPolicy ?? "any";
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
     this.#downloads = new InflightDownloads(options.spoolDir, {
       storage: options.storage,
@@ -159,6 +166,7 @@ export class Mirror {
     reference: string,
     accept: string[],
   ): Promise<ManifestResult> {
+    this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const manifest = await this.#singleFlight(
@@ -377,6 +385,7 @@ export class Mirror {
     digest: string,
     options: BlobRequest,
   ): Promise<BlobResult> {
+    this.#admit(namespace, repository);
     const key = blobKey(digest);
     // A download under way (or publishing) answers for the blob: no storage request, and never
     // a half-written object from a store whose writes are not atomic (s3rver).
@@ -499,8 +508,28 @@ export class Mirror {
   // ---- tags ------------------------------------------------------------------------------
 
   /** The upstream's tag list, passed through (with `n` and `last`). */
-  listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
-    return this.#upstream.tags(namespace, repository, query);
+  async listTags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+  ): Promise<Response> {
+    this.#admit(namespace, repository);
+    return await this.#upstream.tags(namespace, repository, query);
+  }
+
+  /**
+   * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
+   * before storage or upstream is asked: cached content outside them is refused too.
+   */
+  #admit(namespace: string, repository: string, tag?: string): void {
+    const config = this.#upstreams.get(namespace);
+    if (this.#upstreamPolicy === "configured" && !config.configured) {
+      throw unconfiguredNamespace(namespace);
+    }
+    if (!config.filter) return;
+    let filter = this.#filters.get(namespace);
+    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
+    filter.check(namespace, repository, tag);
   }
 }
 
