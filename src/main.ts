@@ -127,6 +127,14 @@ async function main(): Promise<number> {
     "Requests allowed per rate-limit window, as the upstream's ratelimit-limit said last.",
     rateLimitGauge((state) => state.limit),
   );
+  metrics.labelledGauge(
+    "oci_registry_upstream_endpoint_up",
+    "1 while an endpoint of a failover namespace (hosts:) is in use, 0 while it is skipped.",
+    () =>
+      upstream.endpointStates().map((
+        { namespace, host, up },
+      ) => [{ namespace, endpoint: host }, up ? 1 : 0]),
+  );
   metrics.gauge(
     "oci_registry_blob_downloads_in_flight",
     "Blob downloads from upstream under way.",
