@@ -36,7 +36,7 @@ export interface Upstream {
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean; range?: string },
   ): Promise<Response>;
   tags(
     namespace: string,
@@ -413,20 +413,23 @@ export class Mirror {
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
+    // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
+    const fetchBlob = (from?: number) =>
+      this.#upstream.blob(namespace, repository, digest, {
+        method: "GET",
+        ...(from === undefined ? {} : { range: `bytes=${from}-` }),
+      });
     for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, async () => {
+      let download = await this.#downloads.join(digest, async (from) => {
         // Re-checked inside the flight: a download may have been published since the lookup.
-        if (await this.#storage.stat(key)) return null;
-        return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
+        if (from === undefined && await this.#storage.stat(key)) return null;
+        return await fetchBlob(from);
       });
       if (!download) {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return published;
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(
-          digest,
-          () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
-        );
+        download = await this.#downloads.join(digest, fetchBlob);
       }
       if (!download) break;
       const followed = this.#follow(download, options);
