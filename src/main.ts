@@ -13,6 +13,7 @@ import { LocalRegistry } from "./registry/local.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
+import type { RateLimitState } from "./upstream/rate_limits.ts";
 
 export const VERSION = "0.1.0";
 
@@ -95,7 +96,46 @@ async function main(): Promise<number> {
     log,
   });
   const metrics = new Metrics();
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics });
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams,
+    spoolDir,
+    log,
+    metrics,
+    upstreamPolicy: settings.upstreamPolicy,
+  });
+  // Unconfigured namespaces share the label "other": the lowest of their values is shown.
+  const rateLimitGauge = (pick: (state: RateLimitState) => number | undefined) => () => {
+    const lowest = new Map<string, [Record<string, string>, number]>();
+    for (const { namespace, credential, state } of upstream.rateLimitStates()) {
+      const value = pick(state);
+      if (value === undefined) continue;
+      const labels = { namespace: metrics.namespaceLabel(namespace), credential };
+      const key = `${labels.namespace} ${credential}`;
+      const seen = lowest.get(key);
+      if (!seen || value < seen[1]) lowest.set(key, [labels, value]);
+    }
+    return [...lowest.values()];
+  };
+  metrics.labelledGauge(
+    "oci_registry_upstream_ratelimit_remaining",
+    "Requests left in the upstream's rate-limit window, as its ratelimit-remaining said last.",
+    rateLimitGauge((state) => state.remaining),
+  );
+  metrics.labelledGauge(
+    "oci_registry_upstream_ratelimit_limit",
+    "Requests allowed per rate-limit window, as the upstream's ratelimit-limit said last.",
+    rateLimitGauge((state) => state.limit),
+  );
+  metrics.labelledGauge(
+    "oci_registry_upstream_endpoint_up",
+    "1 while an endpoint of a failover namespace (hosts:) is in use, 0 while it is skipped.",
+    () =>
+      upstream.endpointStates().map((
+        { namespace, host, up },
+      ) => [{ namespace, endpoint: host }, up ? 1 : 0]),
+  );
   metrics.gauge(
     "oci_registry_blob_downloads_in_flight",
     "Blob downloads from upstream under way.",

@@ -26,6 +26,7 @@ import {
 import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
+import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
@@ -36,13 +37,13 @@ export interface Upstream {
     namespace: string,
     repository: string,
     reference: string,
-    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal; retry?: boolean },
   ): Promise<Response>;
   blob(
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean; range?: string },
   ): Promise<Response>;
   tags(
     namespace: string,
@@ -57,6 +58,11 @@ export interface Upstream {
     digest: string,
     signal?: AbortSignal,
   ): Promise<Response>;
+  /**
+   * True while the namespace's upstream has little rate-limit quota left (or asked not to be
+   * called): what is cached is then served without asking it (see upstream/rate_limits.ts).
+   */
+  quotaLow?(namespace: string): boolean;
 }
 
 export interface ManifestResult {
@@ -96,6 +102,8 @@ export interface MirrorOptions {
   now?: () => number;
   /** How long a pass-through (store full) waits for a client that stopped reading; tests. */
   stalledReaderMs?: number;
+  /** Whether namespaces nobody configured are mirrored (default "any"). */
+  upstreamPolicy?: UpstreamPolicy;
 }
 
 /**
@@ -127,6 +135,9 @@ export class Mirror {
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  readonly #upstreamPolicy: UpstreamPolicy;
+  /** Compiled filters of the configured namespaces that have one. */
+  readonly #filters = new Map<string, Filter>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
 
@@ -137,6 +148,7 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
+    this.#upstreamPolicy = options.upstreamPolicy ?? "any";
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
     this.#downloads = new InflightDownloads(options.spoolDir, {
       storage: options.storage,
@@ -168,6 +180,7 @@ export class Mirror {
     reference: string,
     accept: string[],
   ): Promise<ManifestResult> {
+    this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const manifest = await this.#singleFlight(
@@ -221,6 +234,11 @@ export class Mirror {
       this.#count("manifest", "hit");
       return stored;
     }
+    if (this.#upstream.quotaLow?.(namespace)) {
+      // The quota is for what is not cached; this tag is served as it was last confirmed.
+      this.#count("manifest", "stale");
+      return stored;
+    }
     try {
       const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
       this.#count("manifest", "revalidated");
@@ -247,6 +265,7 @@ export class Mirror {
     const response = await this.#upstream.manifest(namespace, repository, tag, {
       method: "HEAD",
       accept: ALL_MANIFEST_TYPES,
+      retry: false, // a cached answer is at hand: serve it rather than wait for retries
     });
     await response.body?.cancel();
     const digest = response.headers.get("docker-content-digest");
@@ -380,6 +399,7 @@ export class Mirror {
     digest: string,
     options: BlobRequest,
   ): Promise<BlobResult> {
+    this.#admit(namespace, repository);
     const key = blobKey(digest);
     // A download under way (or publishing) answers for the blob: no storage request, and never
     // a half-written object from a store whose writes are not atomic (s3rver).
@@ -407,20 +427,23 @@ export class Mirror {
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
+    // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
+    const fetchBlob = (from?: number) =>
+      this.#upstream.blob(namespace, repository, digest, {
+        method: "GET",
+        ...(from === undefined ? {} : { range: `bytes=${from}-` }),
+      });
     for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, async () => {
+      let download = await this.#downloads.join(digest, async (from) => {
         // Re-checked inside the flight: a download may have been published since the lookup.
-        if (await this.#storage.stat(key)) return null;
-        return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
+        if (from === undefined && await this.#storage.stat(key)) return null;
+        return await fetchBlob(from);
       });
       if (!download) {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return published;
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(
-          digest,
-          () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
-        );
+        download = await this.#downloads.join(digest, fetchBlob);
       }
       if (!download) break;
       const followed = this.#follow(download, options);
@@ -480,8 +503,12 @@ export class Mirror {
     const confirmationKey = `${namespace}/${repository}@${digest}`;
     const confirmed = Math.max(stored.getTime(), this.#blobConfirmations.get(confirmationKey) ?? 0);
     if (this.#now() - confirmed < config.blobInvalidationMs) return true;
+    if (this.#upstream.quotaLow?.(namespace)) return true; // content-addressed: still right
     try {
-      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      const response = await this.#upstream.blob(namespace, repository, digest, {
+        method: "HEAD",
+        retry: false, // cached bytes are at hand
+      });
       await response.body?.cancel();
       this.#blobConfirmations.set(confirmationKey, this.#now());
       return true;
@@ -498,8 +525,28 @@ export class Mirror {
   // ---- tags ------------------------------------------------------------------------------
 
   /** The upstream's tag list, passed through (with `n` and `last`). */
-  listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
-    return this.#upstream.tags(namespace, repository, query);
+  async listTags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+  ): Promise<Response> {
+    this.#admit(namespace, repository);
+    return await this.#upstream.tags(namespace, repository, query);
+  }
+
+  /**
+   * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
+   * before storage or upstream is asked: cached content outside them is refused too.
+   */
+  #admit(namespace: string, repository: string, tag?: string): void {
+    const config = this.#upstreams.get(namespace);
+    if (this.#upstreamPolicy === "configured" && !config.configured) {
+      throw unconfiguredNamespace(namespace);
+    }
+    if (!config.filter) return;
+    let filter = this.#filters.get(namespace);
+    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
+    filter.check(namespace, repository, tag);
   }
 
   /**
@@ -601,6 +648,7 @@ function countingUpstream(
       count(namespace, "referrers", "GET");
       return upstream.referrers!(namespace, repository, digest, signal);
     }),
+    quotaLow: upstream.quotaLow?.bind(upstream),
   };
 }
 
