@@ -6,6 +6,7 @@
  */
 import { ConfigError, parseDuration } from "./config.ts";
 import { parseSizeBound, type SizeBound } from "./config/size.ts";
+import type { UpstreamPolicy } from "./cache/filters.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
@@ -57,6 +58,12 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     env: "ALLOW_PRIVATE_UPSTREAMS",
     boolean: true,
     help: "let clients name upstreams on loopback/private addresses (configured ones always may)",
+  },
+  {
+    name: "upstream-policy",
+    env: "UPSTREAM_POLICY",
+    default: "any",
+    help: "any: mirror every registry a client names; configured: only those in the upstream file",
   },
   {
     name: "max-connections",
@@ -174,6 +181,7 @@ export interface Settings {
   sparseManifests: boolean;
   upstreamConfigFile?: string;
   allowPrivateUpstreams: boolean;
+  upstreamPolicy: UpstreamPolicy;
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
   unguardedConnections: boolean;
@@ -270,6 +278,7 @@ export function parseCommandLine(
     sparseManifests: global["sparse-manifests"] === "true",
     upstreamConfigFile: global["upstream-config-file"] || undefined,
     allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
+    upstreamPolicy: oneOf(global, "upstream-policy", ["any", "configured"] as const),
     connections: connectionLimits(global),
     unguardedConnections: global["unguarded-connections"] === "true",
     shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),

@@ -26,11 +26,43 @@ export interface UpstreamConfig {
    * Default DEFAULT_RATE_LIMIT_RESERVE.
    */
   rateLimitReserve?: number;
+  /** Which repositories and tags may be mirrored (cache/filters.ts); absent: all. */
+  filter?: FilterConfig;
+  /**
+   * With `hosts:` in the file, every endpoint in order (the first is also `host`, `tls`, ...
+   * above); the client fails over from one to the next (upstream/endpoints.ts).
+   */
+  endpoints?: UpstreamEndpoint[];
+  /** How long a failing endpoint is skipped before it is tried again (doubling while it fails). */
+  failoverBackoffMs?: number;
   /**
    * True when an operator named this upstream (file or credentials): such upstreams may live on
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
   configured: boolean;
+}
+
+/** One registry endpoint of a namespace with `hosts:`: where, and its own TLS and credentials. */
+export interface UpstreamEndpoint {
+  host: string;
+  tls: boolean;
+  acceptInvalidCerts: boolean;
+  username?: string;
+  password?: string;
+}
+
+/** Repository and tag patterns of one namespace (see cache/filters.ts for their meaning). */
+export interface FilterConfig {
+  /** Repository globs that may be mirrored; absent: every repository. */
+  repositories?: string[];
+  /** Repository globs that never are (wins over `repositories`). */
+  excludeRepositories?: string[];
+  /** Tag globs that may be served; absent: every tag. */
+  tags?: string[];
+  /** Tag globs that never are. */
+  excludeTags?: string[];
+  /** Status of a refusal: 404 (default, says nothing) or 403 (says it is a policy). */
+  refusalStatus?: 403 | 404;
 }
 
 export const DEFAULT_MANIFEST_INVALIDATION_MS = 60 * 60 * 1000; // 1h
@@ -148,7 +180,15 @@ const KNOWN_KEYS = new Set([
   "manifest_invalidation_time",
   "blob_invalidation_time",
   "rate_limit_reserve",
+  "repositories",
+  "exclude_repositories",
+  "tags",
+  "exclude_tags",
+  "refusal_status",
+  "hosts",
+  "failover_backoff",
 ]);
+const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
 /** Parses the upstream YAML (a list of entries). `source` names the file in messages. */
 export function parseUpstreamYaml(text: string, source: string): UpstreamConfig[] {
@@ -185,28 +225,90 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   if (!isRegistryHost(namespace)) {
     throw new ConfigError(`${where}: key "namespace" must be a registry host name, e.g. docker.io`);
   }
-  const host = requiredString(record, "host", where);
-  const badPort = unreachablePort(host);
-  if (badPort) throw new ConfigError(`${where}: key "host" (${host}): ${badPort}`);
-  if (!isUpstreamHost(host)) {
-    throw new ConfigError(`${where}: key "host" must be host[:port] without scheme or path`);
+  if (record.host === undefined && record.hosts === undefined) {
+    throw new ConfigError(`${where}: key "host" is required (or "hosts", a list for failover)`);
   }
-  const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
-  return {
-    namespace,
-    host,
+  if (record.host !== undefined && record.hosts !== undefined) {
+    throw new ConfigError(`${where}: keys "host" and "hosts" exclude each other`);
+  }
+  const entryDefaults: UpstreamEndpoint = {
+    host: "",
     tls: optionalBoolean(record, "tls", where) ?? true,
     acceptInvalidCerts: optionalBoolean(record, "accept_invalid_certs", where) ?? false,
-    userAgent: optionalString(record, "user_agent", where),
     username: optionalString(record, "username", where),
     password: optionalString(record, "password", where),
+  };
+  const endpoints = record.hosts === undefined
+    ? undefined
+    : parseEndpoints(record.hosts, entryDefaults, where);
+  const first = endpoints?.[0] ??
+    { ...entryDefaults, host: checkedHost(requiredString(record, "host", where), "host", where) };
+  const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
+  const filter = parseFilter(record, where);
+  const failoverBackoffMs = optionalDuration(record, "failover_backoff", where);
+  return {
+    namespace,
+    host: first.host,
+    tls: first.tls,
+    acceptInvalidCerts: first.acceptInvalidCerts,
+    userAgent: optionalString(record, "user_agent", where),
+    username: first.username,
+    password: first.password,
     manifestInvalidationMs: optionalDuration(record, "manifest_invalidation_time", where) ??
       DEFAULT_MANIFEST_INVALIDATION_MS,
     blobInvalidationMs: optionalDuration(record, "blob_invalidation_time", where) ??
       DEFAULT_BLOB_INVALIDATION_MS,
     ...(rateLimitReserve === undefined ? {} : { rateLimitReserve }),
+    ...(filter === undefined ? {} : { filter }),
+    ...(endpoints === undefined ? {} : { endpoints }),
+    ...(failoverBackoffMs === undefined ? {} : { failoverBackoffMs }),
     configured: true,
   };
+}
+
+/** `hosts:` as a list of `host[:port]` strings or mappings with their own TLS and credentials. */
+function parseEndpoints(
+  value: unknown,
+  defaults: UpstreamEndpoint,
+  where: string,
+): UpstreamEndpoint[] {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new ConfigError(`${where}: key "hosts" must be a list of host[:port] or mappings`);
+  }
+  return value.map((item, index) => {
+    const at = `${where}: hosts[${index}]`;
+    if (typeof item === "string") return { ...defaults, host: checkedHost(item, "host", at) };
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      throw new ConfigError(`${at}: expected host[:port] or a mapping with a host`);
+    }
+    const record = item as Record<string, unknown>;
+    for (const key of Object.keys(record)) {
+      if (!ENDPOINT_KEYS.has(key)) throw new ConfigError(`${at}: unknown key "${key}"`);
+    }
+    const own = (key: string) => record[key] !== undefined;
+    return {
+      host: checkedHost(requiredString(record, "host", at), "host", at),
+      tls: optionalBoolean(record, "tls", at) ?? defaults.tls,
+      acceptInvalidCerts: optionalBoolean(record, "accept_invalid_certs", at) ??
+        defaults.acceptInvalidCerts,
+      // Credentials go together: a mapping that names either has its own pair.
+      username: own("username") || own("password")
+        ? optionalString(record, "username", at)
+        : defaults.username,
+      password: own("username") || own("password")
+        ? optionalString(record, "password", at)
+        : defaults.password,
+    };
+  });
+}
+
+function checkedHost(host: string, key: string, where: string): string {
+  const badPort = unreachablePort(host);
+  if (badPort) throw new ConfigError(`${where}: key "${key}" (${host}): ${badPort}`);
+  if (!isUpstreamHost(host)) {
+    throw new ConfigError(`${where}: key "${key}" must be host[:port] without scheme or path`);
+  }
+  return host;
 }
 
 function requiredString(record: Record<string, unknown>, key: string, where: string): string {
@@ -241,6 +343,35 @@ function optionalBoolean(
     throw new ConfigError(`${where}: key "${key}" must be true or false`);
   }
   return value;
+}
+
+/** The filter keys of an entry, or undefined when it has none. */
+function parseFilter(record: Record<string, unknown>, where: string): FilterConfig | undefined {
+  const filter: FilterConfig = {};
+  const lists = [
+    ["repositories", "repositories"],
+    ["exclude_repositories", "excludeRepositories"],
+    ["tags", "tags"],
+    ["exclude_tags", "excludeTags"],
+  ] as const;
+  for (const [key, field] of lists) {
+    const value = record[key];
+    if (value === undefined || value === null) continue;
+    if (!Array.isArray(value) || value.some((v) => typeof v !== "string" || v === "")) {
+      throw new ConfigError(
+        `${where}: key "${key}" must be a list of patterns such as "library/*"`,
+      );
+    }
+    filter[field] = value as string[];
+  }
+  const status = record.refusal_status;
+  if (status !== undefined && status !== null) {
+    if (status !== 403 && status !== 404) {
+      throw new ConfigError(`${where}: key "refusal_status" must be 403 or 404`);
+    }
+    filter.refusalStatus = status;
+  }
+  return Object.keys(filter).length === 0 ? undefined : filter;
 }
 
 function optionalCount(

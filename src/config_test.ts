@@ -188,3 +188,81 @@ Deno.test("rate_limit_reserve: a whole number, absent by default (the client's d
     );
   }
 });
+
+Deno.test("filters in the upstream file: lists of patterns and a refusal status", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  host: registry-1.docker.io",
+      '  repositories: ["library/*"]',
+      "  exclude_repositories: [library/ubuntu]",
+      '  tags: ["v*", latest]',
+      "  exclude_tags: ['*-rc*']",
+      "  refusal_status: 403",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.filter, {
+    repositories: ["library/*"],
+    excludeRepositories: ["library/ubuntu"],
+    tags: ["v*", "latest"],
+    excludeTags: ["*-rc*"],
+    refusalStatus: 403,
+  });
+  const bad = (line: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n  ${line}`, "f"),
+      ConfigError,
+      message,
+    );
+  bad("repositories: library/*", 'key "repositories" must be a list of patterns');
+  bad('tags: [""]', 'key "tags" must be a list of patterns');
+  bad("refusal_status: 500", 'key "refusal_status" must be 403 or 404');
+});
+
+Deno.test("hosts: endpoints in order, strings inherit the entry's TLS and credentials", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  tls: false",
+      "  username: bot",
+      "  password: secret",
+      "  failover_backoff: 45s",
+      "  hosts:",
+      "    - mirror-a.internal:5000",
+      "    - host: registry-1.docker.io",
+      "      tls: true",
+      "      username: hub",
+      "      password: token",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.endpoints, [
+    {
+      host: "mirror-a.internal:5000",
+      tls: false,
+      acceptInvalidCerts: false,
+      username: "bot",
+      password: "secret",
+    },
+    {
+      host: "registry-1.docker.io",
+      tls: true,
+      acceptInvalidCerts: false,
+      username: "hub",
+      password: "token",
+    },
+  ]);
+  assertEquals([entry.host, entry.tls, entry.username], ["mirror-a.internal:5000", false, "bot"]);
+  assertEquals(entry.failoverBackoffMs, 45_000);
+  const bad = (text: string, message: string) =>
+    assertThrows(() => parseUpstreamYaml(text, "f"), ConfigError, message);
+  bad(
+    "- namespace: a.io\n  host: a.io\n  hosts: [b.io]",
+    'keys "host" and "hosts" exclude each other',
+  );
+  bad("- namespace: a.io\n  hosts: []", 'key "hosts" must be a list');
+  bad('- namespace: a.io\n  hosts: ["https://b.io"]', 'hosts[0]: key "host" must be host[:port]');
+  bad("- namespace: a.io\n  hosts: [{host: b.io, colour: red}]", 'hosts[0]: unknown key "colour"');
+  bad('- namespace: a.io\n  hosts: ["b.io:6000"]', "fetch refuses");
+});

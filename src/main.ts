@@ -132,7 +132,16 @@ async function main(): Promise<number> {
     }
     registerBoundMetrics(metrics, bound);
   }
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics, bound });
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams,
+    spoolDir,
+    log,
+    metrics,
+    upstreamPolicy: settings.upstreamPolicy,
+    bound,
+  });
   bound?.start();
   // Unconfigured namespaces share the label "other": the lowest of their values is shown.
   const rateLimitGauge = (pick: (state: RateLimitState) => number | undefined) => () => {
@@ -156,6 +165,14 @@ async function main(): Promise<number> {
     "oci_registry_upstream_ratelimit_limit",
     "Requests allowed per rate-limit window, as the upstream's ratelimit-limit said last.",
     rateLimitGauge((state) => state.limit),
+  );
+  metrics.labelledGauge(
+    "oci_registry_upstream_endpoint_up",
+    "1 while an endpoint of a failover namespace (hosts:) is in use, 0 while it is skipped.",
+    () =>
+      upstream.endpointStates().map((
+        { namespace, host, up },
+      ) => [{ namespace, endpoint: host }, up ? 1 : 0]),
   );
   metrics.gauge(
     "oci_registry_blob_downloads_in_flight",

@@ -28,6 +28,7 @@ import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import type { CacheBound } from "./bound.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
+import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics, OTHER } from "../metrics.ts";
@@ -44,7 +45,7 @@ export interface Upstream {
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean; range?: string },
   ): Promise<Response>;
   tags(
     namespace: string,
@@ -105,6 +106,8 @@ export interface MirrorOptions {
   stalledReaderMs?: number;
   /** The cache size bound, told what is stored and read (absent: the cache only grows). */
   bound?: CacheBound;
+  /** Whether namespaces nobody configured are mirrored (default "any"). */
+  upstreamPolicy?: UpstreamPolicy;
 }
 
 /**
@@ -136,6 +139,9 @@ export class Mirror {
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  readonly #upstreamPolicy: UpstreamPolicy;
+  /** Compiled filters of the configured namespaces that have one. */
+  readonly #filters = new Map<string, Filter>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
   readonly #bound: CacheBound | undefined;
@@ -147,6 +153,7 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
+    this.#upstreamPolicy = options.upstreamPolicy ?? "any";
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
     const bound = this.#bound = options.bound;
     this.#downloads = new InflightDownloads(options.spoolDir, {
@@ -192,6 +199,7 @@ export class Mirror {
     reference: string,
     accept: string[],
   ): Promise<ManifestResult> {
+    this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const manifest = await this.#singleFlight(
@@ -421,6 +429,7 @@ export class Mirror {
     digest: string,
     options: BlobRequest,
   ): Promise<BlobResult> {
+    this.#admit(namespace, repository);
     const key = blobKey(digest);
     // A download under way (or publishing) answers for the blob: no storage request, and never
     // a half-written object from a store whose writes are not atomic (s3rver).
@@ -469,20 +478,23 @@ export class Mirror {
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
+    // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
+    const fetchBlob = (from?: number) =>
+      this.#upstream.blob(namespace, repository, digest, {
+        method: "GET",
+        ...(from === undefined ? {} : { range: `bytes=${from}-` }),
+      });
     for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, async () => {
+      let download = await this.#downloads.join(digest, async (from) => {
         // Re-checked inside the flight: a download may have been published since the lookup.
-        if (await this.#storage.stat(key)) return null;
-        return await this.#upstream.blob(namespace, repository, digest, { method: "GET" });
+        if (from === undefined && await this.#storage.stat(key)) return null;
+        return await fetchBlob(from);
       });
       if (!download) {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return published;
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(
-          digest,
-          () => this.#upstream.blob(namespace, repository, digest, { method: "GET" }),
-        );
+        download = await this.#downloads.join(digest, fetchBlob);
       }
       if (!download) break;
       const followed = this.#follow(download, options);
@@ -564,8 +576,28 @@ export class Mirror {
   // ---- tags ------------------------------------------------------------------------------
 
   /** The upstream's tag list, passed through (with `n` and `last`). */
-  listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
-    return this.#upstream.tags(namespace, repository, query);
+  async listTags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+  ): Promise<Response> {
+    this.#admit(namespace, repository);
+    return await this.#upstream.tags(namespace, repository, query);
+  }
+
+  /**
+   * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
+   * before storage or upstream is asked: cached content outside them is refused too.
+   */
+  #admit(namespace: string, repository: string, tag?: string): void {
+    const config = this.#upstreams.get(namespace);
+    if (this.#upstreamPolicy === "configured" && !config.configured) {
+      throw unconfiguredNamespace(namespace);
+    }
+    if (!config.filter) return;
+    let filter = this.#filters.get(namespace);
+    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
+    filter.check(namespace, repository, tag);
   }
 
   /**

@@ -158,6 +158,40 @@ Deno.test("while upstream quota is low, cached tags and blobs are served without
   });
 });
 
+Deno.test("a download cut mid-way resumes with a Range request from its block, not from byte 0", async () => {
+  for (const byteStreams of [false, true]) {
+    await withMirror(async (mirror, upstream, storage) => {
+      upstream.byteStreams = byteStreams;
+      const bytes = randomBytes(5 * 1024 * 1024 + 17);
+      const digest = upstream.addBlob(bytes);
+      upstream.breakAfter = 2.5 * 1024 * 1024; // in the third 1 MiB block
+      const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      assertEquals(digestOf(await readAll(blob.body!)), digest, "the client gets every byte");
+      assertEquals(upstream.ranges, ["", "bytes=2097152-"]);
+      await mirror.settled();
+      assertEquals(
+        (await storage.stat(blobKey(digest)))?.size,
+        bytes.byteLength,
+        "and it is cached",
+      );
+    });
+  }
+});
+
+Deno.test("a cut download whose upstream ignores Range fails cleanly: nothing stored", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(3 * 1024 * 1024);
+    const digest = upstream.addBlob(bytes);
+    upstream.breakAfter = 1.5 * 1024 * 1024;
+    upstream.honoursRange = false; // answers the Range request with the whole blob (200)
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    await assertRejects(() => readAll(blob.body!));
+    await mirror.settled();
+    assertEquals(await storage.stat(blobKey(digest)), null);
+    assertEquals(upstream.ranges, ["", "bytes=1048576-"]);
+  });
+});
+
 Deno.test("a manifest whose bytes do not match the digest asked for is refused and not stored", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const digest = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));

@@ -8,7 +8,7 @@
  * under uploads/<id>/ until the final PUT streams them, in order, through that verifying write.
  * Every step is a storage object, so replicas sharing a bucket continue each other's uploads.
  */
-import { createBlockHasher } from "../background_hash.ts";
+import { type BlockHasher, createBlockHasher } from "../background_hash.ts";
 import { digestOf, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
@@ -72,6 +72,12 @@ export class LocalRegistry implements Registry {
   readonly #now: () => number;
   /** One change at a time per upload session in this process (chunks must not interleave). */
   readonly #uploadQueues = new Map<string, Promise<unknown>>();
+  /**
+   * The sha256 of sessions this process received from their first byte, kept while their
+   * chunks arrive here in order, so that the final PUT need not read them again. A session
+   * another replica added to simply falls back to hashing what is stored.
+   */
+  readonly #running = new Map<string, { hasher: BlockHasher; offset: number }>();
 
   constructor(options: LocalRegistryOptions) {
     this.#storage = options.storage;
@@ -337,7 +343,28 @@ export class LocalRegistry implements Registry {
             { headers: { range: rangeHeader(offset) } },
           );
         }
-        const written = await this.#writeChunk(id, offset, body, chunk.length);
+        let running = this.#running.get(id);
+        if (running?.offset !== offset) {
+          this.#dropRunning(id);
+          running = undefined;
+        }
+        if (!running && offset === 0 && this.#running.size < MAX_RUNNING_HASHES) {
+          running = { hasher: createBlockHasher("sha256"), offset: 0 };
+          this.#running.set(id, running);
+        }
+        let written: number;
+        try {
+          written = await this.#writeChunk(
+            id,
+            offset,
+            body && running ? tap(body, running.hasher) : body,
+            chunk.length,
+          );
+        } catch (e) {
+          this.#dropRunning(id);
+          throw e;
+        }
+        if (running) running.offset += written;
         await this.#writeUploadInfo(id, name);
         return { id, offset: offset + written };
       }),
@@ -354,9 +381,22 @@ export class LocalRegistry implements Registry {
         const { keys } = await this.#chunks(id);
         const storage = this.#storage;
         if (keys.length === 1 && body === null) {
-          // One chunk holds everything (docker's PATCH then PUT): hash it where it lies, then
-          // move it into place instead of writing it a second time.
-          await this.#verify(keys[0], digest);
+          // One chunk holds everything (docker's PATCH then PUT): check its digest (hashed on
+          // arrival, else where it lies), then move it into place instead of writing it again.
+          const running = this.#running.get(id);
+          const { offset } = await this.#chunks(id);
+          if (running && running.offset === offset && digest.startsWith("sha256:")) {
+            this.#running.delete(id);
+            const actual = await running.hasher.digest();
+            if (actual !== digest) {
+              throw new RegistryError(
+                "DIGEST_INVALID",
+                `content digest ${actual} does not match ${digest}`,
+              );
+            }
+          } else {
+            await this.#verify(keys[0], digest);
+          }
           await storage.move(keys[0], blobKey(digest));
         } else {
           const content = keys.length === 0 && body
@@ -475,13 +515,41 @@ export class LocalRegistry implements Registry {
     return size;
   }
 
+  #dropRunning(id: string): void {
+    this.#running.get(id)?.hasher.dispose();
+    this.#running.delete(id);
+  }
+
   async #removeUpload(id: string): Promise<void> {
+    this.#dropRunning(id);
     const keys: string[] = [];
     for await (const key of this.#storage.list(uploadPrefix(id))) keys.push(key);
     // The info object last: a session half-removed still expires.
     keys.sort((a, b) => (a.endsWith("/info") ? 1 : 0) - (b.endsWith("/info") ? 1 : 0));
     for (const key of keys) await this.#storage.delete(key);
   }
+}
+
+/** Sessions whose running hash is kept at once (each a libcrypto context, a few hundred bytes). */
+const MAX_RUNNING_HASHES = 1024;
+
+/** `body` as it is, with each chunk also fed to `hasher` (a few chunks ahead at most). */
+function tap(body: ReadableStream<Uint8Array>, hasher: BlockHasher): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  const pending: Promise<void>[] = [];
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) {
+        await Promise.all(pending);
+        return controller.close();
+      }
+      pending.push(hasher.update(value));
+      if (pending.length > 4) await pending.shift();
+      controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
 }
 
 /** `Range` of an upload with `offset` bytes, as distribution spells it (0-0 when empty). */

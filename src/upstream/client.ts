@@ -31,6 +31,7 @@ import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
+import { EndpointHealth, endpointsOf } from "./endpoints.ts";
 import { parseRetryAfter, RateLimits, type RateLimitState } from "./rate_limits.ts";
 import {
   DEFAULT_RETRY_POLICY,
@@ -101,6 +102,8 @@ export class UpstreamClient {
   readonly #policy: Pick<AddressPolicy, "check">;
   readonly #tokens = new TokenCache();
   readonly #retry: RetryPolicy;
+  /** Which endpoints of failover namespaces are skipped for now. */
+  readonly #health: EndpointHealth;
   /** Upstream rate limits, by namespace and credential (see `rateLimitKey`). */
   readonly rateLimits: RateLimits;
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
@@ -119,6 +122,7 @@ export class UpstreamClient {
     this.#policy = options.addressPolicy ??
       new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses });
     this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.#health = new EndpointHealth(this.#log);
     this.rateLimits = new RateLimits();
   }
 
@@ -129,7 +133,7 @@ export class UpstreamClient {
     state: RateLimitState;
   }[] {
     return this.rateLimits.entries().map(([key, state]) => {
-      const [namespace, user] = key.split(" ", 2);
+      const [namespace, _host, user] = key.split(" ", 3);
       return { namespace, credential: user === "anonymous" ? "anonymous" : "configured", state };
     });
   }
@@ -141,7 +145,24 @@ export class UpstreamClient {
   quotaLow(namespace: string): boolean {
     const upstream = this.#upstreams.get(namespace);
     const reserve = upstream.rateLimitReserve ?? DEFAULT_RATE_LIMIT_RESERVE;
-    return this.rateLimits.isLow(rateLimitKey(upstream), reserve);
+    // The quota that counts is that of the endpoint a request would go to now.
+    const endpoint = this.#health.pick(
+      endpointsOf(upstream),
+      (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0,
+    );
+    return this.rateLimits.isLow(rateLimitKey(endpoint), reserve);
+  }
+
+  /** Every endpoint of the failover namespaces (`hosts:`), and whether it is in use. */
+  endpointStates(): { namespace: string; host: string; up: boolean }[] {
+    return this.#upstreams.configured().filter((u) => (u.endpoints?.length ?? 0) > 1)
+      .flatMap((upstream) =>
+        endpointsOf(upstream).map((endpoint) => ({
+          namespace: upstream.namespace,
+          host: endpoint.host,
+          up: this.#health.isUp(endpoint),
+        }))
+      );
   }
 
   /** GET or HEAD `/v2/<repository>/manifests/<reference>`; `accept` becomes the Accept header. */
@@ -272,17 +293,34 @@ export class UpstreamClient {
         `invalid upstream host ${JSON.stringify(upstream.host)} for namespace ${namespace}`,
       );
     }
-    const target: Target = { ...request, upstream, repository };
-    const limitKey = rateLimitKey(upstream);
+    const endpoints = endpointsOf(upstream);
+    const blocked = (endpoint: UpstreamConfig) =>
+      this.rateLimits.waitMs(rateLimitKey(endpoint)) > 0;
     const started = performance.now();
     for (let retry = 1;; retry++) {
+      const endpoint = this.#health.pick(endpoints, blocked);
+      const limitKey = rateLimitKey(endpoint);
       const waitMs = this.rateLimits.waitMs(limitKey);
-      if (waitMs > 0) throw throttled(upstream, waitMs);
+      if (waitMs > 0) throw throttled(endpoint, waitMs);
       try {
-        return await this.#attempt(target, limitKey);
+        const response = await this.#attempt(
+          { ...request, upstream: endpoint, repository },
+          limitKey,
+        );
+        this.#health.succeeded(endpoint);
+        return response;
       } catch (e) {
         const hint = e instanceof RegistryError ? transient.get(e) : undefined;
-        if (!hint || request.signal?.aborted || request.retry === false) throw e;
+        if (!hint || request.signal?.aborted) throw e;
+        if (endpoints.length > 1) {
+          this.#health.failed(endpoint, (e as Error).message);
+          // Another endpoint may answer at once: failing over costs no retry and no delay.
+          if (this.#health.hasAlternative(endpoints, endpoint)) {
+            retry--;
+            continue;
+          }
+        }
+        if (request.retry === false) throw e;
         const delay = retryDelayMs(
           this.#retry,
           retry,
@@ -291,7 +329,7 @@ export class UpstreamClient {
         );
         if (delay === undefined) throw e;
         this.#log(
-          `upstream ${upstream.namespace}: ${target.what}: ${
+          `upstream ${upstream.namespace}: ${request.what}: ${
             (e as Error).message
           }; retry ${retry} in ${delay} ms`,
           "debug",
@@ -665,10 +703,9 @@ function upstreamOrigin(upstream: UpstreamConfig): string {
 
 /** Rate limits are per upstream and per credential (Docker Hub counts per account or address). */
 function rateLimitKey(upstream: UpstreamConfig): string {
-  // The user only tells credentials apart; a space cannot occur in a namespace.
-  return `${upstream.namespace} ${
-    upstream.username === undefined ? "anonymous" : `user:${upstream.username}`
-  }`;
+  // The user only tells credentials apart; a space cannot occur in a namespace or host.
+  const credential = upstream.username === undefined ? "anonymous" : `user:${upstream.username}`;
+  return `${upstream.namespace} ${upstream.host} ${credential}`;
 }
 
 /** Upstream asked not to be called for `waitMs` more: say so without calling it. */
