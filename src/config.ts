@@ -4,7 +4,7 @@
  */
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
-import { isRegistryHost, isUpstreamHost } from "./oci/reference.ts";
+import { isRegistryHost, isUpstreamHost, parseImageName } from "./oci/reference.ts";
 
 export interface UpstreamConfig {
   /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */
@@ -35,11 +35,23 @@ export interface UpstreamConfig {
   endpoints?: UpstreamEndpoint[];
   /** How long a failing endpoint is skipped before it is tried again (doubling while it fails). */
   failoverBackoffMs?: number;
+  /** Images kept cached and refreshed every `warmIntervalMs` (cache/warm.ts). */
+  warm?: WarmImage[];
+  warmIntervalMs?: number;
   /**
    * True when an operator named this upstream (file or credentials): such upstreams may live on
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
   configured: boolean;
+}
+
+/** One image of a warm list. */
+export interface WarmImage {
+  repository: string;
+  /** A tag or a digest. */
+  reference: string;
+  /** `os/architecture[/variant]` entries of an index to fetch; absent: every platform. */
+  platforms?: string[];
 }
 
 /** One registry endpoint of a namespace with `hosts:`: where, and its own TLS and credentials. */
@@ -187,6 +199,8 @@ const KNOWN_KEYS = new Set([
   "refusal_status",
   "hosts",
   "failover_backoff",
+  "warm",
+  "warm_interval",
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
@@ -246,6 +260,8 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
   const filter = parseFilter(record, where);
   const failoverBackoffMs = optionalDuration(record, "failover_backoff", where);
+  const warm = record.warm === undefined ? undefined : parseWarm(record.warm, where);
+  const warmIntervalMs = optionalDuration(record, "warm_interval", where);
   return {
     namespace,
     host: first.host,
@@ -262,6 +278,8 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     ...(filter === undefined ? {} : { filter }),
     ...(endpoints === undefined ? {} : { endpoints }),
     ...(failoverBackoffMs === undefined ? {} : { failoverBackoffMs }),
+    ...(warm === undefined ? {} : { warm }),
+    ...(warmIntervalMs === undefined ? {} : { warmIntervalMs }),
     configured: true,
   };
 }
@@ -299,6 +317,48 @@ function parseEndpoints(
         ? optionalString(record, "password", at)
         : defaults.password,
     };
+  });
+}
+
+/** `warm:` as `repository:tag`, `repository@digest`, or mappings `{image, platforms}`. */
+function parseWarm(value: unknown, where: string): WarmImage[] {
+  if (!Array.isArray(value)) {
+    throw new ConfigError(
+      `${where}: key "warm" must be a list of images such as library/alpine:3.19`,
+    );
+  }
+  return value.map((item, index) => {
+    const at = `${where}: warm[${index}]`;
+    const record = typeof item === "string" ? { image: item } : item;
+    if (typeof record !== "object" || record === null || typeof record.image !== "string") {
+      throw new ConfigError(`${at}: expected an image, or a mapping with image and platforms`);
+    }
+    for (const key of Object.keys(record)) {
+      if (key !== "image" && key !== "platforms") {
+        throw new ConfigError(`${at}: unknown key "${key}"`);
+      }
+    }
+    const platforms = record.platforms;
+    if (
+      platforms !== undefined &&
+      (!Array.isArray(platforms) ||
+        platforms.some((p) => typeof p !== "string" || !/^[a-z0-9]+\/[a-z0-9]+(\/\w+)?$/.test(p)))
+    ) {
+      throw new ConfigError(
+        `${at}: key "platforms" must be a list such as [linux/amd64, linux/arm64/v8]`,
+      );
+    }
+    let image: WarmImage;
+    try {
+      // Names here are repositories of this namespace: a placeholder host keeps them as they are.
+      const { repository, reference } = parseImageName(`warm.invalid/${record.image}`);
+      image = { repository, reference };
+    } catch {
+      throw new ConfigError(
+        `${at}: ${JSON.stringify(record.image)} is not repository:tag or repository@digest`,
+      );
+    }
+    return platforms === undefined ? image : { ...image, platforms: platforms as string[] };
   });
 }
 
