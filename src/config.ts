@@ -35,6 +35,11 @@ export interface UpstreamConfig {
   endpoints?: UpstreamEndpoint[];
   /** How long a failing endpoint is skipped before it is tried again (doubling while it fails). */
   failoverBackoffMs?: number;
+  /**
+   * Send `?ns=<namespace>` with every request: the upstream is itself a mirror (another
+   * oci-registry, or any containerd-style mirror) serving several registries.
+   */
+  forwardNamespace?: boolean;
   /** Images kept cached and refreshed every `warmIntervalMs` (cache/warm.ts). */
   warm?: WarmImage[];
   warmIntervalMs?: number;
@@ -201,6 +206,7 @@ const KNOWN_KEYS = new Set([
   "failover_backoff",
   "warm",
   "warm_interval",
+  "forward_ns",
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
@@ -262,6 +268,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   const failoverBackoffMs = optionalDuration(record, "failover_backoff", where);
   const warm = record.warm === undefined ? undefined : parseWarm(record.warm, where);
   const warmIntervalMs = optionalDuration(record, "warm_interval", where);
+  const forwardNamespace = optionalBoolean(record, "forward_ns", where);
   return {
     namespace,
     host: first.host,
@@ -280,6 +287,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     ...(failoverBackoffMs === undefined ? {} : { failoverBackoffMs }),
     ...(warm === undefined ? {} : { warm }),
     ...(warmIntervalMs === undefined ? {} : { warmIntervalMs }),
+    ...(forwardNamespace ? { forwardNamespace } : {}),
     configured: true,
   };
 }

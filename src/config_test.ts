@@ -300,3 +300,11 @@ Deno.test("warm: images of the namespace, with platforms and an interval", () =>
   bad("  warm: [{image: x, platforms: [amd64]}]", 'key "platforms" must be a list such as');
   bad("  warm: [{image: x, colour: red}]", 'warm[0]: unknown key "colour"');
 });
+
+Deno.test("forward_ns: an upstream that is itself a mirror is told the registry", () => {
+  const [chained, plain] = parseUpstreamYaml(
+    "- namespace: a.io\n  host: mirror:8080\n  forward_ns: true\n- namespace: b.io\n  host: b.io",
+    "f",
+  );
+  assertEquals([chained.forwardNamespace, plain.forwardNamespace], [true, undefined]);
+});

@@ -319,6 +319,8 @@ export class UpstreamClient {
     const { upstream, repository } = target;
     const request = target;
     const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${request.path}`);
+    // An upstream that is itself a mirror needs to be told which registry is meant.
+    if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
     const tokenKey = tokenCacheKey(upstream, repository);
     let authorization = this.#proactiveAuthorization(upstream, tokenKey);
 
