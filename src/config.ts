@@ -5,6 +5,7 @@
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
 import { isRegistryHost, isUpstreamHost, parseImageName } from "./oci/reference.ts";
+import type { LimitConfig } from "./upstream/limits.ts";
 
 export interface UpstreamConfig {
   /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */
@@ -40,6 +41,8 @@ export interface UpstreamConfig {
    * oci-registry, or any containerd-style mirror) serving several registries.
    */
   forwardNamespace?: boolean;
+  /** Bounds on the requests sent to this upstream (upstream/limits.ts); absent: none. */
+  limits?: LimitConfig;
   /** Images kept cached and refreshed every `warmIntervalMs` (cache/warm.ts). */
   warm?: WarmImage[];
   warmIntervalMs?: number;
@@ -207,6 +210,9 @@ const KNOWN_KEYS = new Set([
   "warm",
   "warm_interval",
   "forward_ns",
+  "max_concurrent_requests",
+  "max_requests_per_second",
+  "queue_timeout",
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
@@ -269,6 +275,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   const warm = record.warm === undefined ? undefined : parseWarm(record.warm, where);
   const warmIntervalMs = optionalDuration(record, "warm_interval", where);
   const forwardNamespace = optionalBoolean(record, "forward_ns", where);
+  const limits = parseLimits(record, where);
   return {
     namespace,
     host: first.host,
@@ -288,6 +295,7 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     ...(warm === undefined ? {} : { warm }),
     ...(warmIntervalMs === undefined ? {} : { warmIntervalMs }),
     ...(forwardNamespace ? { forwardNamespace } : {}),
+    ...(limits === undefined ? {} : { limits }),
     configured: true,
   };
 }
@@ -326,6 +334,31 @@ function parseEndpoints(
         : defaults.password,
     };
   });
+}
+
+/** The request bounds of an entry, or undefined when it sets none. */
+function parseLimits(record: Record<string, unknown>, where: string): LimitConfig | undefined {
+  const positive = (key: string) => {
+    const value = optionalCount(record, key, where);
+    if (value === 0) throw new ConfigError(`${where}: key "${key}" must be 1 or more`);
+    return value;
+  };
+  const maxConcurrent = positive("max_concurrent_requests");
+  const perSecond = positive("max_requests_per_second");
+  const queueTimeoutMs = optionalDuration(record, "queue_timeout", where);
+  if (maxConcurrent === undefined && perSecond === undefined) {
+    if (queueTimeoutMs !== undefined) {
+      throw new ConfigError(
+        `${where}: key "queue_timeout" needs max_concurrent_requests or max_requests_per_second`,
+      );
+    }
+    return undefined;
+  }
+  return {
+    ...(maxConcurrent === undefined ? {} : { maxConcurrent }),
+    ...(perSecond === undefined ? {} : { perSecond }),
+    queueTimeoutMs: queueTimeoutMs ?? 10_000,
+  };
 }
 
 /** `warm:` as `repository:tag`, `repository@digest`, or mappings `{image, platforms}`. */

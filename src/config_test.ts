@@ -308,3 +308,30 @@ Deno.test("forward_ns: an upstream that is itself a mirror is told the registry"
   );
   assertEquals([chained.forwardNamespace, plain.forwardNamespace], [true, undefined]);
 });
+
+Deno.test("upstream bounds: concurrency, rate and queue timeout", () => {
+  const [bounded, unbounded] = parseUpstreamYaml(
+    [
+      "- namespace: a.io",
+      "  host: a.io",
+      "  max_concurrent_requests: 16",
+      "  max_requests_per_second: 5",
+      "  queue_timeout: 3s",
+      "- namespace: b.io",
+      "  host: b.io",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(bounded.limits, { maxConcurrent: 16, perSecond: 5, queueTimeoutMs: 3_000 });
+  assertEquals(unbounded.limits, undefined);
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  max_concurrent_requests: 0", "f"),
+    ConfigError,
+    'key "max_concurrent_requests" must be 1 or more',
+  );
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  queue_timeout: 1s", "f"),
+    ConfigError,
+    'key "queue_timeout" needs max_concurrent_requests or max_requests_per_second',
+  );
+});
