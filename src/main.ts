@@ -4,6 +4,8 @@
  */
 import { CacheBound } from "./cache/bound.ts";
 import { Mirror } from "./cache/mirror.ts";
+import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
+import { parseImageName } from "./oci/reference.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { filesystemBytes } from "./config/size.ts";
@@ -67,6 +69,31 @@ function describeAddr(addr: Deno.Addr): string {
   return `http://${(addr as Deno.NetAddr).hostname}:${(addr as Deno.NetAddr).port}`;
 }
 
+/** `oci-registry warm`: each image pulled through a running mirror, a line each, a summary. */
+async function warmThroughMirror(
+  command: { mirror: string; platforms?: string[]; images: string[] },
+): Promise<number> {
+  let failed = 0;
+  for (const name of command.images) {
+    const started = performance.now();
+    try {
+      const { registry, repository, reference } = parseImageName(name);
+      const result = await warmImage(httpSource(command.mirror, registry), {
+        repository,
+        reference,
+        platforms: command.platforms,
+      });
+      console.log(`${name}: ok, ${describeWarm(result, performance.now() - started)}`);
+    } catch (e) {
+      failed++;
+      console.log(`${name}: failed: ${(e as Error)?.message ?? e}`);
+    }
+  }
+  const warmed = command.images.length - failed;
+  console.log(`warmed ${warmed} of ${command.images.length} image(s) through ${command.mirror}`);
+  return failed === 0 ? 0 : 1;
+}
+
 async function main(): Promise<number> {
   const startedAt = new Date();
   let settings: Settings;
@@ -81,6 +108,7 @@ async function main(): Promise<number> {
       console.log(`oci-registry ${VERSION}`);
       return 0;
     }
+    if (parsed.kind === "warm") return await warmThroughMirror(parsed);
     settings = parsed.settings;
     if (parsed.kind === "gc") return await gcCommand(settings, parsed.delete, parsed.minAgeMs);
     upstreams = await loadUpstreams(
@@ -193,6 +221,7 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
+  const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const gcStats = { runs: 0, failures: 0, objects: 0, bytes: 0 };
   const gcTimer = settings.gcIntervalMs === 0 ? undefined : setInterval(async () => {
@@ -308,6 +337,7 @@ async function main(): Promise<number> {
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
   ready.shuttingDown();
   clearInterval(uploadSweep);
+  warming.stop();
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
   clearInterval(gcTimer);
