@@ -6,8 +6,10 @@
  *   deno task bench                  full run (1 GiB blobs, 3-5 repetitions; ~6-8 minutes)
  *   deno task bench --quick          smoke run (small sizes, 1-2 repetitions; ~1-2 minutes)
  *   deno task bench --only blob,cold run some sections only
+ *   deno task bench --only soak      10 minutes of mixed pulls over twice the cache bound
+ *                                    (--quick: 1 minute); never part of a run by default
  *
- * Sections: startup, blob, s3, manifest, cold, concurrent, guard, push (`memory` =
+ * Sections: startup, blob, s3, manifest, cold, concurrent, guard, push, soak (`memory` =
  * startup,blob,manifest).
  * Every server is a fresh process with fresh storage per section (per repetition for the cold
  * ones); repetitions rotate the order of the servers so background noise is shared fairly.
@@ -16,6 +18,7 @@ import { parseArgs } from "node:util";
 import { httpGet, mibPerSecond, receiverName } from "./http.ts";
 import { load, type LoadResult } from "./load.ts";
 import { fmt, median, type Row, runs, table } from "./report.ts";
+import { soak } from "./soak.ts";
 import {
   addBlob,
   addManifest,
@@ -45,6 +48,7 @@ const SECTIONS = [
   "concurrent",
   "guard",
   "push",
+  "soak",
 ] as const;
 type Section = typeof SECTIONS[number];
 const ALIASES: Record<string, Section[]> = { memory: ["startup", "blob", "manifest"] };
@@ -70,6 +74,8 @@ interface Plan {
   concurrentClients: number[];
   concurrentReps: number;
   startupReps: number;
+  /** The soak (only with --only soak: it takes minutes). */
+  soakSeconds: number;
 }
 
 const FULL: Plan = {
@@ -86,6 +92,7 @@ const FULL: Plan = {
   concurrentClients: [20, 100],
   concurrentReps: 3,
   startupReps: 5,
+  soakSeconds: 600,
 };
 
 const QUICK: Plan = {
@@ -102,6 +109,7 @@ const QUICK: Plan = {
   concurrentClients: [20, 100],
   concurrentReps: 1,
   startupReps: 2,
+  soakSeconds: 60,
 };
 
 /** The whole run is killed after this long, whatever happens. */
@@ -834,6 +842,17 @@ async function cold(fx: Fixture, plan: Plan) {
   });
 }
 
+async function soakSection(fx: Fixture, plan: Plan) {
+  const result = await soak(fx.upstream, {
+    seconds: plan.soakSeconds,
+    images: 20,
+    layerSize: 4 * MiB,
+    clients: 4,
+  }, progress);
+  rows.push(...result.rows);
+  notes.push(...result.notes);
+}
+
 async function concurrent(fx: Fixture, plan: Plan) {
   const c = fx.concurrent!;
   const label = sizeLabel(c.size);
@@ -919,11 +938,12 @@ function parseOptions(args: string[]) {
   if (values.help) {
     console.log(
       "usage: deno task bench [--quick] [--only SECTION[,SECTION]] [--output FILE]\n" +
-        `sections: ${SECTIONS.join(", ")}, memory (= startup,blob,manifest)`,
+        `sections: ${SECTIONS.join(", ")}, memory (= startup,blob,manifest); soak only by name`,
     );
     Deno.exit(0);
   }
-  let sections = new Set<Section>(SECTIONS);
+  // The soak runs for minutes: only when asked for by name.
+  let sections = new Set<Section>(SECTIONS.filter((s) => s !== "soak"));
   if (values.only?.length) {
     sections = new Set();
     for (const name of values.only.flatMap((v) => v.split(","))) {
@@ -1042,6 +1062,7 @@ async function main(): Promise<number> {
       ["concurrent", concurrent],
       ["guard", guard],
       ["push", push],
+      ["soak", soakSection],
     ];
     for (const [name, fn] of sectionsToRun) {
       if (!has(name)) continue;
