@@ -431,9 +431,8 @@ export class Mirror {
   ): Promise<BlobResult> {
     this.#admit(namespace, repository);
     const key = blobKey(digest);
-    // A download under way (or publishing) answers for the blob: no storage request, and never
-    // a half-written object from a store whose writes are not atomic (s3rver).
     const result = await this.#blob(namespace, repository, digest, options);
+    // Under a size bound: a body counts as a reader until it ends (no eviction under it).
     const index = this.#bound?.index;
     if (!index) return result;
     if (result.size !== undefined && !result.redirect && !index.has(key)) {
@@ -454,6 +453,8 @@ export class Mirror {
     options: BlobRequest,
   ): Promise<BlobResult> {
     const key = blobKey(digest);
+    // A download under way (or publishing) answers for the blob: no storage request, and never
+    // a half-written object from a store whose writes are not atomic (s3rver).
     const running = await this.#downloads.running(digest)?.catch(() => null);
     if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
       const followed = options.method === "HEAD"
