@@ -4,7 +4,8 @@
  */
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
-import { isRegistryHost, isUpstreamHost } from "./oci/reference.ts";
+import { isRegistryHost, isUpstreamHost, parseImageName } from "./oci/reference.ts";
+import type { LimitConfig } from "./upstream/limits.ts";
 
 export interface UpstreamConfig {
   /** The registry name clients use, e.g. "docker.io" or "registry.k8s.io". */
@@ -36,10 +37,29 @@ export interface UpstreamConfig {
   /** How long a failing endpoint is skipped before it is tried again (doubling while it fails). */
   failoverBackoffMs?: number;
   /**
+   * Send `?ns=<namespace>` with every request: the upstream is itself a mirror (another
+   * oci-registry, or any containerd-style mirror) serving several registries.
+   */
+  forwardNamespace?: boolean;
+  /** Bounds on the requests sent to this upstream (upstream/limits.ts); absent: none. */
+  limits?: LimitConfig;
+  /** Images kept cached and refreshed every `warmIntervalMs` (cache/warm.ts). */
+  warm?: WarmImage[];
+  warmIntervalMs?: number;
+  /**
    * True when an operator named this upstream (file or credentials): such upstreams may live on
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
   configured: boolean;
+}
+
+/** One image of a warm list. */
+export interface WarmImage {
+  repository: string;
+  /** A tag or a digest. */
+  reference: string;
+  /** `os/architecture[/variant]` entries of an index to fetch; absent: every platform. */
+  platforms?: string[];
 }
 
 /** One registry endpoint of a namespace with `hosts:`: where, and its own TLS and credentials. */
@@ -187,6 +207,12 @@ const KNOWN_KEYS = new Set([
   "refusal_status",
   "hosts",
   "failover_backoff",
+  "warm",
+  "warm_interval",
+  "forward_ns",
+  "max_concurrent_requests",
+  "max_requests_per_second",
+  "queue_timeout",
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
@@ -246,6 +272,10 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   const rateLimitReserve = optionalCount(record, "rate_limit_reserve", where);
   const filter = parseFilter(record, where);
   const failoverBackoffMs = optionalDuration(record, "failover_backoff", where);
+  const warm = record.warm === undefined ? undefined : parseWarm(record.warm, where);
+  const warmIntervalMs = optionalDuration(record, "warm_interval", where);
+  const forwardNamespace = optionalBoolean(record, "forward_ns", where);
+  const limits = parseLimits(record, where);
   return {
     namespace,
     host: first.host,
@@ -262,6 +292,10 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     ...(filter === undefined ? {} : { filter }),
     ...(endpoints === undefined ? {} : { endpoints }),
     ...(failoverBackoffMs === undefined ? {} : { failoverBackoffMs }),
+    ...(warm === undefined ? {} : { warm }),
+    ...(warmIntervalMs === undefined ? {} : { warmIntervalMs }),
+    ...(forwardNamespace ? { forwardNamespace } : {}),
+    ...(limits === undefined ? {} : { limits }),
     configured: true,
   };
 }
@@ -299,6 +333,73 @@ function parseEndpoints(
         ? optionalString(record, "password", at)
         : defaults.password,
     };
+  });
+}
+
+/** The request bounds of an entry, or undefined when it sets none. */
+function parseLimits(record: Record<string, unknown>, where: string): LimitConfig | undefined {
+  const positive = (key: string) => {
+    const value = optionalCount(record, key, where);
+    if (value === 0) throw new ConfigError(`${where}: key "${key}" must be 1 or more`);
+    return value;
+  };
+  const maxConcurrent = positive("max_concurrent_requests");
+  const perSecond = positive("max_requests_per_second");
+  const queueTimeoutMs = optionalDuration(record, "queue_timeout", where);
+  if (maxConcurrent === undefined && perSecond === undefined) {
+    if (queueTimeoutMs !== undefined) {
+      throw new ConfigError(
+        `${where}: key "queue_timeout" needs max_concurrent_requests or max_requests_per_second`,
+      );
+    }
+    return undefined;
+  }
+  return {
+    ...(maxConcurrent === undefined ? {} : { maxConcurrent }),
+    ...(perSecond === undefined ? {} : { perSecond }),
+    queueTimeoutMs: queueTimeoutMs ?? 10_000,
+  };
+}
+
+/** `warm:` as `repository:tag`, `repository@digest`, or mappings `{image, platforms}`. */
+function parseWarm(value: unknown, where: string): WarmImage[] {
+  if (!Array.isArray(value)) {
+    throw new ConfigError(
+      `${where}: key "warm" must be a list of images such as library/alpine:3.19`,
+    );
+  }
+  return value.map((item, index) => {
+    const at = `${where}: warm[${index}]`;
+    const record = typeof item === "string" ? { image: item } : item;
+    if (typeof record !== "object" || record === null || typeof record.image !== "string") {
+      throw new ConfigError(`${at}: expected an image, or a mapping with image and platforms`);
+    }
+    for (const key of Object.keys(record)) {
+      if (key !== "image" && key !== "platforms") {
+        throw new ConfigError(`${at}: unknown key "${key}"`);
+      }
+    }
+    const platforms = record.platforms;
+    if (
+      platforms !== undefined &&
+      (!Array.isArray(platforms) ||
+        platforms.some((p) => typeof p !== "string" || !/^[a-z0-9]+\/[a-z0-9]+(\/\w+)?$/.test(p)))
+    ) {
+      throw new ConfigError(
+        `${at}: key "platforms" must be a list such as [linux/amd64, linux/arm64/v8]`,
+      );
+    }
+    let image: WarmImage;
+    try {
+      // Names here are repositories of this namespace: a placeholder host keeps them as they are.
+      const { repository, reference } = parseImageName(`warm.invalid/${record.image}`);
+      image = { repository, reference };
+    } catch {
+      throw new ConfigError(
+        `${at}: ${JSON.stringify(record.image)} is not repository:tag or repository@digest`,
+      );
+    }
+    return platforms === undefined ? image : { ...image, platforms: platforms as string[] };
   });
 }
 

@@ -266,3 +266,72 @@ Deno.test("hosts: endpoints in order, strings inherit the entry's TLS and creden
   bad("- namespace: a.io\n  hosts: [{host: b.io, colour: red}]", 'hosts[0]: unknown key "colour"');
   bad('- namespace: a.io\n  hosts: ["b.io:6000"]', "fetch refuses");
 });
+
+Deno.test("warm: images of the namespace, with platforms and an interval", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  host: registry-1.docker.io",
+      "  warm_interval: 2h",
+      "  warm:",
+      "    - library/alpine:3.19",
+      "    - image: library/redis@sha256:" + "b".repeat(64),
+      "      platforms: [linux/amd64, linux/arm64/v8]",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.warm, [
+    { repository: "library/alpine", reference: "3.19" },
+    {
+      repository: "library/redis",
+      reference: `sha256:${"b".repeat(64)}`,
+      platforms: ["linux/amd64", "linux/arm64/v8"],
+    },
+  ]);
+  assertEquals(entry.warmIntervalMs, 7_200_000);
+  const bad = (lines: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n${lines}`, "f"),
+      ConfigError,
+      message,
+    );
+  bad("  warm: library/alpine", 'key "warm" must be a list');
+  bad("  warm: [Library/Alpine]", "is not repository:tag or repository@digest");
+  bad("  warm: [{image: x, platforms: [amd64]}]", 'key "platforms" must be a list such as');
+  bad("  warm: [{image: x, colour: red}]", 'warm[0]: unknown key "colour"');
+});
+
+Deno.test("forward_ns: an upstream that is itself a mirror is told the registry", () => {
+  const [chained, plain] = parseUpstreamYaml(
+    "- namespace: a.io\n  host: mirror:8080\n  forward_ns: true\n- namespace: b.io\n  host: b.io",
+    "f",
+  );
+  assertEquals([chained.forwardNamespace, plain.forwardNamespace], [true, undefined]);
+});
+
+Deno.test("upstream bounds: concurrency, rate and queue timeout", () => {
+  const [bounded, unbounded] = parseUpstreamYaml(
+    [
+      "- namespace: a.io",
+      "  host: a.io",
+      "  max_concurrent_requests: 16",
+      "  max_requests_per_second: 5",
+      "  queue_timeout: 3s",
+      "- namespace: b.io",
+      "  host: b.io",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(bounded.limits, { maxConcurrent: 16, perSecond: 5, queueTimeoutMs: 3_000 });
+  assertEquals(unbounded.limits, undefined);
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  max_concurrent_requests: 0", "f"),
+    ConfigError,
+    'key "max_concurrent_requests" must be 1 or more',
+  );
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  queue_timeout: 1s", "f"),
+    ConfigError,
+    'key "queue_timeout" needs max_concurrent_requests or max_requests_per_second',
+  );
+});

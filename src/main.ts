@@ -3,6 +3,8 @@
  * Configuration problems print one clear line and exit 2; nothing here prints secrets.
  */
 import { Mirror } from "./cache/mirror.ts";
+import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
+import { parseImageName } from "./oci/reference.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
@@ -56,6 +58,31 @@ function describeAddr(addr: Deno.Addr): string {
   return `http://${(addr as Deno.NetAddr).hostname}:${(addr as Deno.NetAddr).port}`;
 }
 
+/** `oci-registry warm`: each image pulled through a running mirror, a line each, a summary. */
+async function warmThroughMirror(
+  command: { mirror: string; platforms?: string[]; images: string[] },
+): Promise<number> {
+  let failed = 0;
+  for (const name of command.images) {
+    const started = performance.now();
+    try {
+      const { registry, repository, reference } = parseImageName(name);
+      const result = await warmImage(httpSource(command.mirror, registry), {
+        repository,
+        reference,
+        platforms: command.platforms,
+      });
+      console.log(`${name}: ok, ${describeWarm(result, performance.now() - started)}`);
+    } catch (e) {
+      failed++;
+      console.log(`${name}: failed: ${(e as Error)?.message ?? e}`);
+    }
+  }
+  const warmed = command.images.length - failed;
+  console.log(`warmed ${warmed} of ${command.images.length} image(s) through ${command.mirror}`);
+  return failed === 0 ? 0 : 1;
+}
+
 async function main(): Promise<number> {
   let settings: Settings;
   let upstreams;
@@ -69,6 +96,7 @@ async function main(): Promise<number> {
       console.log(`oci-registry ${VERSION}`);
       return 0;
     }
+    if (parsed.kind === "warm") return await warmThroughMirror(parsed);
     settings = parsed.settings;
     upstreams = await loadUpstreams(
       settings.upstreamConfigFile,
@@ -155,6 +183,7 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
+  const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const handler = createHandler({
     mirror,
@@ -249,6 +278,7 @@ async function main(): Promise<number> {
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
   ready.shuttingDown();
   clearInterval(uploadSweep);
+  warming.stop();
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
   const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);

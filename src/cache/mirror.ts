@@ -525,6 +525,19 @@ export class Mirror {
     this.#metrics.cache.inc({ kind, result });
   }
 
+  /**
+   * Makes sure a blob is cached (warm lists): nothing is read when it is, else it is fetched
+   * like any miss. Resolves to the bytes fetched (0 when it was cached).
+   */
+  async prefetchBlob(namespace: string, repository: string, digest: string): Promise<number> {
+    this.#admit(namespace, repository);
+    if (await this.#storage.stat(blobKey(digest))) return 0;
+    const blob = await this.getBlob(namespace, repository, digest, { method: "GET" });
+    let bytes = 0;
+    for await (const chunk of blob.body ?? []) bytes += chunk.byteLength;
+    return bytes;
+  }
+
   // ---- tags ------------------------------------------------------------------------------
 
   /**

@@ -32,6 +32,7 @@ import { isDigest } from "../digest.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
+import { Limiter } from "./limits.ts";
 import { parseRetryAfter, RateLimits, type RateLimitState } from "./rate_limits.ts";
 import {
   DEFAULT_RETRY_POLICY,
@@ -89,6 +90,8 @@ interface Target {
   signal?: AbortSignal;
   /** False: no retries (the caller has a cached answer to fall back on). Default true. */
   retry?: boolean;
+  /** Called once when the returned body has been read, cancelled or has failed. */
+  onBodyEnd?: () => void;
   /** Error code for 404, and what was asked for (for messages). */
   notFound: ErrorCode;
   what: string;
@@ -104,6 +107,8 @@ export class UpstreamClient {
   readonly #retry: RetryPolicy;
   /** Which endpoints of failover namespaces are skipped for now. */
   readonly #health: EndpointHealth;
+  /** Bounds of the namespaces that configure any (max_concurrent_requests, ...). */
+  readonly #limiters = new Map<string, Limiter>();
   /** Upstream rate limits, by namespace and credential (see `rateLimitKey`). */
   readonly rateLimits: RateLimits;
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
@@ -124,6 +129,16 @@ export class UpstreamClient {
     this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
     this.#health = new EndpointHealth(this.#log);
     this.rateLimits = new RateLimits();
+  }
+
+  #limiterOf(upstream: UpstreamConfig): Limiter | undefined {
+    if (!upstream.limits) return undefined;
+    let limiter = this.#limiters.get(upstream.namespace);
+    if (!limiter) {
+      limiter = new Limiter(upstream.namespace, upstream.limits);
+      this.#limiters.set(upstream.namespace, limiter);
+    }
+    return limiter;
   }
 
   /** What each upstream said of its rate limit, for metrics: no user names, only their kind. */
@@ -293,6 +308,22 @@ export class UpstreamClient {
         `invalid upstream host ${JSON.stringify(upstream.host)} for namespace ${namespace}`,
       );
     }
+    // A turn within the upstream's bounds, held until the body is read (or on failure).
+    const release = await this.#limiterOf(upstream)?.acquire(request.signal);
+    try {
+      return await this.#withRetries(upstream, repository, { ...request, onBodyEnd: release });
+    } catch (e) {
+      release?.();
+      throw e;
+    }
+  }
+
+  /** The request to the endpoint that should answer, retried and failed over as needed. */
+  async #withRetries(
+    upstream: UpstreamConfig,
+    repository: string,
+    request: Omit<Target, "upstream" | "repository">,
+  ): Promise<Response> {
     const endpoints = endpointsOf(upstream);
     const blocked = (endpoint: UpstreamConfig) =>
       this.rateLimits.waitMs(rateLimitKey(endpoint)) > 0;
@@ -344,6 +375,8 @@ export class UpstreamClient {
     const { upstream, repository } = target;
     const request = target;
     const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${request.path}`);
+    // An upstream that is itself a mirror needs to be told which registry is meant.
+    if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
     const tokenKey = tokenCacheKey(upstream, repository);
     let authorization = this.#proactiveAuthorization(upstream, tokenKey);
 
@@ -361,7 +394,9 @@ export class UpstreamClient {
         request.signal,
       );
       this.rateLimits.observe(limitKey, response.status, response.headers);
-      if (response.ok) return this.#deliver(response, upstream, finalUrl, request.signal);
+      if (response.ok) {
+        return this.#deliver(response, upstream, finalUrl, request.signal, request.onBodyEnd);
+      }
       if (response.status === 401 && attempt === 0 && finalUrl.host === url.host) {
         const challenge = response.headers.get("www-authenticate") ?? "";
         await discard(response);
@@ -621,9 +656,13 @@ export class UpstreamClient {
     upstream: UpstreamConfig,
     url: URL,
     signal: AbortSignal | undefined,
+    onEnd?: () => void,
   ): Response {
-    if (!response.body) return response;
-    return new Response(this.#guard(response, upstream, url, signal), {
+    if (!response.body) {
+      onEnd?.();
+      return response;
+    }
+    return new Response(this.#guard(response, upstream, url, signal, onEnd), {
       status: response.status,
       statusText: response.statusText,
       headers: response.headers,
@@ -635,12 +674,14 @@ export class UpstreamClient {
     upstream: UpstreamConfig,
     url: URL,
     signal: AbortSignal | undefined,
+    onEnd?: () => void,
   ): ReadableStream<Uint8Array> {
     return withIdleTimeout(
       response.body!,
       this.#idleTimeoutMs,
       describeHost(url, upstream),
       signal,
+      onEnd,
     );
   }
 
@@ -859,7 +900,14 @@ export function withIdleTimeout(
   idleMs: number,
   where: string,
   signal?: AbortSignal,
+  onEnd?: () => void,
 ): ReadableStream<Uint8Array> {
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    onEnd?.();
+  };
   let byob: ReadableStreamBYOBReader | undefined;
   let plain: ReadableStreamDefaultReader<Uint8Array> | undefined;
   try {
@@ -887,6 +935,7 @@ export function withIdleTimeout(
           const { done, value } = await byob.read(request.view as Uint8Array);
           if (stalled) throw stalledError();
           if (done) {
+            end();
             controller.close();
             if (value) request.respondWithNewView(value);
           } else {
@@ -896,6 +945,7 @@ export function withIdleTimeout(
           const { done, value } = await plain!.read();
           if (stalled) throw stalledError();
           if (done) {
+            end();
             controller.close();
             request.respond(0);
           } else {
@@ -903,6 +953,7 @@ export function withIdleTimeout(
           }
         }
       } catch (e) {
+        end();
         if (signal?.aborted) controller.error(signal.reason);
         else if (stalled) controller.error(stalledError());
         else if (e instanceof RegistryError) controller.error(e);
@@ -923,6 +974,7 @@ export function withIdleTimeout(
     cancel(reason) {
       clearTimeout(timer);
       timer = undefined;
+      end();
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
