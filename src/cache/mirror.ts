@@ -23,6 +23,7 @@ import {
   mirroredReferrersKey,
   tagKey,
   type TagLink,
+  tagListKey,
 } from "../storage/layout.ts";
 import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
@@ -117,6 +118,8 @@ export interface MirrorOptions {
 const STALLED_READER_MS = 30_000;
 /** Memory for hot manifests: a few thousand typical manifests. */
 const MANIFEST_MEMORY_BYTES = 16 << 20;
+/** Largest whole tag list stored for stale serving (about 300k tags). */
+const MAX_TAG_LIST_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
 /** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
 const BLOB_CONFIRMATION_ENTRIES = 100_000;
@@ -589,14 +592,37 @@ export class Mirror {
 
   // ---- tags ------------------------------------------------------------------------------
 
-  /** The upstream's tag list, passed through (with `n` and `last`). */
+  /**
+   * The upstream's tag list, passed through (with `n` and `last`). A whole list (no `n`, no
+   * `last`) is also stored, and served stale when upstream is unreachable, refuses, or
+   * rate-limits.
+   */
   async listTags(
     namespace: string,
     repository: string,
     query: URLSearchParams,
   ): Promise<Response> {
     this.#admit(namespace, repository);
-    return await this.#upstream.tags(namespace, repository, query);
+    const whole = !query.has("n") && !query.has("last");
+    const key = tagListKey(namespace, repository);
+    let response: Response;
+    try {
+      response = await this.#upstream.tags(namespace, repository, query);
+    } catch (e) {
+      const cached = whole && servesStale(e) ? await this.#storage.readBytes(key) : null;
+      if (!cached) throw e;
+      this.#log(`serving stale tag list of ${namespace}/${repository}: ${describe(e)}`);
+      return new Response(cached as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": "application/json" },
+      });
+    }
+    if (!whole) return response;
+    const bytes = await readLimited(response, MAX_TAG_LIST_BYTES, `tags of ${repository}`);
+    await this.#store(
+      `tag list of ${namespace}/${repository} not recorded`,
+      () => this.#storage.write(key, bytes),
+    );
+    return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: response.headers });
   }
 
   /**
@@ -625,6 +651,7 @@ export class Mirror {
     digest: string,
     artifactType?: string,
   ): Promise<Descriptor[]> {
+    this.#admit(namespace, repository);
     const all = await this.#referrers(namespace, repository, digest);
     return artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType);
   }

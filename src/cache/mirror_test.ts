@@ -590,3 +590,15 @@ Deno.test("referrers: upstream's API (cached, served stale), else the fallback t
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a whole tag list is stored and served stale when upstream is down", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const fresh = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await fresh.json()).tags, ["1", "2", "3"]);
+    upstream.failure = new RegistryError("UNAVAILABLE", "upstream down");
+    const stale = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await stale.json()).tags, ["1", "2", "3"]);
+    // A page is not stored: with upstream down it fails as before.
+    await assertRejects(() => mirror.listTags(NS, REPO, new URLSearchParams("n=1")), RegistryError);
+  });
+});

