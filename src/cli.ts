@@ -31,6 +31,23 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "registry for requests that name none",
   },
   {
+    name: "hosted",
+    env: "HOSTED",
+    help: "comma-separated first path segments hosted here (push allowed, never fetched upstream)",
+  },
+  {
+    name: "sparse-manifests",
+    env: "SPARSE_MANIFESTS",
+    boolean: true,
+    help: "hosted: accept manifests whose layers or child manifests are not pushed (yet)",
+  },
+  {
+    name: "upload-expiry",
+    env: "UPLOAD_EXPIRY",
+    default: "24h",
+    help: "remove an upload session untouched this long",
+  },
+  {
     name: "upstream-config-file",
     env: "UPSTREAM_CONFIG_FILE",
     help: "YAML list of upstream registries",
@@ -138,6 +155,11 @@ export type StorageSettings =
 export interface Settings {
   listen: { kind: "tcp"; hostname: string; port: number } | { kind: "unix"; path: string };
   defaultNamespace: string;
+  /** First path segments whose repositories are hosted (src/registry/local.ts). */
+  hosted: string[];
+  uploadExpiryMs: number;
+  /** Hosted: accept manifests whose layers or child manifests are absent. */
+  sparseManifests: boolean;
   upstreamConfigFile?: string;
   allowPrivateUpstreams: boolean;
   upstreamPolicy: UpstreamPolicy;
@@ -203,6 +225,9 @@ export function parseCommandLine(
     settings: {
       listen: parseListen(global.listen!),
       defaultNamespace: global["default-namespace"]!,
+      hosted: hostedNamespaces(global.hosted, global["default-namespace"]!),
+      uploadExpiryMs: duration(global, "upload-expiry"),
+      sparseManifests: global["sparse-manifests"] === "true",
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       upstreamPolicy: oneOf(global, "upstream-policy", ["any", "configured"] as const),
@@ -214,6 +239,21 @@ export function parseCommandLine(
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };
+}
+
+/** `myorg,internal`: each a valid first component of a repository name, lower case. */
+function hostedNamespaces(value: string | undefined, defaultNamespace: string): string[] {
+  if (value === undefined || value.trim() === "") return [];
+  const names = value.split(",").map((name) => name.trim()).filter((name) => name !== "");
+  for (const name of names) {
+    if (!/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(name)) {
+      throw new ConfigError(`--hosted: "${name}" is not a repository name component`);
+    }
+    if (name === defaultNamespace) {
+      throw new ConfigError(`--hosted: "${name}" is the default namespace, which is mirrored`);
+    }
+  }
+  return [...new Set(names)];
 }
 
 /** A flag whose value must be one of `choices`. */

@@ -108,6 +108,28 @@ Deno.test("connection limits: defaults, flags, environment, and mistakes", () =>
   fails(["--idle-timeout", "0s"], "--idle-timeout must be longer than 0s");
 });
 
+Deno.test("hosted namespaces, sparse manifests and upload expiry", () => {
+  const s = settings(["--hosted", "myorg, internal,myorg", "filesystem", "--root", "d"]);
+  assertEquals(s.hosted, ["myorg", "internal"]);
+  assertEquals(s.sparseManifests, false);
+  assertEquals(s.uploadExpiryMs, 24 * 3600_000);
+  const fromEnv = settings(["filesystem", "--root", "d"], {
+    HOSTED: "team.a",
+    SPARSE_MANIFESTS: "1",
+    UPLOAD_EXPIRY: "10m",
+  });
+  assertEquals([fromEnv.hosted, fromEnv.sparseManifests, fromEnv.uploadExpiryMs], [
+    ["team.a"],
+    true,
+    600_000,
+  ]);
+  assertEquals(settings(["filesystem", "--root", "d"]).hosted, []);
+  for (const bad of ["My-Org", "a/b", "docker.io", "-x"]) {
+    assertThrows(() => settings(["--hosted", bad, "filesystem", "--root", "d"]), ConfigError);
+  }
+  assertThrows(() => settings(["--upload-expiry", "0s", "filesystem", "--root", "d"]), ConfigError);
+});
+
 Deno.test("--shutdown-grace: 25 s by default, 0 allowed, from SHUTDOWN_GRACE too", () => {
   assertEquals(settings(["filesystem", "--root", "d"]).shutdownGraceMs, 25_000);
   assertEquals(

@@ -12,6 +12,7 @@ import { listen as listenForConnections, listenUnguarded } from "./http/connecti
 import { readiness } from "./http/readiness.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { LocalRegistry } from "./registry/local.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
@@ -169,10 +170,26 @@ async function main(): Promise<number> {
     "Blob downloads from upstream under way.",
     () => mirror.activeDownloads,
   );
+  const registry = new LocalRegistry({
+    storage,
+    namespaces: settings.hosted,
+    uploadExpiryMs: settings.uploadExpiryMs,
+    sparseManifests: settings.sparseManifests,
+  });
+  // Abandoned upload sessions are removed at start and then every few minutes.
+  const expireUploads = () =>
+    registry.uploads.expire().catch((e) => log(`upload expiry failed: ${(e as Error).message}`));
+  const uploadSweep = settings.hosted.length === 0 ? undefined : setInterval(
+    expireUploads,
+    Math.min(settings.uploadExpiryMs, 10 * 60_000),
+  );
+  if (uploadSweep !== undefined) expireUploads();
   const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const handler = createHandler({
     mirror,
+    registry,
+    hosted: settings.hosted,
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
@@ -203,7 +220,9 @@ async function main(): Promise<number> {
   log(
     `${versionLine()} listening on ${
       describeAddr(server.addr)
-    } (storage: ${storage.description}; configured upstreams: ${named}; ${
+    } (storage: ${storage.description}; configured upstreams: ${named}; hosted: ${
+      settings.hosted.join(", ") || "none"
+    }; ${
       Number.isFinite(server.maxConnections)
         ? `at most ${server.maxConnections} connections`
         : "connections unguarded"
@@ -259,6 +278,7 @@ async function main(): Promise<number> {
   }
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
   ready.shuttingDown();
+  clearInterval(uploadSweep);
   warming.stop();
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);

@@ -21,13 +21,21 @@ import { getBlob } from "./api/blobs.ts";
 import { getManifest } from "./api/manifests.ts";
 import { listTags } from "./api/tags.ts";
 import type { Mirror } from "./cache/mirror.ts";
+import * as hostedBlobs from "./api/hosted/blobs.ts";
+import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/hosted/listings.ts";
+import * as hostedManifests from "./api/hosted/manifests.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { resolveName } from "./oci/namespace.ts";
+import { hostedName, resolveName } from "./oci/namespace.ts";
+import type { ReferrerStore, Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
   mirror: Mirror;
+  /** Hosted repositories: the content store that takes pushes. */
+  registry?: Registry;
+  /** First path segments whose repositories are hosted (never fetched upstream). */
+  hosted?: string[];
   defaultNamespace: string;
   /** Request counters, and what GET /metrics renders. */
   metrics: Metrics;
@@ -71,12 +79,15 @@ interface Target {
   query: URLSearchParams;
 }
 
-const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags)\/(.+)$/;
+const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/(.+)$/;
+const UPLOAD_PATH = /^uploads(?:\/([^/]*))?$/;
+
+type Resource = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
 
 /** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
 type Route =
-  | { endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "other" }
-  | { endpoint: "manifests" | "blobs" | "tags"; pathName: string; rest: string };
+  | { endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "catalog" | "other" }
+  | { endpoint: Resource; pathName: string; rest: string };
 
 function routeOf(path: string): Route {
   if (path === "/") return { endpoint: "root" };
@@ -84,19 +95,19 @@ function routeOf(path: string): Route {
   if (path === "/readyz") return { endpoint: "readyz" };
   if (path === "/metrics") return { endpoint: "metrics" };
   if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
+  if (path === "/v2/_catalog") return { endpoint: "catalog" };
   const match = RESOURCE_PATH.exec(path);
   if (!match) return { endpoint: "other" };
-  return {
-    endpoint: match[2] as "manifests" | "blobs" | "tags",
-    pathName: match[1],
-    rest: match[3],
-  };
+  const upload = match[2] === "blobs" ? UPLOAD_PATH.exec(match[3]) : null;
+  if (upload) return { endpoint: "uploads", pathName: match[1], rest: upload[1] ?? "" };
+  return { endpoint: match[2] as Resource, pathName: match[1], rest: match[3] };
 }
 
 export function createHandler(options: ServerOptions): Handler {
   const log: LogFn = options.log ?? ((line) => console.log(line));
   const accessLog = options.accessLog ?? ((entry) => log(accessText(entry)));
   options.metrics.nameNamespaces([options.defaultNamespace]);
+  const hosted = new Set(options.hosted ?? []);
   return async (request) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
@@ -106,7 +117,7 @@ export function createHandler(options: ServerOptions): Handler {
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, request, target, route, seen);
+      response = await dispatch(options, hosted, request, target, route, seen);
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -185,6 +196,7 @@ function loggable(target: string): string {
 
 async function dispatch(
   options: ServerOptions,
+  hosted: ReadonlySet<string>,
   request: Request,
   target: Target,
   route: Route,
@@ -213,15 +225,24 @@ async function dispatch(
     case "ping":
       if (!reading) throw unsupported(request);
       return json({});
+    case "catalog":
+      if (!reading) throw unsupported(request);
+      if (!options.registry) return json({ repositories: [] });
+      return await listCatalog(options.registry, target.query);
     case "other":
       throw noSuchEndpoint(target.path);
   }
   const { pathName, rest } = route;
+  const hostedRepository = options.registry
+    ? hostedName(pathName, target.query.get("ns"), hosted)
+    : null;
+  if (hostedRepository !== null) {
+    seen.namespace = hostedRepository.split("/", 1)[0];
+    return await dispatchHosted(options.registry!, hostedRepository, request, target, route);
+  }
   const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
   seen.namespace = name.namespace;
-  if (!reading || (route.endpoint === "blobs" && /^uploads(\/|$)/.test(rest))) {
-    throw mirroredWrite(name.namespace);
-  }
+  if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
   switch (route.endpoint) {
     case "manifests":
       return await getManifest(options.mirror, name, decodeSegment(rest), request);
@@ -230,6 +251,65 @@ async function dispatch(
     case "tags":
       if (rest !== "list") throw noSuchEndpoint(target.path);
       return await listTags(options.mirror, name, pathName, target.query);
+    case "referrers": {
+      const mirror = options.mirror;
+      const referrers: ReferrerStore = {
+        list: (_name, digest, artifactType) =>
+          mirror.listReferrers(name.namespace, name.repository, digest, artifactType),
+      };
+      return await listReferrers(referrers, pathName, decodeSegment(rest), target.query);
+    }
+  }
+}
+
+/** A hosted repository: every endpoint, reads and writes, against the local registry. */
+async function dispatchHosted(
+  registry: Registry,
+  name: string,
+  request: Request,
+  target: Target,
+  route: { endpoint: Resource; pathName: string; rest: string },
+): Promise<Response> {
+  const method = request.method === "HEAD" ? "GET" : request.method;
+  const rest = decodeSegment(route.rest);
+  const query = target.query;
+  const refused = async () => {
+    await request.body?.cancel();
+    return unsupported(request);
+  };
+  switch (route.endpoint) {
+    case "manifests":
+      if (method === "GET") return await hostedManifests.getManifest(registry, name, rest, request);
+      if (method === "PUT") {
+        return await hostedManifests.putManifest(registry, name, rest, request, query);
+      }
+      if (method === "DELETE") return await hostedManifests.deleteManifest(registry, name, rest);
+      throw await refused();
+    case "blobs":
+      if (method === "GET") return await hostedBlobs.getBlob(registry, name, rest, request);
+      if (method === "DELETE") return await hostedBlobs.deleteBlob(registry, name, rest);
+      throw await refused();
+    case "uploads":
+      if (rest === "") {
+        if (request.method === "POST") {
+          return await hostedBlobs.startUpload(registry, name, request, query);
+        }
+        throw await refused();
+      }
+      if (method === "GET") return await hostedBlobs.uploadStatus(registry, name, rest);
+      if (method === "PATCH") return await hostedBlobs.patchUpload(registry, name, rest, request);
+      if (method === "PUT") {
+        return await hostedBlobs.putUpload(registry, name, rest, request, query);
+      }
+      if (method === "DELETE") return await hostedBlobs.cancelUpload(registry, name, rest);
+      throw await refused();
+    case "tags":
+      if (rest !== "list") throw noSuchEndpoint(target.path);
+      if (method === "GET") return await listHostedTags(registry, name, query);
+      throw await refused();
+    case "referrers":
+      if (method === "GET") return await listReferrers(registry.referrers, name, rest, query);
+      throw await refused();
   }
 }
 

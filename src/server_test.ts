@@ -178,7 +178,7 @@ Deno.test("bad input gets OCI JSON errors with the spec's status codes", async (
       ["/v2/x/manifests/sha256:abc", {}, 400, "DIGEST_INVALID"],
       ["/v2/x/blobs/sha256:zz", {}, 400, "DIGEST_INVALID"],
       ["/v2/x/blobs/notadigest", {}, 400, "DIGEST_INVALID"],
-      ["/v2/x/manifests/bad!tag", {}, 400, "MANIFEST_INVALID"],
+      ["/v2/x/manifests/bad!tag", {}, 404, "MANIFEST_UNKNOWN"],
       ["/v2/x/manifests/1?ns=not%20a%20host", {}, 400, "NAME_INVALID"],
       ["/v2/x/manifests/1", { method: "PUT", body: "{}" }, 405, "UNSUPPORTED"],
       ["/v2/x/manifests/1", { method: "DELETE" }, 405, "UNSUPPORTED"],

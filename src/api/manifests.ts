@@ -10,7 +10,7 @@ export async function getManifest(
   reference: string,
   request: Request,
 ): Promise<Response> {
-  assertManifestReference(reference);
+  assertManifestReference(reference, { read: true });
   const accept = parseAccept(request.headers.get("accept"));
   const manifest = await mirror.getManifest(name.namespace, name.repository, reference, accept);
   const etag = `"${manifest.digest}"`;

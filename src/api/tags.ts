@@ -1,5 +1,6 @@
 /** GET /v2/<name>/tags/list, passed through to upstream with its pagination. */
 import type { Mirror } from "../cache/mirror.ts";
+import { RegistryError } from "../oci/errors.ts";
 import type { ResolvedName } from "../oci/namespace.ts";
 
 export async function listTags(
@@ -17,7 +18,17 @@ export async function listTags(
   const headers = new Headers({ "content-type": "application/json" });
   const next = nextLink(upstream.headers.get("link"), pathName, params.get("ns"));
   if (next) headers.set("link", next);
-  return new Response(upstream.body, { status: 200, headers });
+  const last = params.get("last");
+  if (last === null) return new Response(upstream.body, { status: 200, headers });
+  // Some upstreams (distribution 2.8) ignore `last` without `n`: apply it here as well.
+  let body: { tags?: unknown };
+  try {
+    body = await upstream.json();
+  } catch (e) {
+    throw new RegistryError("UPSTREAM_ERROR", "upstream's tag list is not JSON", { cause: e });
+  }
+  if (Array.isArray(body?.tags)) body.tags = body.tags.filter((tag) => String(tag) > last);
+  return new Response(JSON.stringify(body), { status: 200, headers });
 }
 
 /** Rewrites upstream's `Link: </v2/repo/tags/list?last=x&n=y>; rel="next"` for our paths. */

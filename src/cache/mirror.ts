@@ -16,7 +16,15 @@ import {
   isIndexType,
   MAX_MANIFEST_BYTES,
 } from "../oci/media_types.ts";
-import { blobKey, manifestKey, tagKey, type TagLink } from "../storage/layout.ts";
+import {
+  blobKey,
+  manifestKey,
+  mirroredReferrersKey,
+  tagKey,
+  type TagLink,
+  tagListKey,
+} from "../storage/layout.ts";
+import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
@@ -42,6 +50,13 @@ export interface Upstream {
     namespace: string,
     repository: string,
     query: URLSearchParams,
+    signal?: AbortSignal,
+  ): Promise<Response>;
+  /** The referrers API; absent (or 404, MANIFEST_UNKNOWN) when upstream has none. */
+  referrers?(
+    namespace: string,
+    repository: string,
+    digest: string,
     signal?: AbortSignal,
   ): Promise<Response>;
   /**
@@ -99,6 +114,8 @@ export interface MirrorOptions {
 const STALLED_READER_MS = 30_000;
 /** Memory for hot manifests: a few thousand typical manifests. */
 const MANIFEST_MEMORY_BYTES = 16 << 20;
+/** Largest whole tag list stored for stale serving (about 300k tags). */
+const MAX_TAG_LIST_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
 /** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
 const BLOB_CONFIRMATION_ENTRIES = 100_000;
@@ -527,14 +544,37 @@ export class Mirror {
 
   // ---- tags ------------------------------------------------------------------------------
 
-  /** The upstream's tag list, passed through (with `n` and `last`). */
+  /**
+   * The upstream's tag list, passed through (with `n` and `last`). A whole list (no `n`, no
+   * `last`) is also stored, and served stale when upstream is unreachable, refuses, or
+   * rate-limits.
+   */
   async listTags(
     namespace: string,
     repository: string,
     query: URLSearchParams,
   ): Promise<Response> {
     this.#admit(namespace, repository);
-    return await this.#upstream.tags(namespace, repository, query);
+    const whole = !query.has("n") && !query.has("last");
+    const key = tagListKey(namespace, repository);
+    let response: Response;
+    try {
+      response = await this.#upstream.tags(namespace, repository, query);
+    } catch (e) {
+      const cached = whole && servesStale(e) ? await this.#storage.readBytes(key) : null;
+      if (!cached) throw e;
+      this.#log(`serving stale tag list of ${namespace}/${repository}: ${describe(e)}`);
+      return new Response(cached as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": "application/json" },
+      });
+    }
+    if (!whole) return response;
+    const bytes = await readLimited(response, MAX_TAG_LIST_BYTES, `tags of ${repository}`);
+    await this.#store(
+      `tag list of ${namespace}/${repository} not recorded`,
+      () => this.#storage.write(key, bytes),
+    );
+    return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: response.headers });
   }
 
   /**
@@ -550,6 +590,75 @@ export class Mirror {
     let filter = this.#filters.get(namespace);
     if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
     filter.check(namespace, repository, tag);
+  }
+
+  /**
+   * The referrers of a mirrored manifest: upstream's referrers API, else (upstream has none) the
+   * fallback tag `sha256-<hex>` the spec defines, fetched and cached like any manifest. The API's
+   * answer is stored too, so an unreachable upstream still gets the last list (stale).
+   */
+  async listReferrers(
+    namespace: string,
+    repository: string,
+    digest: string,
+    artifactType?: string,
+  ): Promise<Descriptor[]> {
+    this.#admit(namespace, repository);
+    const all = await this.#referrers(namespace, repository, digest);
+    return artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType);
+  }
+
+  async #referrers(namespace: string, repository: string, digest: string): Promise<Descriptor[]> {
+    const key = mirroredReferrersKey(namespace, repository, digest);
+    let response: Response | undefined;
+    try {
+      response = await this.#upstream.referrers?.(namespace, repository, digest);
+    } catch (e) {
+      if (isUnavailable(e)) {
+        const cached = await this.#storage.readBytes(key);
+        if (cached) {
+          this.#log(`serving stale referrers of ${digest} in ${namespace}/${repository}`);
+          return parseDescriptors(cached) ?? [];
+        }
+      }
+      if (!(e instanceof RegistryError && e.code === "MANIFEST_UNKNOWN")) throw e;
+    }
+    if (response) {
+      const bytes = await readLimited(response, MAX_MANIFEST_BYTES, `referrers of ${digest}`);
+      const descriptors = parseDescriptors(bytes);
+      if (!descriptors) {
+        throw new RegistryError("UPSTREAM_ERROR", `upstream's referrers of ${digest} are no index`);
+      }
+      await this.#store(
+        `referrers of ${digest} in ${namespace}/${repository} not recorded`,
+        () =>
+          this.#storage.write(
+            key,
+            new TextEncoder().encode(JSON.stringify({ manifests: descriptors })),
+          ),
+      );
+      return descriptors;
+    }
+    const [algorithm, hex] = digest.split(":");
+    try {
+      const index = await this.getManifest(namespace, repository, `${algorithm}-${hex}`, [
+        "application/vnd.oci.image.index.v1+json",
+      ]);
+      return parseDescriptors(index.bytes) ?? [];
+    } catch (e) {
+      if (e instanceof RegistryError && e.code === "MANIFEST_UNKNOWN") return [];
+      throw e;
+    }
+  }
+}
+
+/** The `manifests` of an image index, or null when `bytes` is no index. */
+function parseDescriptors(bytes: Uint8Array): Descriptor[] | null {
+  try {
+    const doc = JSON.parse(new TextDecoder().decode(bytes));
+    return Array.isArray(doc?.manifests) ? doc.manifests : null;
+  } catch {
+    return null;
   }
 }
 
@@ -579,6 +688,10 @@ function countingUpstream(
       count(namespace, "tags", "GET");
       return upstream.tags(namespace, repository, query, signal);
     },
+    referrers: upstream.referrers && ((namespace, repository, digest, signal) => {
+      count(namespace, "referrers", "GET");
+      return upstream.referrers!(namespace, repository, digest, signal);
+    }),
     quotaLow: upstream.quotaLow?.bind(upstream),
   };
 }

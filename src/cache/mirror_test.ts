@@ -533,3 +533,72 @@ Deno.test("concurrent misses of one tag make one upstream manifest request", asy
     assertEquals(upstream.count("manifest"), 1);
   });
 });
+
+Deno.test("referrers: upstream's API (cached, served stale), else the fallback tag", async () => {
+  const subject = "sha256:" + "5".repeat(64);
+  const referrer = { mediaType: OCI_MANIFEST, digest: "sha256:" + "6".repeat(64), size: 9 };
+  // Without a referrers API: the index under the tag sha256-<hex>, fetched as a manifest.
+  await withMirror(async (mirror, upstream) => {
+    assertEquals(await mirror.listReferrers(NS, REPO, subject), []);
+    upstream.addManifest(`sha256-${"5".repeat(64)}`, {
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [{ ...referrer, artifactType: "application/x.sig" }],
+    });
+    assertEquals((await mirror.listReferrers(NS, REPO, subject)).map((d) => d.digest), [
+      referrer.digest,
+    ]);
+    assertEquals(await mirror.listReferrers(NS, REPO, subject, "application/x.other"), []);
+  });
+  // With one: its answer is stored and served when upstream is down.
+  const root = await Deno.makeTempDir({ prefix: "mirror-test-" });
+  const storage = new FilesystemStorage(root);
+  const upstream = new FakeUpstream();
+  let down = false;
+  const withApi = Object.assign(upstream, {
+    referrers: () =>
+      down
+        ? Promise.reject(new RegistryError("UNAVAILABLE", "down"))
+        : Promise.resolve(Response.json({ schemaVersion: 2, manifests: [referrer] })),
+  });
+  const upstreams = new UpstreamRegistry([{
+    namespace: NS,
+    host: "127.0.0.1:1",
+    tls: false,
+    acceptInvalidCerts: false,
+    manifestInvalidationMs: 3_600_000,
+    blobInvalidationMs: 86_400_000,
+    configured: true,
+  }]);
+  const mirror = new Mirror({
+    storage,
+    upstream: withApi,
+    upstreams,
+    spoolDir: storage.tempDir,
+    log: () => {},
+  });
+  try {
+    assertEquals(await mirror.listReferrers(NS, REPO, subject), [referrer]);
+    down = true;
+    assertEquals(await mirror.listReferrers(NS, REPO, subject), [referrer], "served stale");
+    await assertRejects(
+      () => mirror.listReferrers(NS, REPO, "sha256:" + "7".repeat(64)),
+      RegistryError,
+    );
+  } finally {
+    await storage.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a whole tag list is stored and served stale when upstream is down", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const fresh = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await fresh.json()).tags, ["1", "2", "3"]);
+    upstream.failure = new RegistryError("UNAVAILABLE", "upstream down");
+    const stale = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await stale.json()).tags, ["1", "2", "3"]);
+    // A page is not stored: with upstream down it fails as before.
+    await assertRejects(() => mirror.listTags(NS, REPO, new URLSearchParams("n=1")), RegistryError);
+  });
+});

@@ -48,3 +48,20 @@ export function resolveName(
   }
   return { namespace, repository };
 }
+
+/**
+ * The hosted repository a path names: its first segment is one of `hosted` and no `?ns=`
+ * points elsewhere. Null for mirrored names; NAME_INVALID for a hosted name that is not a
+ * valid OCI repository name (traversal such as `myorg/../x` included).
+ */
+export function hostedName(
+  pathName: string,
+  nsParam: string | null,
+  hosted: ReadonlySet<string>,
+): string | null {
+  if (hosted.size === 0 || (nsParam !== null && nsParam !== "")) return null;
+  const first = pathName.split("/", 1)[0].toLowerCase();
+  if (!hosted.has(first)) return null;
+  assertRepository(pathName);
+  return pathName;
+}

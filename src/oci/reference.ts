@@ -44,12 +44,20 @@ export function isUpstreamHost(value: string): boolean {
 
 /**
  * A manifest reference is a tag or a digest (tags cannot contain ":", so a ":" means digest);
- * anything else is DIGEST_INVALID or MANIFEST_INVALID, both 400.
+ * anything else is DIGEST_INVALID or MANIFEST_INVALID, both 400. For reads (`unknown`), a
+ * string that cannot be a tag names no manifest: 404 MANIFEST_UNKNOWN, as the OCI conformance
+ * suite expects of `GET /v2/<name>/manifests/.INVALID_MANIFEST_NAME`.
  */
-export function assertManifestReference(reference: string): void {
+export function assertManifestReference(reference: string, options: { read?: boolean } = {}) {
   if (isTag(reference) || isDigest(reference)) return;
   if (reference.includes(":")) {
     throw new RegistryError("DIGEST_INVALID", `invalid digest: ${JSON.stringify(reference)}`);
+  }
+  if (options.read) {
+    throw new RegistryError(
+      "MANIFEST_UNKNOWN",
+      `no manifest is tagged ${JSON.stringify(reference)}`,
+    );
   }
   throw new RegistryError("MANIFEST_INVALID", `invalid tag: ${JSON.stringify(reference)}`);
 }

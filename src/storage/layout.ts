@@ -30,6 +30,17 @@ export function tagKey(namespace: string, repository: string, tag: string): stri
   return `${repositoryPrefix(namespace, repository)}_tags/${tag}`;
 }
 
+/** A mirrored repository's whole tag list as upstream last gave it (its JSON body). */
+export function tagListKey(namespace: string, repository: string): string {
+  return `${repositoryPrefix(namespace, repository)}_tags_list`;
+}
+
+/** The referrers of a mirrored manifest as last listed by upstream (JSON descriptors). */
+export function mirroredReferrersKey(namespace: string, repository: string, digest: string) {
+  const d = parseDigest(digest);
+  return `${repositoryPrefix(namespace, repository)}_referrers_index/${d.algorithm}/${d.hex}`;
+}
+
 /** What a tag pointed at when last confirmed with upstream (or pushed). */
 export interface TagLink {
   digest: string;
@@ -37,4 +48,60 @@ export interface TagLink {
   size: number;
   /** Milliseconds since the epoch when upstream last confirmed this digest for the tag. */
   confirmedAt: number;
+}
+
+/*
+ * Hosted repositories (registry/local.ts), under the repository's full OCI name:
+ *
+ *   repositories/<name>/_blobs/<alg>/<hex>                 blob link: this repository may serve it
+ *   repositories/<name>/_manifests/<alg>/<hex>             manifest link: JSON ManifestLink
+ *   repositories/<name>/_tags/<tag>                        tag link: JSON TagLink
+ *   repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex> referrer of a subject: JSON descriptor
+ *   uploads/<id>/info                                      upload session: JSON UploadInfo
+ *   uploads/<id>/<offset>                                  a received chunk (offset zero-padded)
+ *
+ * Names and tags cannot contain "_"-led components, so these never collide with a repository.
+ */
+export function hostedPrefix(name: string): string {
+  return `repositories/${name}/`;
+}
+
+export function blobLinkKey(name: string, digest: string): string {
+  const d = parseDigest(digest);
+  return `${hostedPrefix(name)}_blobs/${d.algorithm}/${d.hex}`;
+}
+
+export function manifestLinkKey(name: string, digest: string): string {
+  const d = parseDigest(digest);
+  return `${hostedPrefix(name)}_manifests/${d.algorithm}/${d.hex}`;
+}
+
+export function hostedTagKey(name: string, tag: string): string {
+  return `${hostedPrefix(name)}_tags/${tag}`;
+}
+
+export function referrersPrefix(name: string, subject: string): string {
+  const d = parseDigest(subject);
+  return `${hostedPrefix(name)}_referrers/${d.algorithm}/${d.hex}/`;
+}
+
+export function referrerKey(name: string, subject: string, digest: string): string {
+  const d = parseDigest(digest);
+  return `${referrersPrefix(name, subject)}${d.algorithm}-${d.hex}`;
+}
+
+export const UPLOADS_PREFIX = "uploads/";
+
+export function uploadPrefix(id: string): string {
+  return `${UPLOADS_PREFIX}${id}/`;
+}
+
+export function uploadChunkKey(id: string, offset: number): string {
+  return `${uploadPrefix(id)}${String(offset).padStart(16, "0")}`;
+}
+
+/** What a manifest link records: the type to answer with (the bytes are content-addressed). */
+export interface ManifestLink {
+  mediaType: string;
+  size: number;
 }

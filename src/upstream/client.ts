@@ -254,6 +254,31 @@ export class UpstreamClient {
     });
   }
 
+  /**
+   * GET `/v2/<repository>/referrers/<digest>` (unfiltered: the caller filters and caches). A 404
+   * means the upstream has no referrers API (MANIFEST_UNKNOWN).
+   */
+  referrers(
+    namespace: string,
+    repository: string,
+    digest: string,
+    signal?: AbortSignal,
+  ): Promise<Response> {
+    if (!isDigest(digest)) {
+      return Promise.reject(
+        new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`),
+      );
+    }
+    return this.#request(namespace, repository, {
+      path: `referrers/${digest}`,
+      method: "GET",
+      headers: new Headers({ accept: "application/vnd.oci.image.index.v1+json" }),
+      signal,
+      notFound: "MANIFEST_UNKNOWN",
+      what: `referrers of ${digest} in ${repository}`,
+    });
+  }
+
   /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */
   close(): void {
     this.#closed = true;
