@@ -51,6 +51,17 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "YAML list of upstream registries",
   },
   {
+    name: "auth-config",
+    env: "AUTH_CONFIG",
+    help: "YAML: htpasswd users, groups and access rules (see README, Authentication)",
+  },
+  {
+    name: "allow-anonymous-push",
+    env: "ALLOW_ANONYMOUS_PUSH",
+    boolean: true,
+    help: "without --auth-config: let anyone push to and delete from hosted repositories",
+  },
+  {
     name: "allow-private-upstreams",
     env: "ALLOW_PRIVATE_UPSTREAMS",
     boolean: true,
@@ -135,6 +146,10 @@ export interface Settings {
   /** Hosted: accept manifests whose layers or child manifests are absent. */
   sparseManifests: boolean;
   upstreamConfigFile?: string;
+  /** Users and access rules (src/config/access.ts); absent: reads open, hosted writes closed. */
+  authConfigFile?: string;
+  /** Without an auth config, hosted repositories take writes from anyone. */
+  allowAnonymousPush: boolean;
   allowPrivateUpstreams: boolean;
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
@@ -186,6 +201,13 @@ export function parseCommandLine(
   const global = parseFlags(args.slice(0, subcommandAt), GLOBAL_FLAGS, env, "");
   const kind = args[subcommandAt] as "filesystem" | "s3";
   const local = parseFlags(args.slice(subcommandAt + 1), STORAGE_FLAGS[kind], env, kind);
+  const authConfigFile = global["auth-config"] || undefined;
+  const allowAnonymousPush = global["allow-anonymous-push"] === "true";
+  if (authConfigFile && allowAnonymousPush) {
+    throw new ConfigError(
+      "--allow-anonymous-push and --auth-config exclude each other: with an auth config, grant anonymous pushes in a rule",
+    );
+  }
   return {
     kind: "run",
     settings: {
@@ -195,6 +217,8 @@ export function parseCommandLine(
       uploadExpiryMs: positiveDuration(global, "upload-expiry"),
       sparseManifests: global["sparse-manifests"] === "true",
       upstreamConfigFile: global["upstream-config-file"] || undefined,
+      authConfigFile,
+      allowAnonymousPush,
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",

@@ -129,3 +129,24 @@ Deno.test("hosted namespaces, sparse manifests and upload expiry", () => {
   }
   assertThrows(() => settings(["--upload-expiry", "0s", "filesystem", "--root", "d"]), ConfigError);
 });
+
+Deno.test("--auth-config and --allow-anonymous-push, and not both", () => {
+  const plain = settings(["filesystem", "--root", "d"]);
+  assertEquals([plain.authConfigFile, plain.allowAnonymousPush], [undefined, false]);
+  assertEquals(
+    settings(["--auth-config", "a.yaml", "filesystem", "--root", "d"]).authConfigFile,
+    "a.yaml",
+  );
+  assertEquals(
+    settings(["filesystem", "--root", "d"], { AUTH_CONFIG: "b.yaml" }).authConfigFile,
+    "b.yaml",
+  );
+  assertEquals(
+    settings(["--allow-anonymous-push", "filesystem", "--root", "d"]).allowAnonymousPush,
+    true,
+  );
+  assertThrows(
+    () => settings(["--auth-config", "a", "--allow-anonymous-push", "filesystem", "--root", "d"]),
+    ConfigError,
+  );
+});

@@ -5,6 +5,9 @@
 import { Mirror } from "./cache/mirror.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
+import { AccessControl } from "./config/access.ts";
+import { Auth } from "./http/auth.ts";
+import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { createLog } from "./log.ts";
 import { Metrics } from "./metrics.ts";
@@ -57,6 +60,9 @@ function describeAddr(addr: Deno.Addr): string {
 async function main(): Promise<number> {
   let settings: Settings;
   let upstreams;
+  let access: AccessControl | undefined;
+  let signingKey: Uint8Array | undefined;
+  const log = createLog();
   try {
     const parsed = parseCommandLine(Deno.args, (name) => Deno.env.get(name));
     if (parsed.kind === "help") {
@@ -72,6 +78,17 @@ async function main(): Promise<number> {
       settings.upstreamConfigFile,
       Deno.env.get("UPSTREAM_CREDENTIALS"),
     );
+    if (settings.authConfigFile) {
+      const configured = upstreams;
+      access = await AccessControl.load(settings.authConfigFile, {
+        // An upstream the mirror logs in to is private: its content needs a user by default.
+        isPrivate: (namespace) => configured.get(namespace).username !== undefined,
+        log,
+      });
+      signingKey = await tokenKey(access.token.secretFile).catch((e) => {
+        throw new ConfigError(`token secret: ${(e as Error).message}`);
+      });
+    }
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(`oci-registry: ${e.message}`);
@@ -80,7 +97,6 @@ async function main(): Promise<number> {
     throw e;
   }
 
-  const log = createLog();
   let storage: Storage;
   let spoolDir: string;
   try {
@@ -114,6 +130,9 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
+  const auth = access && signingKey
+    ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
+    : undefined;
   const handler = createHandler({
     mirror,
     registry,
@@ -121,6 +140,8 @@ async function main(): Promise<number> {
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
+    auth,
+    allowAnonymousPush: settings.allowAnonymousPush,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
@@ -152,6 +173,14 @@ async function main(): Promise<number> {
       Number.isFinite(server.maxConnections)
         ? `at most ${server.maxConnections} connections`
         : "connections unguarded"
+    }; ${
+      auth
+        ? `auth: ${settings.authConfigFile}${
+          access!.token.secretFile ? "" : ", tokens signed by a per-process key"
+        }`
+        : settings.hosted.length > 0 && !settings.allowAnonymousPush
+        ? "no auth: hosted repositories are read-only"
+        : "no auth"
     }; ${nativeHelp})`,
   );
   metrics.gauge(

@@ -66,6 +66,10 @@ export class Metrics {
     "oci_registry_upstream_requests_total",
     "Requests the mirror made upstream, by namespace, kind and method.",
   );
+  readonly authFailures = new Counter(
+    "oci_registry_auth_failures_total",
+    "Refused authentications, by reason (bad_credentials, locked, bad_token, malformed).",
+  );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
   /** Sampled when rendered: current values (or running totals) that are owned elsewhere. */
@@ -108,6 +112,7 @@ export class Metrics {
       this.requests.render(),
       this.cache.render(),
       this.upstream.render(),
+      this.authFailures.render(),
       ...sampled,
       `# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes ${rss}`,
     ].join("\n") + "\n";

@@ -24,6 +24,8 @@ import type { Mirror } from "./cache/mirror.ts";
 import * as hostedBlobs from "./api/hosted/blobs.ts";
 import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/hosted/listings.ts";
 import * as hostedManifests from "./api/hosted/manifests.ts";
+import type { Action, Resource } from "./config/access.ts";
+import type { Auth } from "./http/auth.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { hostedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
@@ -40,9 +42,16 @@ export interface ServerOptions {
   metrics: Metrics;
   /** Access and error log sink (one line per call). */
   log?: (line: string) => void;
+  /**
+   * Client authentication and access rules (--auth-config). Without it every read is open, as
+   * it always was, and hosted repositories take writes only with `allowAnonymousPush`.
+   */
+  auth?: Auth;
+  /** --allow-anonymous-push: without `auth`, anyone may push to and delete from hosted names. */
+  allowAnonymousPush?: boolean;
 }
 
-type Handler = (request: Request) => Promise<Response>;
+type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
 
 /**
  * Longest request target (path and query) served, below the 64 KiB head Deno.serve reads so
@@ -72,30 +81,31 @@ interface Target {
 const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/(.+)$/;
 const UPLOAD_PATH = /^uploads(?:\/([^/]*))?$/;
 
-type Resource = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
+type Endpoint = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
 
 /** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
 type Route =
-  | { endpoint: "root" | "metrics" | "ping" | "catalog" | "other" }
-  | { endpoint: Resource; pathName: string; rest: string };
+  | { endpoint: "root" | "metrics" | "ping" | "catalog" | "token" | "other" }
+  | { endpoint: Endpoint; pathName: string; rest: string };
 
 function routeOf(path: string): Route {
   if (path === "/") return { endpoint: "root" };
   if (path === "/metrics") return { endpoint: "metrics" };
   if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
   if (path === "/v2/_catalog") return { endpoint: "catalog" };
+  if (path === "/token") return { endpoint: "token" };
   const match = RESOURCE_PATH.exec(path);
   if (!match) return { endpoint: "other" };
   const upload = match[2] === "blobs" ? UPLOAD_PATH.exec(match[3]) : null;
   if (upload) return { endpoint: "uploads", pathName: match[1], rest: upload[1] ?? "" };
-  return { endpoint: match[2] as Resource, pathName: match[1], rest: match[3] };
+  return { endpoint: match[2] as Endpoint, pathName: match[1], rest: match[3] };
 }
 
 export function createHandler(options: ServerOptions): Handler {
   const log = options.log ?? ((line) => console.log(line));
   options.metrics.nameNamespaces([options.defaultNamespace]);
   const hosted = new Set(options.hosted ?? []);
-  return async (request) => {
+  return async (request, info) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
     let route: Route = { endpoint: "other" };
@@ -103,7 +113,7 @@ export function createHandler(options: ServerOptions): Handler {
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, hosted, request, target, route);
+      response = await dispatch(options, hosted, request, target, route, clientAddress(info));
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -177,14 +187,37 @@ function loggable(target: string): string {
     : `${target.slice(0, LOGGED_TARGET_CHARS)}... (${target.length} bytes)`;
 }
 
+/** The client's address, as login backoff keys it. */
+function clientAddress(info: Deno.ServeHandlerInfo | undefined): string {
+  const addr = info?.remoteAddr as Deno.Addr | undefined;
+  return addr && "hostname" in addr ? addr.hostname : "local";
+}
+
+/** What a request does to a repository, for the access rules. */
+function actionOf(method: string, endpoint: Endpoint): Action {
+  if (method === "GET" || method === "HEAD") return endpoint === "uploads" ? "push" : "pull";
+  if (method === "DELETE" && endpoint !== "uploads") return "delete";
+  return "push";
+}
+
+/** A hosted name as the rules see it: its first segment and the rest. */
+function hostedResource(name: string): Resource {
+  const slash = name.indexOf("/");
+  return slash < 0
+    ? { hosted: true, namespace: name, repository: "" }
+    : { hosted: true, namespace: name.slice(0, slash), repository: name.slice(slash + 1) };
+}
+
 async function dispatch(
   options: ServerOptions,
   hosted: ReadonlySet<string>,
   request: Request,
   target: Target,
   route: Route,
+  address: string,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
+  const auth = options.auth;
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
@@ -198,11 +231,26 @@ async function dispatch(
       });
     case "ping":
       if (!reading) throw unsupported(request);
+      await auth?.ping(request, address);
       return json({});
-    case "catalog":
+    case "token":
+      if (!auth) throw noSuchEndpoint(target.path);
+      if (!reading) throw unsupported(request);
+      return await auth.token(request, address, target.query, (name) => {
+        const hostedRepository = options.registry ? hostedName(name, null, hosted) : null;
+        if (hostedRepository !== null) return hostedResource(hostedRepository);
+        return { hosted: false, ...resolveName(name, null, options.defaultNamespace) };
+      });
+    case "catalog": {
       if (!reading) throw unsupported(request);
       if (!options.registry) return json({ repositories: [] });
-      return await listCatalog(options.registry, target.query);
+      // Only the repositories this client may pull are named (a page may come out shorter).
+      const identity = await auth?.identify(request, address);
+      const visible = auth && identity
+        ? (name: string) => auth.permits(identity, hostedResource(name), "pull")
+        : undefined;
+      return await listCatalog(options.registry, target.query, visible);
+    }
     case "other":
       throw noSuchEndpoint(target.path);
   }
@@ -210,10 +258,40 @@ async function dispatch(
   const hostedRepository = options.registry
     ? hostedName(pathName, target.query.get("ns"), hosted)
     : null;
+  const action = actionOf(request.method, route.endpoint);
   if (hostedRepository !== null) {
-    return await dispatchHosted(options.registry!, hostedRepository, request, target, route);
+    // Access first: a refusal must not depend on what the repository holds.
+    let mayMount = (_from: string) => true;
+    if (auth) {
+      const identity = await auth.identify(request, address, `repository:${hostedRepository}:pull`);
+      auth.require(identity, request, hostedResource(hostedRepository), action, hostedRepository);
+      // A mount reads its source: only from a hosted repository this client may pull.
+      mayMount = (from) => {
+        const source = hostedName(from, null, hosted);
+        return source !== null && auth.permits(identity, hostedResource(source), "pull");
+      };
+    } else if (action !== "pull" && !options.allowAnonymousPush) {
+      await request.body?.cancel();
+      throw new RegistryError(
+        "DENIED",
+        "hosted repositories take pushes and deletes only with --auth-config or --allow-anonymous-push",
+      );
+    }
+    return await dispatchHosted(
+      options.registry!,
+      hostedRepository,
+      request,
+      target,
+      route,
+      mayMount,
+    );
   }
   const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+  if (auth) {
+    const scopeName = `${name.namespace}/${name.repository}`;
+    const identity = await auth.identify(request, address, `repository:${scopeName}:pull`);
+    auth.require(identity, request, { hosted: false, ...name }, action, scopeName);
+  }
   if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
   switch (route.endpoint) {
     case "manifests":
@@ -240,11 +318,19 @@ async function dispatchHosted(
   name: string,
   request: Request,
   target: Target,
-  route: { endpoint: Resource; pathName: string; rest: string },
+  route: { endpoint: Endpoint; pathName: string; rest: string },
+  mayMount: (from: string) => boolean,
 ): Promise<Response> {
   const method = request.method === "HEAD" ? "GET" : request.method;
   const rest = decodeSegment(route.rest);
-  const query = target.query;
+  let query = target.query;
+  const mount = query.get("mount");
+  if (mount !== null && !mayMount(query.get("from") ?? "")) {
+    // Not mountable for this client: a plain upload, as if nothing could be mounted.
+    query = new URLSearchParams(query);
+    query.delete("mount");
+    query.delete("from");
+  }
   const refused = async () => {
     await request.body?.cancel();
     return unsupported(request);

@@ -24,7 +24,7 @@ import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { REPO_ROOT, run, tempDir } from "../support/tools.ts";
 
 const SUITES = `${REPO_ROOT}/../shared/conformance`;
-const HOSTED = ["--hosted", "myorg", "--sparse-manifests"];
+const HOSTED = ["--hosted", "myorg", "--sparse-manifests", "--allow-anonymous-push"];
 
 interface Summary {
   passed: number;

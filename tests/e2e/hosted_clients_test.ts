@@ -11,7 +11,9 @@ import { startMirror } from "../support/mirror.ts";
 import { run, sha256File, tempDir } from "../support/tools.ts";
 
 Deno.test("skopeo copy --all into a hosted repository and back out, byte-exact", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildIndex({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");
@@ -42,7 +44,9 @@ Deno.test("skopeo copy --all into a hosted repository and back out, byte-exact",
 });
 
 Deno.test("podman pull, push to another hosted repository, pull again", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildIndex({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");

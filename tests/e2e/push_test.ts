@@ -4,7 +4,7 @@
  * manifest, no tag, no upload session); writes to mirrored names stay 405.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { assert, assertEquals } from "../support/assert.ts";
+import { assertEquals } from "../support/assert.ts";
 import { type Mirror, startMirror } from "../support/mirror.ts";
 import { rawRequest } from "../support/raw_http.ts";
 
@@ -72,7 +72,9 @@ async function pushBlob(mirror: Mirror, bytes: string): Promise<string> {
 }
 
 Deno.test("bad pushes get OCI errors and store nothing", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   const root = mirror.root!;
   const before = await storedFiles(root);
   const expect = async (
@@ -335,7 +337,9 @@ Deno.test("bad pushes get OCI errors and store nothing", async () => {
 });
 
 Deno.test("a push in chunks, pulled back byte-exact, listed, then deleted", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   const bytes = new Uint8Array(randomBytes(300_000));
   const digest = sha256(bytes);
   const location = await upload(mirror);
