@@ -120,3 +120,29 @@ export function parseManifest(bytes: Uint8Array, contentType: string | null): Pa
   if (isAnnotations(m.annotations)) result.annotations = m.annotations;
   return result;
 }
+
+/**
+ * Every digest a manifest of any kind names (config, layers, index entries, schema 1
+ * `fsLayers`), leniently: upstream manifests are not validated like pushed ones. Empty for
+ * bytes that are not a JSON object.
+ */
+export function referencedDigests(bytes: Uint8Array): string[] {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return [];
+  }
+  if (typeof doc !== "object" || doc === null) return [];
+  const digests: string[] = [];
+  const add = (value: unknown, field = "digest") => {
+    const digest = (value as Record<string, unknown> | null)?.[field];
+    if (typeof digest === "string" && isDigest(digest)) digests.push(digest);
+  };
+  add(doc.config);
+  for (const list of [doc.layers, doc.manifests, doc.blobs]) {
+    if (Array.isArray(list)) list.forEach((entry) => add(entry));
+  }
+  if (Array.isArray(doc.fsLayers)) doc.fsLayers.forEach((entry) => add(entry, "blobSum"));
+  return digests;
+}

@@ -5,6 +5,7 @@
  *   blobs/sha256/ab/abcdef...                         blob bytes (content-addressed, shared)
  *   manifests/sha256/ab/abcdef...                     manifest bytes (content-addressed, shared)
  *   repositories/<namespace>/<repository>/_tags/<tag> tag link: JSON TagLink
+ *   repositories/<namespace>/<repository>/_content/<alg>/<hex>  this repository holds it
  */
 import { parseDigest } from "../digest.ts";
 
@@ -31,6 +32,15 @@ export function tagKey(namespace: string, repository: string, tag: string): stri
 export function mirroredReferrersKey(namespace: string, repository: string, digest: string) {
   const d = parseDigest(digest);
   return `${repositoryPrefix(namespace, repository)}_referrers_index/${d.algorithm}/${d.hex}`;
+}
+
+/**
+ * A mirrored repository holds this blob or manifest: it came from upstream for this repository
+ * (named by a manifest fetched for it, or confirmed with a HEAD). Empty; its existence is all.
+ */
+export function mirroredLinkKey(namespace: string, repository: string, digest: string) {
+  const d = parseDigest(digest);
+  return `${repositoryPrefix(namespace, repository)}_content/${d.algorithm}/${d.hex}`;
 }
 
 /** What a tag pointed at when last confirmed with upstream (or pushed). */
