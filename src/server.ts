@@ -247,7 +247,7 @@ async function dispatch(
       // Only the repositories this client may pull are named (a page may come out shorter).
       const identity = await auth?.identify(request, address);
       const visible = auth && identity
-        ? (name: string) => auth.permits(identity, hostedResource(name), "pull")
+        ? (name: string) => auth.allows(identity, hostedResource(name), "pull")
         : undefined;
       return await listCatalog(options.registry, target.query, visible);
     }
@@ -268,7 +268,7 @@ async function dispatch(
       // A mount reads its source: only from a hosted repository this client may pull.
       mayMount = (from) => {
         const source = hostedName(from, null, hosted);
-        return source !== null && auth.permits(identity, hostedResource(source), "pull");
+        return source !== null && auth.allows(identity, hostedResource(source), "pull");
       };
     } else if (action !== "pull" && !options.allowAnonymousPush) {
       await request.body?.cancel();

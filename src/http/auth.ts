@@ -103,9 +103,18 @@ export class Auth {
 
   /** Whether `identity` may do `action` on `resource` now (rules, and the token's scope). */
   permits(identity: Identity, resource: Resource, action: Action): boolean {
-    if (!this.#access.policy().allows(identity.user, resource, action)) return false;
+    if (!this.allows(identity, resource, action)) return false;
     if (identity.user === null || !identity.token) return true;
     return identity.token.access[resourceKey(resource)]?.includes(action) ?? false;
+  }
+
+  /**
+   * Whether the rules let `identity` do `action`, whatever its token's scopes: for what a
+   * request touches besides its own repository (a mount's source, catalog entries), which
+   * clients do not always ask a token for.
+   */
+  allows(identity: Identity, resource: Resource, action: Action): boolean {
+    return this.#access.policy().allows(identity.user, resource, action);
   }
 
   /**
@@ -209,6 +218,8 @@ export class Auth {
     const cacheKey = createHmac("sha256", this.#cacheKey)
       .update(`${policy.generation}\0${user}\0${password}`)
       .digest("base64");
+    // Before the lockout: a password verified in the last minute is no guess, and a guesser
+    // must not cut off a client that is already working.
     const cached = this.#logins.get(cacheKey);
     if (cached && cached.until > this.#now()) return cached.user;
     const keys = [`user:${user}`, `address:${address}`];
