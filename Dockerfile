@@ -20,14 +20,18 @@ RUN deno compile --frozen --v8-flags=--expose-gc,--max-semi-space-size=1 --allow
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 ARG VERSION=0.1.0
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="oci-registry" \
       org.opencontainers.image.description="Pull-through caching OCI registry mirror" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 COPY --from=build /oci-registry /oci-registry
 # An empty /data owned by the nonroot user, so a fresh volume mounted there is writable.
 COPY --from=build --chown=65532:65532 /rootfs/data /data
 USER 65532:65532
+# Trust /etc/ssl/certs/ca-certificates.crt (mount your own bundle there), as the scratch image does.
+ENV DENO_TLS_CA_STORE=system
 VOLUME /data
 EXPOSE 8080
 ENTRYPOINT ["/oci-registry"]

@@ -6,6 +6,7 @@
  */
 import { ConfigError, parseDuration } from "./config.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
 interface FlagSpec {
   name: string;
@@ -85,6 +86,24 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     help: "close a keep-alive connection idle this long between requests",
   },
   {
+    name: "log-format",
+    env: "LOG_FORMAT",
+    default: "text",
+    help: "text, or json: one JSON object per line (messages and the access log)",
+  },
+  {
+    name: "log-level",
+    env: "LOG_LEVEL",
+    default: "info",
+    help: "debug, info (includes the access log), warn or error",
+  },
+  {
+    name: "shutdown-grace",
+    env: "SHUTDOWN_GRACE",
+    default: "25s",
+    help: "on SIGTERM, how long requests and downloads in flight may take to finish",
+  },
+  {
     name: "unguarded-connections",
     env: "UNGUARDED_CONNECTIONS",
     boolean: true,
@@ -154,6 +173,10 @@ export interface Settings {
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
   unguardedConnections: boolean;
+  /** How long a SIGTERM waits for requests and downloads in flight. */
+  shutdownGraceMs: number;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
   storage: StorageSettings;
 }
 
@@ -214,7 +237,7 @@ export function parseCommandLine(
       listen: parseListen(global.listen!),
       defaultNamespace: global["default-namespace"]!,
       hosted: hostedNamespaces(global.hosted, global["default-namespace"]!),
-      uploadExpiryMs: positiveDuration(global, "upload-expiry"),
+      uploadExpiryMs: duration(global, "upload-expiry"),
       sparseManifests: global["sparse-manifests"] === "true",
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       authConfigFile,
@@ -222,6 +245,9 @@ export function parseCommandLine(
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",
+      shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
+      logFormat: oneOf(global, "log-format", LOG_FORMATS),
+      logLevel: oneOf(global, "log-level", LOG_LEVELS),
       storage: kind === "filesystem" ? filesystemSettings(local) : s3Settings(local),
     },
   };
@@ -242,19 +268,36 @@ function hostedNamespaces(value: string | undefined, defaultNamespace: string): 
   return [...new Set(names)];
 }
 
-function positiveDuration(flags: Record<string, string | undefined>, name: string): number {
+/** A flag whose value must be one of `choices`. */
+function oneOf<T extends string>(
+  flags: Record<string, string | undefined>,
+  name: string,
+  choices: readonly T[],
+): T {
+  const value = flags[name]!;
+  if (!(choices as readonly string[]).includes(value)) {
+    throw new ConfigError(`--${name}: expected ${choices.join(", ")}; got "${value}"`);
+  }
+  return value as T;
+}
+
+/** A duration flag in milliseconds; errors name the flag. */
+function duration(
+  flags: Record<string, string | undefined>,
+  name: string,
+  { allowZero = false } = {},
+): number {
   let ms: number;
   try {
     ms = parseDuration(flags[name]!);
   } catch (e) {
     throw new ConfigError(`--${name}: ${(e as Error).message}`);
   }
-  if (ms <= 0) throw new ConfigError(`--${name} must be longer than 0s`);
+  if (ms <= 0 && !allowZero) throw new ConfigError(`--${name} must be longer than 0s`);
   return ms;
 }
 
 function connectionLimits(flags: Record<string, string | undefined>): ConnectionLimits {
-  const timeout = (name: string) => positiveDuration(flags, name);
   let maxConnections: number | undefined;
   const max = flags["max-connections"];
   if (max !== undefined && max !== "") {
@@ -265,8 +308,8 @@ function connectionLimits(flags: Record<string, string | undefined>): Connection
   }
   return {
     maxConnections,
-    headerTimeoutMs: timeout("header-timeout"),
-    idleTimeoutMs: timeout("idle-timeout"),
+    headerTimeoutMs: duration(flags, "header-timeout"),
+    idleTimeoutMs: duration(flags, "idle-timeout"),
   };
 }
 

@@ -150,3 +150,39 @@ Deno.test("--auth-config and --allow-anonymous-push, and not both", () => {
     ConfigError,
   );
 });
+
+Deno.test("--shutdown-grace: 25 s by default, 0 allowed, from SHUTDOWN_GRACE too", () => {
+  assertEquals(settings(["filesystem", "--root", "d"]).shutdownGraceMs, 25_000);
+  assertEquals(
+    settings(["--shutdown-grace", "0s", "filesystem", "--root", "d"]).shutdownGraceMs,
+    0,
+  );
+  assertEquals(
+    settings(["filesystem", "--root", "d"], { SHUTDOWN_GRACE: "2m" }).shutdownGraceMs,
+    120_000,
+  );
+  assertThrows(
+    () => settings(["--shutdown-grace", "later", "filesystem", "--root", "d"]),
+    ConfigError,
+    '--shutdown-grace: invalid duration "later"',
+  );
+});
+
+Deno.test("--log-format and --log-level: defaults, environment, and mistakes", () => {
+  const s = settings(["filesystem", "--root", "d"]);
+  assertEquals([s.logFormat, s.logLevel], ["text", "info"]);
+  const env = { LOG_FORMAT: "json", LOG_LEVEL: "warn" };
+  const e = settings(["filesystem", "--root", "d"], env);
+  assertEquals([e.logFormat, e.logLevel], ["json", "warn"]);
+  assertEquals(settings(["--log-level=error", "filesystem", "--root", "d"], env).logLevel, "error");
+  assertThrows(
+    () => settings(["--log-format", "xml", "filesystem", "--root", "d"]),
+    ConfigError,
+    '--log-format: expected text, json; got "xml"',
+  );
+  assertThrows(
+    () => settings(["filesystem", "--root", "d"], { LOG_LEVEL: "loud" }),
+    ConfigError,
+    '--log-level: expected debug, info, warn, error; got "loud"',
+  );
+});

@@ -9,7 +9,8 @@ import { AccessControl } from "./config/access.ts";
 import { Auth } from "./http/auth.ts";
 import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
-import { createLog } from "./log.ts";
+import { readiness } from "./http/readiness.ts";
+import { createLog, type Log } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { LocalRegistry } from "./registry/local.ts";
 import { createHandler } from "./server.ts";
@@ -62,7 +63,7 @@ async function main(): Promise<number> {
   let upstreams;
   let access: AccessControl | undefined;
   let signingKey: Uint8Array | undefined;
-  const log = createLog();
+  let log: Log;
   try {
     const parsed = parseCommandLine(Deno.args, (name) => Deno.env.get(name));
     if (parsed.kind === "help") {
@@ -74,6 +75,7 @@ async function main(): Promise<number> {
       return 0;
     }
     settings = parsed.settings;
+    log = createLog({ format: settings.logFormat, level: settings.logLevel });
     upstreams = await loadUpstreams(
       settings.upstreamConfigFile,
       Deno.env.get("UPSTREAM_CREDENTIALS"),
@@ -133,6 +135,7 @@ async function main(): Promise<number> {
   const auth = access && signingKey
     ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
     : undefined;
+  const ready = readiness(storage);
   const handler = createHandler({
     mirror,
     registry,
@@ -140,6 +143,8 @@ async function main(): Promise<number> {
     defaultNamespace: settings.defaultNamespace,
     metrics,
     log,
+    accessLog: log.access,
+    readiness: ready.check,
     auth,
     allowAnonymousPush: settings.allowAnonymousPush,
   });
@@ -214,16 +219,42 @@ async function main(): Promise<number> {
     () => connections.acceptErrors,
   );
 
-  const stop = () => {
-    log("shutting down");
-    server.shutdown();
-  };
-  Deno.addSignalListener("SIGTERM", stop);
-  Deno.addSignalListener("SIGINT", stop);
-  await server.finished;
+  // SIGTERM/SIGINT: stop accepting, let responses and downloads in flight finish within the
+  // grace period, then close whatever is left and exit 0. A second signal ends the wait.
+  let signalled!: (signal: string) => void;
+  const stopRequested = new Promise<string>((resolve) => signalled = resolve);
+  let forced!: (inTime: false) => void;
+  const secondSignal = new Promise<false>((resolve) => forced = resolve);
+  let stopping = false;
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(signal, () => {
+      if (stopping) {
+        log(`${signal} again: not waiting any longer`);
+        forced(false);
+      }
+      stopping = true;
+      signalled(signal);
+    });
+  }
+  const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
+  ready.shuttingDown();
   clearInterval(uploadSweep);
-  // Let downloads that clients already received finish publishing, within reason.
-  await Promise.race([mirror.settled(), new Promise((resolve) => setTimeout(resolve, 20_000))]);
+  const graceMs = settings.shutdownGraceMs;
+  log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
+  const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const inTime = await Promise.race([
+    inFlight,
+    secondSignal,
+    new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), graceMs)),
+  ]);
+  clearTimeout(timer);
+  if (!inTime) {
+    log(
+      `stopping now: closing ${connections.open} connection(s), leaving ${mirror.activeDownloads} download(s) unfinished`,
+    );
+    server.closeAll();
+  }
   upstream.close();
   await storage.close?.();
   // S3 spools live in a directory of this process's own; the filesystem's .tmp stays.

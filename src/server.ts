@@ -29,6 +29,7 @@ import type { Auth } from "./http/auth.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { hostedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
+import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
 
 export interface ServerOptions {
@@ -40,8 +41,12 @@ export interface ServerOptions {
   defaultNamespace: string;
   /** Request counters, and what GET /metrics renders. */
   metrics: Metrics;
-  /** Access and error log sink (one line per call). */
-  log?: (line: string) => void;
+  /** Error log sink (one line per call). */
+  log?: LogFn;
+  /** Access log: one entry per request; default a text line through `log`. */
+  accessLog?: (entry: AccessEntry) => void;
+  /** For GET /readyz: null when ready to serve, else why not (storage down, shutting down). */
+  readiness?: () => Promise<string | null>;
   /**
    * Client authentication and access rules (--auth-config). Without it every read is open, as
    * it always was, and hosted repositories take writes only with `allowAnonymousPush`.
@@ -72,6 +77,13 @@ const LOGGED_TARGET_CHARS = 512;
 const HOST_HEADER =
   /^(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?$/;
 
+/** What the handling of one request learnt that its access-log line should say. */
+interface Seen {
+  namespace?: string;
+  /** The authenticated user (a name, never a credential). */
+  user?: string;
+}
+
 /** What the request target asks for: its path and its query (without the "?"). */
 interface Target {
   path: string;
@@ -85,11 +97,15 @@ type Endpoint = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
 
 /** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
 type Route =
-  | { endpoint: "root" | "metrics" | "ping" | "catalog" | "token" | "other" }
+  | {
+    endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "catalog" | "token" | "other";
+  }
   | { endpoint: Endpoint; pathName: string; rest: string };
 
 function routeOf(path: string): Route {
   if (path === "/") return { endpoint: "root" };
+  if (path === "/healthz") return { endpoint: "healthz" };
+  if (path === "/readyz") return { endpoint: "readyz" };
   if (path === "/metrics") return { endpoint: "metrics" };
   if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
   if (path === "/v2/_catalog") return { endpoint: "catalog" };
@@ -102,18 +118,20 @@ function routeOf(path: string): Route {
 }
 
 export function createHandler(options: ServerOptions): Handler {
-  const log = options.log ?? ((line) => console.log(line));
+  const log: LogFn = options.log ?? ((line) => console.log(line));
+  const accessLog = options.accessLog ?? ((entry) => log(accessText(entry)));
   options.metrics.nameNamespaces([options.defaultNamespace]);
   const hosted = new Set(options.hosted ?? []);
   return async (request, info) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
     let route: Route = { endpoint: "other" };
+    const seen: Seen = {};
     let response: Response;
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, hosted, request, target, route, clientAddress(info));
+      response = await dispatch(options, hosted, request, target, route, seen, clientAddress(info));
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -125,12 +143,15 @@ export function createHandler(options: ServerOptions): Handler {
       endpoint: route.endpoint,
       status: statusLabel(response.status),
     });
-    const elapsed = (performance.now() - started).toFixed(1);
-    log(
-      `${request.method} ${loggable(raw)} ${response.status} ${
-        response.headers.get("content-length") ?? "-"
-      } ${elapsed}ms`,
-    );
+    const length = response.headers.get("content-length");
+    accessLog({
+      method: request.method,
+      target: loggable(raw),
+      status: response.status,
+      bytes: length === null ? null : Number(length),
+      durationMs: performance.now() - started,
+      ...seen,
+    });
     return response;
   };
 }
@@ -189,7 +210,12 @@ function loggable(target: string): string {
 
 /** The client's address, as login backoff keys it. */
 function clientAddress(info: Deno.ServeHandlerInfo | undefined): string {
-  const addr = info?.remoteAddr as Deno.Addr | undefined;
+  let addr: Deno.Addr | undefined;
+  try {
+    addr = info?.remoteAddr as Deno.Addr | undefined;
+  } catch {
+    // Deno's remoteAddr throws for connections on a Unix socket.
+  }
   return addr && "hostname" in addr ? addr.hostname : "local";
 }
 
@@ -214,6 +240,7 @@ async function dispatch(
   request: Request,
   target: Target,
   route: Route,
+  seen: Seen,
   address: string,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
@@ -221,9 +248,17 @@ async function dispatch(
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
-      return new Response(request.method === "HEAD" ? null : "ok\n", {
-        headers: { "content-type": "text/plain" },
+      return plainText(request, "ok\n");
+    case "healthz":
+      if (!reading) throw unsupported(request);
+      return plainText(request, "ok\n");
+    case "readyz": {
+      if (!reading) throw unsupported(request);
+      const notReady = await options.readiness?.() ?? null;
+      return plainText(request, notReady === null ? "ready\n" : `not ready: ${notReady}\n`, {
+        status: notReady === null ? 200 : 503,
       });
+    }
     case "metrics":
       if (!reading) throw unsupported(request);
       return new Response(request.method === "HEAD" ? null : options.metrics.render(), {
@@ -260,10 +295,12 @@ async function dispatch(
     : null;
   const action = actionOf(request.method, route.endpoint);
   if (hostedRepository !== null) {
+    seen.namespace = hostedRepository.split("/", 1)[0];
     // Access first: a refusal must not depend on what the repository holds.
     let mayMount = (_from: string) => true;
     if (auth) {
       const identity = await auth.identify(request, address, `repository:${hostedRepository}:pull`);
+      if (identity.user) seen.user = identity.user;
       auth.require(identity, request, hostedResource(hostedRepository), action, hostedRepository);
       // A mount reads its source: only from a hosted repository this client may pull.
       mayMount = (from) => {
@@ -287,9 +324,11 @@ async function dispatch(
     );
   }
   const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+  seen.namespace = name.namespace;
   if (auth) {
     const scopeName = `${name.namespace}/${name.repository}`;
     const identity = await auth.identify(request, address, `repository:${scopeName}:pull`);
+    if (identity.user) seen.user = identity.user;
     auth.require(identity, request, { hosted: false, ...name }, action, scopeName);
   }
   if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
@@ -395,6 +434,14 @@ function mirroredWrite(namespace: string): RegistryError {
   );
 }
 
+/** Probes and the root page: plain text, nothing for HEAD. */
+function plainText(request: Request, text: string, init: { status?: number } = {}): Response {
+  return new Response(request.method === "HEAD" ? null : text, {
+    status: init.status ?? 200,
+    headers: { "content-type": "text/plain" },
+  });
+}
+
 function json(body: unknown, status = 200): Response {
   return new Response(JSON.stringify(body), {
     status,
@@ -403,7 +450,7 @@ function json(body: unknown, status = 200): Response {
 }
 
 /** The single mapping from thrown errors to HTTP responses. */
-export function errorResponse(e: unknown, request: Request, log: (line: string) => void): Response {
+export function errorResponse(e: unknown, request: Request, log: LogFn): Response {
   const error = e instanceof RegistryError
     ? e
     : new RegistryError("UNKNOWN", "internal error", { cause: e });
@@ -412,6 +459,7 @@ export function errorResponse(e: unknown, request: Request, log: (line: string) 
       `internal error on ${request.method} ${loggable(rawTarget(request.url))}: ${
         (e as Error)?.stack ?? e
       }`,
+      "error",
     );
   }
   const body = request.method === "HEAD" ? null : JSON.stringify(error.toJSON());

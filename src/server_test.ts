@@ -23,7 +23,10 @@ interface Fixture {
   logs: string[];
 }
 
-async function withServer(fn: (fixture: Fixture) => Promise<void>) {
+async function withServer(
+  fn: (fixture: Fixture) => Promise<void>,
+  readiness?: () => Promise<string | null>,
+) {
   const root = await Deno.makeTempDir({ prefix: "server-test-" });
   const storage = new FilesystemStorage(root);
   const upstream = new FakeUpstream();
@@ -42,6 +45,7 @@ async function withServer(fn: (fixture: Fixture) => Promise<void>) {
     defaultNamespace: "docker.io",
     metrics,
     log: (l) => logs.push(l),
+    readiness,
   });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
   try {
@@ -87,6 +91,27 @@ Deno.test("liveness and the /v2/ ping", async () => {
     assertEquals(await ping.json(), {});
     assertEquals(ping.headers.get("docker-distribution-api-version"), "registry/2.0");
   });
+});
+
+Deno.test("probes: /healthz always 200; /readyz 200 or 503 saying why; HEAD has no body", async () => {
+  let notReady: string | null = null;
+  await withServer(async ({ url }) => {
+    const health = await fetch(`${url}/healthz`);
+    assertEquals([health.status, await health.text()], [200, "ok\n"]);
+    const ready = await fetch(`${url}/readyz`);
+    assertEquals([ready.status, await ready.text()], [200, "ready\n"]);
+    notReady = "storage: S3 endpoint unreachable";
+    const down = await fetch(`${url}/readyz`);
+    assertEquals([down.status, await down.text()], [
+      503,
+      "not ready: storage: S3 endpoint unreachable\n",
+    ]);
+    const head = await fetch(`${url}/readyz`, { method: "HEAD" });
+    assertEquals([head.status, await head.text()], [503, ""]);
+    const post = await fetch(`${url}/healthz`, { method: "POST" });
+    assertEquals(post.status, 405);
+    await post.body?.cancel();
+  }, () => Promise.resolve(notReady));
 });
 
 Deno.test("manifests carry digest, type, length and ETag on GET and HEAD; 304 on If-None-Match", async () => {

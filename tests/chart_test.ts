@@ -14,7 +14,18 @@
 import { inflateRawSync } from "node:zlib";
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml, loadAll } from "js-yaml";
+import { ConfigMap } from "kubernetes-models/v1/ConfigMap";
+import { PersistentVolumeClaim } from "kubernetes-models/v1/PersistentVolumeClaim";
+import { Secret } from "kubernetes-models/v1/Secret";
+import { Service } from "kubernetes-models/v1/Service";
+import { ServiceAccount } from "kubernetes-models/v1/ServiceAccount";
+import { Deployment } from "kubernetes-models/apps/v1/Deployment";
+import { Ingress } from "kubernetes-models/networking.k8s.io/v1/Ingress";
+import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1/NetworkPolicy";
+import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget";
+import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 import { parseCommandLine, type Settings } from "../src/cli.ts";
+import { valueDocs, valuesTable } from "../scripts/chart_docs.ts";
 import { mergeCredentials, parseUpstreamYaml } from "../src/config.ts";
 import { VERSION } from "../src/main.ts";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
@@ -359,9 +370,8 @@ Deno.test("helm: default values render a single-replica filesystem mirror", asyn
   assertEquals(parseUpstreamYaml(configMap.data[key], key), []);
 
   // Health checks and security.
-  for (const probe of [container.livenessProbe, container.readinessProbe]) {
-    assertEquals(probe.httpGet, { path: "/", port: "http" });
-  }
+  assertEquals(container.livenessProbe.httpGet, { path: "/healthz", port: "http" });
+  assertEquals(container.readinessProbe.httpGet, { path: "/readyz", port: "http" });
   assertEquals(pod.securityContext.runAsNonRoot, true);
   assert(pod.securityContext.runAsUser > 0, "a non-root uid");
   assertEquals(container.securityContext.readOnlyRootFilesystem, true);
@@ -377,13 +387,13 @@ Deno.test("helm: default values render a single-replica filesystem mirror", asyn
 });
 
 Deno.test("helm: filesystem storage refuses more than one replica, with a clear message", async () => {
-  for (const persistence of [true, false]) {
+  for (const [persistence, replicas] of [[true, 2], [false, 2], [true, 3]] as const) {
     const rendered = await render({
-      replicaCount: 2,
+      replicaCount: replicas,
       storage: { filesystem: { persistence: { enabled: persistence } } },
     });
-    assert(!rendered.ok, "rendered a filesystem mirror with 2 replicas");
-    assertMatch(rendered.error, /replicaCount must be 1 \(got 2\)/);
+    assert(!rendered.ok, `rendered a filesystem mirror with ${replicas} replicas`);
+    assertMatch(rendered.error, new RegExp(`replicaCount must be 1 \\(got ${replicas}\\)`));
     assertMatch(rendered.error, /storage\.type=s3/);
   }
   // Without persistence the cache is an emptyDir; the rollout may overlap.
@@ -613,4 +623,214 @@ Deno.test("helm: optional ServiceMonitor, extra args and env", async () => {
   assertEquals(env.NO_COLOR.value, "1");
   assertEquals(rendered.one("Service").spec.ports[0].nodePort, 30500);
   assertEquals(rendered.one("PodDisruptionBudget").spec.minAvailable, 1);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Every variant against the Kubernetes API schemas
+
+// deno-lint-ignore no-explicit-any
+type Model = new (data: any) => { validate(): void };
+
+/** The schema each kind this chart renders must satisfy (apiVersion/kind -> model). */
+const MODELS: Record<string, Model> = {
+  "v1/ConfigMap": ConfigMap,
+  "v1/PersistentVolumeClaim": PersistentVolumeClaim,
+  "v1/Secret": Secret,
+  "v1/Service": Service,
+  "v1/ServiceAccount": ServiceAccount,
+  "apps/v1/Deployment": Deployment,
+  "networking.k8s.io/v1/Ingress": Ingress,
+  "networking.k8s.io/v1/NetworkPolicy": NetworkPolicy,
+  "policy/v1/PodDisruptionBudget": PodDisruptionBudget,
+  "monitoring.coreos.com/v1/ServiceMonitor": ServiceMonitor,
+};
+
+/** Every template on at once, on top of the given values. */
+const EVERYTHING: Json = {
+  serviceMonitor: { enabled: true, labels: { release: "prom" } },
+  ingress: {
+    enabled: true,
+    className: "nginx",
+    annotations: { "nginx.ingress.kubernetes.io/proxy-body-size": "0" },
+    hosts: [
+      { host: "mirror.example.com", paths: [{ path: "/", pathType: "Prefix" }] },
+      { host: "mirror.internal", paths: [{ path: "/v2" }] },
+    ],
+    tls: [{ secretName: "mirror-tls", hosts: ["mirror.example.com"] }],
+  },
+  networkPolicy: {
+    enabled: true,
+    ingressFrom: [{ namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "ci" } } }],
+    egress: [{ ports: [{ port: 443, protocol: "TCP" }] }],
+  },
+};
+
+const VARIANTS: [string, Json][] = [
+  ["defaults: filesystem with a PVC", {}],
+  ["filesystem on an emptyDir", {
+    storage: { filesystem: { persistence: { enabled: false }, emptyDirSizeLimit: "5Gi" } },
+  }],
+  ["filesystem on an existing claim", {
+    storage: { filesystem: { persistence: { existingClaim: "cache" } } },
+  }],
+  ["s3, 3 replicas and a PDB", {
+    replicaCount: 3,
+    storage: { type: "s3", s3: { bucket: "b", existingSecret: "keys", redirect: true } },
+    podDisruptionBudget: { enabled: true },
+  }],
+  ["s3 with the AWS credential chain and minAvailable", {
+    replicaCount: 2,
+    storage: { type: "s3", s3: { bucket: "b", endpoint: "http://minio:9000" } },
+    podDisruptionBudget: { enabled: true, minAvailable: 1 },
+  }],
+  ["credentials from values (a Secret)", {
+    upstreams: [{ namespace: "docker.io", host: "registry-1.docker.io" }],
+    credentials: { registries: { "docker.io": { username: "me", password: "pw" } } },
+  }],
+  ["credentials from an existing Secret", {
+    credentials: { existingSecret: "creds", existingSecretKey: "creds.json" },
+  }],
+  ["ServiceMonitor", { serviceMonitor: { enabled: true } }],
+  ["Ingress", { ingress: { enabled: true } }],
+  ["NetworkPolicy, ingress only", { networkPolicy: { enabled: true } }],
+  ["everything, on s3", {
+    ...EVERYTHING,
+    replicaCount: 2,
+    storage: { type: "s3", s3: { bucket: "b", existingSecret: "keys" } },
+    podDisruptionBudget: { enabled: true },
+    credentials: { existingSecret: "creds" },
+    service: { type: "LoadBalancer", nodePort: 30500 },
+  }],
+];
+
+Deno.test("helm: every variant renders and validates against the Kubernetes schemas", async (t) => {
+  const kindsSeen = new Set<string>();
+  for (const [name, values] of VARIANTS) {
+    await t.step(name, async () => {
+      const rendered = await renderOk(values);
+      for (const object of rendered.objects) {
+        const type = `${object.apiVersion}/${object.kind}`;
+        const model = MODELS[type];
+        assert(model, `no schema known for ${type}: add it to MODELS`);
+        try {
+          new model(object).validate();
+        } catch (e) {
+          throw new Error(`${type} ${object.metadata?.name}: ${(e as Error).message}`);
+        }
+        kindsSeen.add(type);
+      }
+      // Whatever the variant: non-root, read-only, no escalation, no capabilities, resources.
+      const pod = rendered.one("Deployment").spec.template.spec;
+      const container = pod.containers[0];
+      assertEquals(pod.securityContext.runAsNonRoot, true);
+      assertEquals(pod.securityContext.runAsUser, 65532);
+      assertEquals(pod.automountServiceAccountToken, false);
+      assertEquals(container.securityContext.readOnlyRootFilesystem, true);
+      assertEquals(container.securityContext.allowPrivilegeEscalation, false);
+      assertEquals(container.securityContext.capabilities.drop, ["ALL"]);
+      assert(container.resources.requests.memory && container.resources.limits.memory);
+      assertEquals(container.readinessProbe.httpGet.path, "/readyz");
+      assertEquals(container.livenessProbe.httpGet.path, "/healthz");
+      programSettings(rendered); // and the program accepts its command line
+    });
+  }
+  assertEquals([...kindsSeen].sort(), Object.keys(MODELS).sort(), "every kind was rendered");
+
+  await t.step("the schemas do catch a broken object", () => {
+    const broken: Json = {
+      apiVersion: "apps/v1",
+      kind: "Deployment",
+      metadata: { name: "x" },
+      spec: { selector: {}, template: { spec: { containers: [{ name: "c", ports: [{}] }] } } },
+    };
+    let error = "";
+    try {
+      new Deployment(broken).validate();
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    assertMatch(error, /containerPort/);
+  });
+});
+
+Deno.test("helm lint --strict passes with every template on", async () => {
+  await using dir = await tempDir("oci-chart-");
+  await Deno.writeTextFile(dir.join("values.yaml"), JSON.stringify(EVERYTHING));
+  const lint = await run(await helm(), ["lint", "--strict", CHART, "-f", dir.join("values.yaml")]);
+  assert(lint.success, `helm lint failed:\n${lint.stdout}\n${lint.stderr}`);
+  assert(!/\[(ERROR|WARNING)\]/.test(lint.stdout), lint.stdout);
+});
+
+Deno.test("helm: the Ingress routes every host and path to the Service's http port", async () => {
+  const rendered = await renderOk(EVERYTHING);
+  const ingress = rendered.one("Ingress");
+  const service = rendered.one("Service");
+  assertEquals(ingress.spec.ingressClassName, "nginx");
+  assertEquals(ingress.metadata.annotations["nginx.ingress.kubernetes.io/proxy-body-size"], "0");
+  assertEquals(ingress.spec.tls, [{ secretName: "mirror-tls", hosts: ["mirror.example.com"] }]);
+  assertEquals(
+    ingress.spec.rules.map((r: Json) =>
+      r.http.paths.map((p: Json) => `${r.host}${p.path} ${p.pathType}`)
+    ).flat(),
+    ["mirror.example.com/ Prefix", "mirror.internal/v2 Prefix"],
+  );
+  for (const rule of ingress.spec.rules) {
+    for (const path of rule.http.paths) {
+      assertEquals(path.backend.service, { name: service.metadata.name, port: { name: "http" } });
+    }
+  }
+  assertEquals(service.spec.ports[0].name, "http");
+
+  for (
+    const [values, message] of [
+      [{ ingress: { enabled: true, hosts: [] } }, /ingress\.enabled needs at least one entry/],
+      [
+        { ingress: { enabled: true, hosts: [{ host: "a" }] } },
+        /ingress\.hosts\[0\] needs host and paths/,
+      ],
+    ] as const
+  ) {
+    const bad = await render(values);
+    assert(!bad.ok, `rendered ${JSON.stringify(values)}`);
+    assertMatch(bad.error, message);
+  }
+});
+
+Deno.test("helm: the NetworkPolicy admits only the http port, and limits egress when asked", async () => {
+  const rendered = await renderOk(EVERYTHING);
+  const policy = rendered.one("NetworkPolicy");
+  const deployment = rendered.one("Deployment");
+  assertEquals(policy.spec.podSelector.matchLabels, deployment.spec.selector.matchLabels);
+  const container = deployment.spec.template.spec.containers[0];
+  assert(container.ports.some((p: Json) => p.name === "http"), "the pod names its port http");
+  assertEquals(policy.spec.policyTypes, ["Ingress", "Egress"]);
+  assertEquals(policy.spec.ingress, [{
+    ports: [{ port: "http", protocol: "TCP" }],
+    from: EVERYTHING.networkPolicy.ingressFrom,
+  }]);
+  assertEquals(policy.spec.egress, [
+    { ports: [{ port: 53, protocol: "UDP" }, { port: 53, protocol: "TCP" }] },
+    { ports: [{ port: 443, protocol: "TCP" }] },
+  ]);
+  // Without egress rules, egress is left alone; without peers, anyone may reach the port.
+  const open = (await renderOk({ networkPolicy: { enabled: true } })).one("NetworkPolicy");
+  assertEquals(open.spec.policyTypes, ["Ingress"]);
+  assertEquals(open.spec.ingress, [{ ports: [{ port: "http", protocol: "TCP" }] }]);
+  assertEquals(open.spec.egress, undefined);
+});
+
+Deno.test("chart: README.md's values table is generated from values.yaml, every key described", () => {
+  const values = Deno.readTextFileSync(`${CHART}/values.yaml`);
+  const docs = valueDocs(values);
+  assertEquals(
+    docs.map((d) => d.key),
+    valueLeaves(readValues()),
+    "one row per value",
+  );
+  assertEquals(docs.filter((d) => d.description === "").map((d) => d.key), [], "undocumented");
+  const readme = Deno.readTextFileSync(`${CHART}/README.md`);
+  assert(
+    readme.includes(valuesTable(values)),
+    "charts/oci-registry/README.md's table is stale: run `deno task chart-docs`",
+  );
 });

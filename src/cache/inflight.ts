@@ -23,6 +23,7 @@
  * longer than `stalledReaderMs` (a client that stopped reading) is cut off, so one stalled
  * client cannot stop everyone else's pull.
  */
+import type { LogFn } from "../log.ts";
 import { createBlockHasher } from "../background_hash.ts";
 import { parseDigest } from "../digest.ts";
 import { noteStreamed } from "../memory.ts";
@@ -73,7 +74,7 @@ interface ReaderPosition {
 export interface DownloadContext {
   storage: Storage;
   health: StoreHealth;
-  log: (message: string) => void;
+  log: LogFn;
   /** How long a pass-through waits for a reader that does not read before cutting it off. */
   stalledReaderMs: number;
 }
@@ -127,7 +128,7 @@ export class Download {
     for (const resolve of wake) resolve();
   }
 
-  async #run(body: ReadableStream<Uint8Array>, log: (message: string) => void): Promise<void> {
+  async #run(body: ReadableStream<Uint8Array>, log: LogFn): Promise<void> {
     const hasher = createBlockHasher(parseDigest(this.digest).algorithm);
     const hashing: Promise<void>[] = []; // per block still in memory
     const source = new BlockSource(body);
@@ -194,11 +195,11 @@ export class Download {
           `download of ${this.digest} failed: ${(e as Error)?.message ?? e}`,
           { cause: e },
         );
-        log(`blob ${this.digest}: ${(this.#error as Error).message}`);
+        log(`blob ${this.digest}: ${(this.#error as Error).message}`, "warn");
         hasher.dispose();
         await source.cancel();
       } else {
-        log(`blob ${this.digest}: verified but the spool failed: ${(e as Error).message}`);
+        log(`blob ${this.digest}: verified but the spool failed: ${(e as Error).message}`, "warn");
       }
     } finally {
       await this.#spool.settled();
@@ -239,7 +240,10 @@ export class Download {
           "blob",
         );
       } else {
-        log(`blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`);
+        log(
+          `blob ${this.digest}: verified but could not be stored: ${(e as Error).message}`,
+          "warn",
+        );
       }
     }
   }
@@ -274,13 +278,14 @@ export class Download {
   }
 
   /** Cuts off the readers a pass-through has waited on for too long (clients not reading). */
-  #dropReadersHolding(keepFrom: number, log: (message: string) => void): void {
+  #dropReadersHolding(keepFrom: number, log: LogFn): void {
     const written = this.#spool.written;
     const stalled = [...this.#readers].filter((r) => this.#holds(r, keepFrom, written));
     log(
       `store full: blob ${this.digest}: ${stalled.length} client(s) read nothing for ${
         this.#stalledReaderMs / 1000
       } s; cut off so the other readers of the pass-through go on`,
+      "warn",
     );
     const reason = new RegistryError(
       "UNAVAILABLE",

@@ -11,6 +11,7 @@
  * in memory (warm GETs cost nothing more) and recorded as an empty link in storage when it came
  * from upstream, so that after a restart an offline upstream does not stop pulls by digest.
  */
+import type { LogFn } from "../log.ts";
 import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
@@ -98,7 +99,7 @@ export interface MirrorOptions {
   upstreams: UpstreamRegistry;
   /** Local directory for download spools (same filesystem as the store, when on disk). */
   spoolDir: string;
-  log?: (message: string) => void;
+  log?: LogFn;
   /** Where cache results and upstream requests are counted. */
   metrics?: Metrics;
   /** Clock, for tests. */
@@ -126,7 +127,7 @@ export class Mirror {
   readonly #upstream: Upstream;
   readonly #upstreams: UpstreamRegistry;
   readonly #downloads: InflightDownloads;
-  readonly #log: (message: string) => void;
+  readonly #log: LogFn;
   readonly #now: () => number;
   readonly #metrics: Metrics;
   readonly #health: StoreHealth;
@@ -258,6 +259,7 @@ export class Mirror {
       this.#count("manifest", "stale");
       this.#log(
         `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
+        "warn",
       );
       return stored;
     }

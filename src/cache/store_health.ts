@@ -4,6 +4,7 @@
  * this is where that state is kept, logged and exported. It heals by itself: every write is
  * still tried, and the first one that succeeds clears the state.
  */
+import type { LogFn } from "../log.ts";
 import type { RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../metrics.ts";
 
@@ -14,11 +15,11 @@ export class StoreHealth {
   #full: RegistryError | undefined;
   #unlogged = 0;
   #loggedAt = 0;
-  readonly #log: (message: string) => void;
+  readonly #log: LogFn;
   readonly #metrics: Metrics;
   readonly #now: () => number;
 
-  constructor(log: (message: string) => void, metrics: Metrics, now: () => number = Date.now) {
+  constructor(log: LogFn, metrics: Metrics, now: () => number = Date.now) {
     this.#log = log;
     this.#metrics = metrics;
     this.#now = now;
@@ -58,6 +59,7 @@ export class StoreHealth {
     this.#loggedAt = now;
     this.#log(
       `store full: ${what}${more}: ${error.message}; serving what is cached, passing the rest through uncached`,
+      "warn",
     );
   }
 }

@@ -15,6 +15,7 @@ import bcrypt from "bcryptjs";
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
 import { ConfigError, parseDuration } from "../config.ts";
+import type { LogFn } from "../log.ts";
 
 export type Action = "pull" | "push" | "delete";
 export const ACTIONS: readonly Action[] = ["pull", "push", "delete"];
@@ -288,7 +289,7 @@ function resolvePath(dir: string, path: string): string {
 export interface AccessControlOptions {
   /** A mirrored namespace whose upstream has credentials: never pulled anonymously by default. */
   isPrivate: (namespace: string) => boolean;
-  log: (line: string) => void;
+  log: LogFn;
   now?: () => number;
 }
 
@@ -353,7 +354,10 @@ export class AccessControl {
         `auth: reloaded ${this.#file} (${next.policy.users.size} users, ${next.policy.rules.length} rules)`,
       );
     } catch (e) {
-      this.#options.log(`auth: keeping the previous users and rules: ${(e as Error).message}`);
+      this.#options.log(
+        `auth: keeping the previous users and rules: ${(e as Error).message}`,
+        "warn",
+      );
     }
   }
 }

@@ -129,7 +129,7 @@ Deno.test("ping: 401 with a Bearer challenge unless authenticated", async () => 
 });
 
 Deno.test("the token flow: anonymous tokens for public pulls, user tokens for what rules grant", async () => {
-  await withAuthServer(async ({ url, upstream }) => {
+  await withAuthServer(async ({ url, upstream, logs }) => {
     upstream.addManifest("1", { schemaVersion: 2, mediaType: OCI_MANIFEST, layers: [] });
     // Anonymous pull of a public mirrored namespace works without any token, and with one.
     assertEquals((await call(`${url}/v2/library/x/manifests/1`)).status, 200);
@@ -149,6 +149,10 @@ Deno.test("the token flow: anonymous tokens for public pulls, user tokens for wh
       method: "POST",
     });
     assertEquals(push.status, 202, push.body);
+    // The access log names the user, never the credential.
+    assert(
+      logs.some((l) => l.includes("POST /v2/myorg/app/blobs/uploads/ 202") && l.includes("alice")),
+    );
     // Bob asked for push and got nothing: his token works for nothing here, and he is denied.
     const bob = await tokenFor(url, "repository:myorg/app:pull,push", basic("bob", "hunter2"));
     const bobClaims = JSON.parse(Buffer.from(bob.split(".")[0], "base64url").toString());

@@ -16,6 +16,7 @@
  * A request counts as busy from its head until its response was fully sent (`info.completed`),
  * so a long blob download is never cut by the idle timeout.
  */
+import type { LogFn } from "../log.ts";
 
 export interface ConnectionLimits {
   /**
@@ -63,6 +64,8 @@ export interface ConnectionServer {
   readonly finished: Promise<void>;
   /** Stops accepting, closes idle connections, lets responses in progress finish. */
   shutdown(): Promise<void>;
+  /** Closes every connection now, responses in progress included (after a grace period). */
+  closeAll(): void;
 }
 
 /** The per-connection entry point of Deno's HTTP server; internal, so checked at start-up. */
@@ -105,7 +108,7 @@ const LOG_EVERY_MS = 10_000;
 
 interface Connection {
   readonly abort: AbortController;
-  server?: { finished: Promise<void>; shutdown(): Promise<void> };
+  server?: { finished: Promise<void> };
   /** Requests in progress on it (HTTP/2 may carry several). */
   active: number;
   /** Requests it has started; 0 means it is still to send its first head. */
@@ -118,7 +121,7 @@ export function listen(
   address: ListenAddress,
   handler: ConnectionHandler,
   limits: ConnectionLimits,
-  log: (line: string) => void,
+  log: LogFn,
 ): ConnectionServer {
   const serve = serveOnConnection();
   const safe = safeMaxConnections();
@@ -126,6 +129,7 @@ export function listen(
   if (limits.maxConnections !== undefined && limits.maxConnections > safe) {
     log(
       `http: --max-connections ${limits.maxConnections} lowered to ${safe}: the descriptor limit leaves no room for more (raise ulimit -n)`,
+      "warn",
     );
   }
   const listener = address.kind === "unix"
@@ -180,7 +184,7 @@ export function listen(
   }, sweepEveryMs);
 
   const onError = (error: unknown) => {
-    log(`http: handler failed: ${(error as Error)?.stack ?? error}`);
+    log(`http: handler failed: ${(error as Error)?.stack ?? error}`, "error");
     return new Response(
       JSON.stringify({ errors: [{ code: "UNKNOWN", message: "internal error", detail: {} }] }),
       { status: 500, headers: { "content-type": "application/json" } },
@@ -203,7 +207,9 @@ export function listen(
       const done = () => {
         connection.active--;
         stats.activeRequests--;
-        if (connection.active === 0) idle(connection);
+        if (connection.active > 0) return;
+        if (closing) close(connection); // shutting down: its last response is out
+        else idle(connection);
       };
       info.completed.then(done, done);
       if (stats.activeRequests > maxConnections) {
@@ -218,7 +224,7 @@ export function listen(
     try {
       connection.server = serve(conn, connection.abort.signal, perRequest, onError, () => {});
     } catch (e) {
-      log(`http: cannot serve a connection: ${(e as Error).message}`);
+      log(`http: cannot serve a connection: ${(e as Error).message}`, "warn");
       try {
         conn.close();
       } catch { /* already closed */ }
@@ -269,6 +275,7 @@ export function listen(
             `http: accept failed ${unlogged} time(s): ${
               (e as Error).message
             }; ${stats.open} connections open${freed ? ", closing the longest idle one" : ""}`,
+            "warn",
           );
           loggedAt = performance.now();
           unlogged = 0;
@@ -299,9 +306,10 @@ export function listen(
         listener.close();
       } catch { /* already closed */ }
       await accepting;
+      // Busy connections are closed as their last response completes (see perRequest). Not
+      // the engine's own graceful shutdown: aborting a connection after it raises BadResource.
       for (const connection of connections.keys()) {
         if (connection.active === 0) close(connection);
-        else connection.server?.shutdown().catch(() => {});
       }
       while (ended.size > 0) await Promise.all(ended);
     })();
@@ -314,6 +322,9 @@ export function listen(
     stats,
     finished: accepting.then(() => shutdown()),
     shutdown,
+    closeAll: () => {
+      for (const connection of connections.keys()) close(connection);
+    },
   };
 }
 
@@ -336,6 +347,7 @@ export function listenUnguarded(
     stats: { open: 0, activeRequests: 0, timedOut: 0, evicted: 0, shed: 0, acceptErrors: 0 },
     finished: server.finished,
     shutdown: () => server.shutdown(),
+    closeAll: () => {}, // Deno.serve cannot: the process exits with them open
   };
 }
 

@@ -9,6 +9,9 @@
  */
 import { parseDigest } from "../digest.ts";
 
+/** Never written: GET /readyz asks for it to prove the store answers at all. */
+export const READINESS_PROBE_KEY = "readiness-probe";
+
 export function blobKey(digest: string): string {
   const d = parseDigest(digest);
   return `blobs/${d.algorithm}/${d.hex.slice(0, 2)}/${d.hex}`;

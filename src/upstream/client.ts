@@ -15,6 +15,7 @@
  * `accept_invalid_certs: true` are fetched through node:https with `rejectUnauthorized: false`,
  * which Deno implements for real; everything else uses fetch with full verification.
  */
+import type { LogFn } from "../log.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
@@ -38,7 +39,7 @@ export interface UpstreamClientOptions {
   idleTimeoutMs?: number;
   /** Let implicit upstreams resolve to loopback/private/link-local addresses. Default false. */
   allowPrivateAddresses?: boolean;
-  log?: (msg: string) => void;
+  log?: LogFn;
   /** Replaces the address policy for implicit upstreams (tests). */
   addressPolicy?: Pick<AddressPolicy, "check">;
 }
@@ -69,7 +70,7 @@ export class UpstreamClient {
   readonly #upstreams: UpstreamRegistry;
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
-  readonly #log: (msg: string) => void;
+  readonly #log: LogFn;
   readonly #policy: Pick<AddressPolicy, "check">;
   readonly #tokens = new TokenCache();
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
@@ -330,6 +331,7 @@ export class UpstreamClient {
     } else if (hasCredentials(upstream)) {
       this.#log(
         `upstream ${upstream.namespace}: not sending credentials to plain-http token realm ${realm.host}`,
+        "warn",
       );
     }
     // Not tied to any caller's signal: concurrent callers share this request.
@@ -375,6 +377,7 @@ export class UpstreamClient {
       `upstream ${upstream.namespace}: got ${
         withCredentials ? "an authenticated" : "an anonymous"
       } token for ${scope} (expires in ${Math.round(issued.lifetimeMs / 1000)}s)`,
+      "debug",
     );
     return issued;
   }
@@ -465,7 +468,10 @@ export class UpstreamClient {
       );
       if (!this.#insecureLogged.has(upstream.namespace)) {
         this.#insecureLogged.add(upstream.namespace);
-        this.#log(`upstream ${upstream.namespace}: TLS certificate verification is disabled`);
+        this.#log(
+          `upstream ${upstream.namespace}: TLS certificate verification is disabled`,
+          "warn",
+        );
       }
       return async (target, init) => (await insecure).fetch(target, init);
     }

@@ -184,3 +184,21 @@ Deno.test("without --allow-ffi blobs are hashed in place: slower, the same bytes
   }
   assertEquals(await up.countBlobGets(blob.digest), 2, "one download per mirror");
 });
+
+Deno.test("--log-format json: every line of a real process is a JSON object; the access log has its fields", async () => {
+  await using mirror = await startMirror({ extraArgs: ["--log-format", "json"] });
+  const response = await mirror.fetch("/v2/registry.test/library/x/manifests/1?ns=registry.test");
+  await response.body?.cancel();
+  const entry = await mirror.waitForLog(/"msg":"request".*manifests/);
+  const lines = mirror.logs().split("\n").filter((line) => line.trim() !== "");
+  for (const line of lines) assert(line.startsWith("{"), `not JSON: ${line}`);
+  const parsed = lines.map((line) => JSON.parse(line));
+  assert(parsed.every((line) => typeof line.time === "string" && typeof line.level === "string"));
+  assertMatch(parsed[0].msg, /^oci-registry .* listening on/);
+  const request = JSON.parse(entry);
+  assertEquals(request.method, "GET");
+  assertEquals(request.target, "/v2/registry.test/library/x/manifests/1?ns=registry.test");
+  assertEquals(request.status, response.status);
+  assertEquals(request.namespace, "registry.test");
+  assertEquals(typeof request.durationMs, "number");
+});

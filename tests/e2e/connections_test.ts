@@ -6,7 +6,8 @@
  */
 import { assert, assertEquals } from "../support/assert.ts";
 import { startMirror } from "../support/mirror.ts";
-import { closeQuietly, freePort, waitFor } from "../support/tools.ts";
+import { slowUpstream } from "../support/slow_upstream.ts";
+import { closeQuietly, waitFor } from "../support/tools.ts";
 
 const encoder = new TextEncoder();
 const MIRROR = [
@@ -154,47 +155,9 @@ Deno.test("connections: a --max-connections the descriptor limit cannot hold is 
   assert(mirror.running());
 });
 
-/**
- * A scripted upstream registry whose blob trickles out over `ms` (edge case only: the slow
- * server is the point).
- */
-function slowUpstream(ms: number) {
-  const blob = new Uint8Array(64 * 1024).fill(7);
-  const port = freePort();
-  let digest = "";
-  const server = Deno.serve({ hostname: "127.0.0.1", port, onListen() {} }, (request) => {
-    const path = new URL(request.url).pathname;
-    if (!path.includes("/blobs/")) return new Response("{}", { status: 200 });
-    const chunks = 16;
-    let sent = 0;
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (sent === chunks) return controller.close();
-        await new Promise((resolve) => setTimeout(resolve, ms / chunks));
-        const size = blob.byteLength / chunks;
-        controller.enqueue(blob.slice(sent * size, (sent + 1) * size));
-        sent++;
-      },
-    });
-    return new Response(request.method === "HEAD" ? null : body, {
-      headers: { "content-length": String(blob.byteLength), "docker-content-digest": digest },
-    });
-  });
-  return {
-    host: `127.0.0.1:${port}`,
-    blob,
-    setDigest: (d: string) => digest = d,
-    [Symbol.asyncDispose]: () => server.shutdown(),
-  };
-}
-
 Deno.test("connections: a response slower than both timeouts is not cut; a full house gets a clean 503", async () => {
   await using upstream = slowUpstream(2500);
-  const digest = `sha256:${
-    Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", upstream.blob)))
-      .map((b) => b.toString(16).padStart(2, "0")).join("")
-  }`;
-  upstream.setDigest(digest);
+  const digest = upstream.digest;
   await using mirror = await startMirror({
     upstreams: [{ namespace: "slow.test", host: upstream.host, tls: false }],
     extraArgs: ["--max-connections", "2", "--header-timeout", "1s", "--idle-timeout", "1s"],

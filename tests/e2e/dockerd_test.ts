@@ -17,7 +17,7 @@
  * a tag the mirror does not have shows that fallback being taken, and failing.
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
-import { startDockerd } from "../support/dockerd.ts";
+import { CLOSED_PROXY, startDockerd } from "../support/dockerd.ts";
 import {
   blobsOf,
   buildImage,
@@ -31,7 +31,7 @@ import {
 import { startMirror } from "../support/mirror.ts";
 import { type MirrorRequest, mirrorRequests, show } from "../support/mirror_log.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
-import { run, sha256File, tempDir } from "../support/tools.ts";
+import { isListening, run, sha256File, tempDir } from "../support/tools.ts";
 
 const NS = "registry.test";
 
@@ -52,6 +52,8 @@ async function assertOnlyMirrorAskedUpstream(up: Upstream) {
 }
 
 Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub", async (t) => {
+  // dockerd's proxy: nothing may listen there, so whatever dockerd sends past the mirror fails.
+  assert(!await isListening(Number(new URL(CLOSED_PROXY).port)), `${CLOSED_PROXY} must be closed`);
   await using up = await startUpstream();
   await using mirror = await startMirror({
     upstreams: [{ namespace: NS, host: up.host, tls: false }],

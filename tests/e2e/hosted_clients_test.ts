@@ -1,12 +1,20 @@
 /**
  * Real clients pushing to a hosted repository and pulling back out: skopeo copies a multi-arch
  * OCI image (an index over two platforms) in with --all, and out again to an OCI layout whose
- * every blob and manifest must be byte-exact; podman pulls it, pushes it to another hosted
- * repository and pulls that back.
+ * every blob and manifest must be byte-exact; podman and a real dockerd each pull it, push it to
+ * another hosted repository and pull that back; containerd's ctr pushes all platforms of it.
  */
 import { assertEquals } from "../support/assert.ts";
-import { blobsOf, buildIndex, manifestsOf, skopeoPush, writeOciLayout } from "../support/images.ts";
-import { podmanClient } from "../support/clients.ts";
+import {
+  blobsOf,
+  buildImage,
+  buildIndex,
+  manifestsOf,
+  skopeoPush,
+  writeOciLayout,
+} from "../support/images.ts";
+import { podmanClient, startContainerd } from "../support/clients.ts";
+import { startDockerd } from "../support/dockerd.ts";
 import { startMirror } from "../support/mirror.ts";
 import { run, sha256File, tempDir } from "../support/tools.ts";
 
@@ -66,4 +74,51 @@ Deno.test("podman pull, push to another hosted repository, pull again", async ()
   assertEquals(await id(copy), pulledId, "the same image (config digest) came back");
   const tags = await mirror.fetch("/v2/myorg/copy/tags/list");
   assertEquals(await tags.json(), { name: "myorg/copy", tags: ["2"] });
+});
+
+Deno.test("docker pull, push to another hosted repository, pull again (real dockerd)", async () => {
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
+  await using dir = await tempDir();
+  const image = buildImage({ layers: 2 });
+  await writeOciLayout(dir.join("in"), image, "1");
+  await skopeoPush({ host: mirror.host }, dir.join("in"), "1", "myorg/dk");
+  await using docker = await startDockerd();
+  const source = `${mirror.host}/myorg/dk:1`;
+  const copy = `${mirror.host}/myorg/dk-copy:2`;
+  await docker.cli(["pull", source], { check: true });
+  assertEquals((await docker.inspect(source)).Id, image.config.digest);
+  await docker.cli(["tag", source, copy], { check: true });
+  await docker.cli(["push", copy], { check: true });
+  await docker.cli(["rmi", source, copy], { check: true });
+  await docker.cli(["pull", copy], { check: true });
+  const pulled = await docker.inspect(copy);
+  assertEquals(pulled.Id, image.config.digest, "the same image came back");
+  assertEquals(pulled.RootFS.Layers, image.layers.map((l) => l.diffId));
+});
+
+Deno.test("ctr images pull --all-platforms, then ctr images push to another hosted repository", async () => {
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
+  await using dir = await tempDir();
+  const image = buildIndex({ layers: 2 });
+  await writeOciLayout(dir.join("in"), image, "1");
+  await skopeoPush({ host: mirror.host }, dir.join("in"), "1", "myorg/ctr");
+  await using containerd = await startContainerd();
+  const source = `${mirror.host}/myorg/ctr:1`;
+  const copy = `${mirror.host}/myorg/ctr-copy:2`;
+  await containerd.pull(source, { plainHttp: true, allPlatforms: true });
+  await containerd.ctr(["images", "tag", source, copy], { check: true });
+  await containerd.ctr(["images", "push", "--plain-http", copy], { check: true });
+  const head = await mirror.fetch("/v2/myorg/ctr-copy/manifests/2", { method: "HEAD" });
+  assertEquals(head.headers.get("docker-content-digest"), image.digest, "the same index");
+  for (const blob of [...blobsOf(image), ...manifestsOf(image)]) {
+    const path = blob.mediaType.includes("manifest") || blob.mediaType.includes("index")
+      ? "manifests"
+      : "blobs";
+    const r = await mirror.fetch(`/v2/myorg/ctr-copy/${path}/${blob.digest}`, { method: "HEAD" });
+    assertEquals(r.status, 200, `${blob.digest} pushed`);
+  }
 });

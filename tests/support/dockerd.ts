@@ -13,7 +13,8 @@
  * "proxyconnect ... connection refused". Loopback (where the mirror listens) is never proxied.
  *
  * `close()` stops dockerd (SIGTERM, then SIGKILL), then makes sure its containerd is gone too
- * (a SIGKILLed dockerd would leave it behind), and removes every directory.
+ * and nothing is left mounted (a SIGKILLed dockerd would leave both behind), and removes every
+ * directory.
  */
 import {
   ChildProcess,
@@ -148,12 +149,29 @@ class DockerdImpl implements Dockerd {
         } catch { /* gone meanwhile */ }
         await waitFor(() => !isAlive(containerdPid), { timeoutMs: 10_000 }).catch(() => {});
       }
+      // dockerd bind-mounts its data root onto itself and unmounts it on a clean exit only.
+      for (const mountPoint of mountsUnder(this.#dir.path).reverse()) {
+        await run("umount", ["--lazy", mountPoint]);
+      }
       await this.#dir.cleanup();
     }
   }
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/** Mount points at or below `dir`, outermost first. */
+function mountsUnder(dir: string): string[] {
+  try {
+    return Deno.readTextFileSync("/proc/self/mounts").split("\n")
+      .map((line) => line.split(" ")[1]?.replace(/\\040/g, " "))
+      .filter((point): point is string =>
+        !!point && (point === dir || point.startsWith(`${dir}/`))
+      );
+  } catch {
+    return [];
   }
 }
 

@@ -2,15 +2,16 @@
  * Makes this machine ready for the end-to-end tests; run by `deno task test` before `deno test`.
  *
  * - Checks the real components exist (docker-registry, skopeo, containerd, podman, umoci,
- *   buildah, dockerd and docker, htpasswd, nginx, openssl); when some are missing and we are
- *   root, installs their Debian packages with apt-get (without starting their services).
+ *   buildah, dockerd and docker, htpasswd, nginx, openssl, CA certificates); when some are
+ *   missing and we are root, installs their Debian packages with apt-get (without starting
+ *   their services).
  * - Pins the reserved test names (registry.test, ...) to 127.0.0.1 in /etc/hosts, so a client
  *   that bypasses the mirror fails fast instead of reaching anything else.
  *
  * Idempotent, and takes milliseconds when everything is already in place.
  */
 
-/** binary -> Debian package providing it */
+/** file -> Debian package providing it */
 export const REQUIRED_BINARIES: Record<string, string> = {
   "/usr/bin/docker-registry": "docker-registry",
   "/usr/bin/skopeo": "skopeo",
@@ -24,6 +25,8 @@ export const REQUIRED_BINARIES: Record<string, string> = {
   "/usr/bin/htpasswd": "apache2-utils",
   "/usr/sbin/nginx": "nginx-light",
   "/usr/bin/openssl": "openssl",
+  // Copied into the scratch image (scripts/image.ts).
+  "/etc/ssl/certs/ca-certificates.crt": "ca-certificates",
 };
 
 export const TEST_HOSTNAMES = ["registry.test", "registry2.test", "private.test", "token.test"];

@@ -66,6 +66,16 @@ Deployment, so `helm install/template` stops before anything is applied.
 {{- if and (eq $type "s3") (not .Values.storage.s3.bucket) }}
 {{- fail "storage.type=s3 needs storage.s3.bucket" }}
 {{- end }}
+{{- if .Values.ingress.enabled }}
+{{- if not .Values.ingress.hosts }}
+{{- fail "ingress.enabled needs at least one entry in ingress.hosts" }}
+{{- end }}
+{{- range $i, $h := .Values.ingress.hosts }}
+{{- if or (not (kindIs "map" $h)) (not $h.host) (not $h.paths) }}
+{{- fail (printf "ingress.hosts[%d] needs host and paths" $i) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- $known := list "namespace" "host" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" }}
 {{- range $i, $upstream := .Values.upstreams }}
 {{- if not (kindIs "map" $upstream) }}

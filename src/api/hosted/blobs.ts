@@ -5,6 +5,7 @@
  *   GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
  */
 import { parseDigest } from "../../digest.ts";
+import { noteStreamed } from "../../memory.ts";
 import { RegistryError } from "../../oci/errors.ts";
 import { isValidRepository } from "../../oci/reference.ts";
 import { rangeHeader } from "../../registry/local.ts";
@@ -189,7 +190,8 @@ function accepted(name: string, state: UploadState, status: 202 | 204): Response
 
 /**
  * The request body, whose read failure (the client hung up before its Content-Length) is a
- * client error, BLOB_UPLOAD_INVALID, rather than an internal one.
+ * client error, BLOB_UPLOAD_INVALID, rather than an internal one; its buffers are counted for
+ * memory.ts.
  */
 function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
   if (!request.body) return null;
@@ -206,8 +208,11 @@ function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
           { cause: e },
         );
       }
-      if (result.done) controller.close();
-      else controller.enqueue(result.value);
+      if (result.done) return controller.close();
+      // Request chunks are fresh buffers too: collected promptly, they keep an upload's
+      // memory flat (a 256 MiB upload in 1 MiB chunks otherwise left ~130 MB of garbage).
+      noteStreamed(result.value.byteLength);
+      controller.enqueue(result.value);
     },
     cancel: (reason) => reader.cancel(reason),
   });
