@@ -296,25 +296,24 @@ Deno.test("real clients log in: skopeo --creds, podman login, ctr --user, docker
 
     await t.step("podman login: alice pulls and pushes hosted; bob is refused", async () => {
       await using podman = await podmanClient();
+      // Its own credentials file: nothing is left in root's default one.
+      const env = { REGISTRY_AUTH_FILE: dir.join("podman-auth.json") };
+      const pm = (args: string[], check = false) => podman.podman(args, { env, check });
       const login = (user: string, password: string) =>
-        podman.podman(["login", "--tls-verify=false", "-u", user, "-p", password, mirror.host]);
+        pm(["login", "--tls-verify=false", "-u", user, "-p", password, mirror.host]);
       assert((await login(ALICE.user, "wrong")).code !== 0, "a wrong password logs in");
       assertEquals((await login(ALICE.user, ALICE.password)).code, 0);
-      await podman.pull(`${mirror.host}/myorg/app:1`, { tlsVerify: false });
-      await podman.podman(["tag", `${mirror.host}/myorg/app:1`, `${mirror.host}/myorg/podman:2`], {
-        check: true,
-      });
-      await podman.podman(["push", "--tls-verify=false", `${mirror.host}/myorg/podman:2`], {
-        check: true,
-      });
+      await pm(["pull", "--tls-verify=false", `${mirror.host}/myorg/app:1`], true);
+      await pm(["tag", `${mirror.host}/myorg/app:1`, `${mirror.host}/myorg/podman:2`], true);
+      await pm(["push", "--tls-verify=false", `${mirror.host}/myorg/podman:2`], true);
       assertEquals((await login(BOB.user, BOB.password)).code, 0, "bob is a user: login works");
-      const push = await podman.podman([
-        "push",
-        "--tls-verify=false",
-        `${mirror.host}/myorg/podman:2`,
-      ]);
+      const push = await pm(["push", "--tls-verify=false", `${mirror.host}/myorg/podman:2`]);
       assert(push.code !== 0, "bob pushed");
       assertMatch(push.stderr + push.stdout, /denied|403/i);
+      // Logged out, podman is anonymous again: the hosted image is refused.
+      await pm(["logout", mirror.host], true);
+      const anonymous = await pm(["pull", "--tls-verify=false", `${mirror.host}/myorg/podman:2`]);
+      assert(anonymous.code !== 0, "an anonymous podman pulled a hosted image");
     });
 
     await t.step("ctr --user: alice pulls the private image through the mirror", async () => {
