@@ -5,6 +5,7 @@
  * Every flag can also come from an environment variable; a flag wins over its variable.
  */
 import { ConfigError, parseDuration } from "./config.ts";
+import type { ClientLimitSettings } from "./http/client_limits.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
@@ -61,6 +62,16 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     env: "ALLOW_ANONYMOUS_PUSH",
     boolean: true,
     help: "without --auth-config: let anyone push to and delete from hosted repositories",
+  },
+  {
+    name: "client-rate",
+    env: "CLIENT_RATE",
+    help: "requests per second per client (user, else address); over it 429 (default: no limit)",
+  },
+  {
+    name: "client-downloads",
+    env: "CLIENT_DOWNLOADS",
+    help: "blob downloads at once per client; over it 429 (default: no limit)",
   },
   {
     name: "allow-private-upstreams",
@@ -169,6 +180,8 @@ export interface Settings {
   authConfigFile?: string;
   /** Without an auth config, hosted repositories take writes from anyone. */
   allowAnonymousPush: boolean;
+  /** Per-client request rate and concurrent downloads (src/http/client_limits.ts). */
+  clientLimits: ClientLimitSettings;
   allowPrivateUpstreams: boolean;
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
@@ -242,6 +255,10 @@ export function parseCommandLine(
       upstreamConfigFile: global["upstream-config-file"] || undefined,
       authConfigFile,
       allowAnonymousPush,
+      clientLimits: {
+        rate: positiveNumber(global, "client-rate", false),
+        downloads: positiveNumber(global, "client-downloads", true),
+      },
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",
@@ -266,6 +283,23 @@ function hostedNamespaces(value: string | undefined, defaultNamespace: string): 
     }
   }
   return [...new Set(names)];
+}
+
+/** An optional flag that must be a number above 0 (a whole one when `integer`). */
+function positiveNumber(
+  flags: Record<string, string | undefined>,
+  name: string,
+  integer: boolean,
+): number | undefined {
+  const value = flags[name];
+  if (value === undefined || value === "") return undefined;
+  const pattern = integer ? /^\d+$/ : /^\d+(?:\.\d+)?$/;
+  if (!pattern.test(value) || Number(value) <= 0) {
+    throw new ConfigError(
+      `--${name}: expected a positive ${integer ? "whole " : ""}number, got "${value}"`,
+    );
+  }
+  return Number(value);
 }
 
 /** A flag whose value must be one of `choices`. */

@@ -186,3 +186,22 @@ Deno.test("--log-format and --log-level: defaults, environment, and mistakes", (
     '--log-level: expected debug, info, warn, error; got "loud"',
   );
 });
+
+Deno.test("--client-rate and --client-downloads: off by default, positive numbers only", () => {
+  assertEquals(settings(["filesystem", "--root", "d"]).clientLimits, {
+    rate: undefined,
+    downloads: undefined,
+  });
+  const s = settings(["--client-rate", "2.5", "filesystem", "--root", "d"], {
+    CLIENT_DOWNLOADS: "4",
+  });
+  assertEquals(s.clientLimits, { rate: 2.5, downloads: 4 });
+  for (
+    const [flag, value] of [["--client-rate", "0"], ["--client-rate", "fast"], [
+      "--client-downloads",
+      "1.5",
+    ]]
+  ) {
+    assertThrows(() => settings([flag, value, "filesystem", "--root", "d"]), ConfigError);
+  }
+});

@@ -7,6 +7,7 @@ import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts"
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { AccessControl } from "./config/access.ts";
 import { Auth } from "./http/auth.ts";
+import { ClientLimits } from "./http/client_limits.ts";
 import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
@@ -136,6 +137,22 @@ async function main(): Promise<number> {
     ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
     : undefined;
   const ready = readiness(storage);
+  const { rate, downloads } = settings.clientLimits;
+  const limits = rate !== undefined || downloads !== undefined
+    ? new ClientLimits(settings.clientLimits)
+    : undefined;
+  if (limits) {
+    metrics.sampledCounter(
+      "oci_registry_client_rate_limited_total",
+      "Requests answered 429 for exceeding --client-rate.",
+      () => limits.refused.rate,
+    );
+    metrics.sampledCounter(
+      "oci_registry_client_downloads_limited_total",
+      "Blob GETs answered 429 for exceeding --client-downloads.",
+      () => limits.refused.downloads,
+    );
+  }
   const handler = createHandler({
     mirror,
     registry,
@@ -147,6 +164,7 @@ async function main(): Promise<number> {
     readiness: ready.check,
     auth,
     allowAnonymousPush: settings.allowAnonymousPush,
+    limits,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).

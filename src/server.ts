@@ -25,9 +25,10 @@ import * as hostedBlobs from "./api/hosted/blobs.ts";
 import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/hosted/listings.ts";
 import * as hostedManifests from "./api/hosted/manifests.ts";
 import type { Action, Resource } from "./config/access.ts";
-import type { Auth } from "./http/auth.ts";
+import { ANONYMOUS, type Auth } from "./http/auth.ts";
+import type { ClientLimits } from "./http/client_limits.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { hostedName, resolveName } from "./oci/namespace.ts";
+import { hostedName, type ResolvedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
@@ -54,6 +55,8 @@ export interface ServerOptions {
   auth?: Auth;
   /** --allow-anonymous-push: without `auth`, anyone may push to and delete from hosted names. */
   allowAnonymousPush?: boolean;
+  /** --client-rate, --client-downloads: per-client limits (src/http/client_limits.ts). */
+  limits?: ClientLimits;
 }
 
 type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
@@ -131,7 +134,17 @@ export function createHandler(options: ServerOptions): Handler {
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, hosted, request, target, route, seen, clientAddress(info));
+      const address = clientAddress(info);
+      response = await dispatch(
+        options,
+        hosted,
+        request,
+        target,
+        route,
+        seen,
+        address,
+        info?.completed,
+      );
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -242,6 +255,7 @@ async function dispatch(
   route: Route,
   seen: Seen,
   address: string,
+  sent: Promise<void> | undefined,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
   const auth = options.auth;
@@ -266,11 +280,13 @@ async function dispatch(
       });
     case "ping":
       if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
       await auth?.ping(request, address);
       return json({});
     case "token":
       if (!auth) throw noSuchEndpoint(target.path);
       if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
       return await auth.token(request, address, target.query, (name) => {
         const hostedRepository = options.registry ? hostedName(name, null, hosted) : null;
         if (hostedRepository !== null) return hostedResource(hostedRepository);
@@ -278,6 +294,7 @@ async function dispatch(
       });
     case "catalog": {
       if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
       if (!options.registry) return json({ repositories: [] });
       // Only the repositories this client may pull are named (a page may come out shorter).
       const identity = await auth?.identify(request, address);
@@ -294,26 +311,45 @@ async function dispatch(
     ? hostedName(pathName, target.query.get("ns"), hosted)
     : null;
   const action = actionOf(request.method, route.endpoint);
+  let name: ResolvedName | undefined;
+  let resource: Resource;
+  let scopeName: string;
   if (hostedRepository !== null) {
     seen.namespace = hostedRepository.split("/", 1)[0];
-    // Access first: a refusal must not depend on what the repository holds.
-    let mayMount = (_from: string) => true;
-    if (auth) {
-      const identity = await auth.identify(request, address, `repository:${hostedRepository}:pull`);
-      if (identity.user) seen.user = identity.user;
-      auth.require(identity, request, hostedResource(hostedRepository), action, hostedRepository);
-      // A mount reads its source: only from a hosted repository this client may pull.
-      mayMount = (from) => {
-        const source = hostedName(from, null, hosted);
-        return source !== null && auth.allows(identity, hostedResource(source), "pull");
-      };
-    } else if (action !== "pull" && !options.allowAnonymousPush) {
-      await request.body?.cancel();
-      throw new RegistryError(
-        "DENIED",
-        "hosted repositories take pushes and deletes only with --auth-config or --allow-anonymous-push",
-      );
-    }
+    resource = hostedResource(hostedRepository);
+    scopeName = hostedRepository;
+  } else {
+    name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+    seen.namespace = name.namespace;
+    resource = { hosted: false, ...name };
+    scopeName = `${name.namespace}/${name.repository}`;
+  }
+  // Who asks, their budget, their rights: all before any lookup, so that a refusal does not
+  // depend on what the repository holds.
+  const identity = auth
+    ? await auth.identify(request, address, `repository:${scopeName}:pull`)
+    : ANONYMOUS;
+  if (identity.user) seen.user = identity.user;
+  const client = identity.user ? `user:${identity.user}` : `address:${address}`;
+  options.limits?.admit(client);
+  if (auth) auth.require(identity, request, resource, action, scopeName);
+  else if (hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
+    await request.body?.cancel();
+    throw new RegistryError(
+      "DENIED",
+      "hosted repositories take pushes and deletes only with --auth-config or --allow-anonymous-push",
+    );
+  }
+  if (route.endpoint === "blobs" && request.method === "GET") {
+    options.limits?.startDownload(client, sent);
+  }
+  if (hostedRepository !== null) {
+    // A mount reads its source: only from a hosted repository this client may pull.
+    const mayMount = (from: string) => {
+      if (!auth) return true;
+      const source = hostedName(from, null, hosted);
+      return source !== null && auth.allows(identity, hostedResource(source), "pull");
+    };
     return await dispatchHosted(
       options.registry!,
       hostedRepository,
@@ -323,14 +359,7 @@ async function dispatch(
       mayMount,
     );
   }
-  const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
-  seen.namespace = name.namespace;
-  if (auth) {
-    const scopeName = `${name.namespace}/${name.repository}`;
-    const identity = await auth.identify(request, address, `repository:${scopeName}:pull`);
-    if (identity.user) seen.user = identity.user;
-    auth.require(identity, request, { hosted: false, ...name }, action, scopeName);
-  }
+  name = name!;
   if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
   switch (route.endpoint) {
     case "manifests":
