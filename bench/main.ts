@@ -7,7 +7,7 @@
  *   deno task bench --quick          smoke run (small sizes, 1-2 repetitions; ~1-2 minutes)
  *   deno task bench --only blob,cold run some sections only
  *
- * Sections: startup, blob, s3, manifest, cold, concurrent, guard, auth (`memory` =
+ * Sections: startup, blob, s3, manifest, cold, concurrent, guard, push, auth (`memory` =
  * startup,blob,manifest).
  * Every server is a fresh process with fresh storage per section (per repetition for the cold
  * ones); repetitions rotate the order of the servers so background noise is shared fairly.
@@ -44,6 +44,7 @@ const SECTIONS = [
   "cold",
   "concurrent",
   "guard",
+  "push",
   "auth",
 ] as const;
 type Section = typeof SECTIONS[number];
@@ -141,6 +142,124 @@ async function getOk(
     throw new Error(`${label}: GET ${url} gave ${r.status} with ${r.bytes} of ${size} bytes`);
   }
   return r;
+}
+
+/**
+ * Pushing the big blob to a hosted repository, against distribution 2.8.2 (the upstream
+ * fixture: a plain registry) in the same run: monolithic (POST, then PUT with the body) and
+ * streamed (POST, one PATCH with the body, then PUT), the way docker and containerd push.
+ * curl streams the file (`-T`); each push goes to a repository of its own.
+ */
+async function push(fx: Fixture, plan: Plan) {
+  const big = fx.big!;
+  const label = sizeLabel(big.size);
+  progress(`push: ${label} monolithic and streamed x${plan.blobReps}`);
+  const mirror = await startMirror({
+    upstreamHost: fx.upstream.host,
+    extraArgs: ["--hosted", "push", "--allow-anonymous-push"],
+  });
+  try {
+    const targets = [
+      { kind: "oci-registry", url: mirror.url, pids: mirror.pids, repo: "push/bench" },
+      {
+        kind: "distribution",
+        url: fx.upstream.url,
+        pids: upstreamPids(fx.upstream),
+        repo: "push/bench",
+      },
+    ];
+    const curl = async (args: string[]) => {
+      // No `Expect: 100-continue`: the body goes out at once, as registry clients send it.
+      const r = await run("curl", ["-s", "-o", "/dev/null", "-D", "-", "-H", "Expect:", ...args], {
+        timeoutMs: 300_000,
+      });
+      const status = Number(/^HTTP\/1\.1 (\d{3})/m.exec(r.stdout)?.[1] ?? 0);
+      const location = /^location: *(.+?)\r?$/im.exec(r.stdout)?.[1];
+      return { status, location };
+    };
+    const absolute = (base: string, location: string) => new URL(location, base).href;
+    const withDigest = (url: string) =>
+      `${url}${url.includes("?") ? "&" : "?"}digest=${big.digest}`;
+    for (const mode of ["monolithic", "streamed"] as const) {
+      const speeds: Record<string, number[]> = { "oci-registry": [], distribution: [] };
+      const peaks: Record<string, { before: number; peak: number }> = {};
+      for (let rep = 0; rep < plan.blobReps; rep++) {
+        for (const target of rotate(targets, rep)) {
+          const repo = `${target.repo}${mode}${rep}`;
+          const post = await curl(["-X", "POST", `${target.url}/v2/${repo}/blobs/uploads/`]);
+          if (post.status !== 202 || !post.location) {
+            throw new Error(`${target.kind}: POST answered ${post.status}`);
+          }
+          let url = absolute(target.url, post.location);
+          const sampler = new RssSampler(target.pids);
+          const t = performance.now();
+          if (mode === "streamed") {
+            const patch = await curl(["-X", "PATCH", "-T", big.file, url]);
+            if (patch.status !== 202 || !patch.location) {
+              throw new Error(`${target.kind}: PATCH answered ${patch.status}`);
+            }
+            url = absolute(target.url, patch.location);
+            const put = await curl(["-X", "PUT", withDigest(url)]);
+            if (put.status !== 201) throw new Error(`${target.kind}: PUT answered ${put.status}`);
+          } else {
+            const put = await curl(["-X", "PUT", "-T", big.file, withDigest(url)]);
+            if (put.status !== 201) throw new Error(`${target.kind}: PUT answered ${put.status}`);
+          }
+          const ms = performance.now() - t;
+          const peak = sampler.stop();
+          speeds[target.kind].push(mibPerSecond(big.size, ms));
+          const seen = peaks[target.kind] ?? { before: sampler.before, peak: 0 };
+          peaks[target.kind] = {
+            before: Math.min(seen.before, sampler.before),
+            peak: Math.max(seen.peak, peak),
+          };
+        }
+      }
+      const oci = median(speeds["oci-registry"]);
+      const d = median(speeds.distribution);
+      rows.push({
+        measure: `${label} blob push, ${mode}, filesystem`,
+        unit: "MiB/s",
+        oci,
+        dist: d,
+        runs: { oci: speeds["oci-registry"], dist: speeds.distribution },
+        target: ">= 1.0x dist",
+        met: oci >= d,
+      });
+      const o = peaks["oci-registry"];
+      const di = peaks.distribution;
+      rows.push({
+        measure: `RSS peak during ${label} ${mode} push (added)`,
+        unit: "MB",
+        oci: mb(o.peak),
+        dist: mb(di.peak),
+        text: {
+          oci: `${fmt(mb(o.peak))} (+${fmt(mb(o.peak - o.before))})`,
+          dist: `${fmt(mb(di.peak))} (+${fmt(mb(di.peak - di.before))})`,
+        },
+        lowerIsBetter: true,
+        target: "adds < 64 MB",
+        met: mb(o.peak - o.before) < 64,
+      });
+    }
+  } finally {
+    await mirror.stop();
+  }
+}
+
+/** The upstream fixture's docker-registry process (found by its config in the fixture's dir). */
+function upstreamPids(upstream: Upstream): number[] {
+  const pids: number[] = [];
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`);
+      if (cmdline.includes("docker-registry") && cmdline.includes(upstream.dir)) {
+        pids.push(Number(entry.name));
+      }
+    } catch { /* gone */ }
+  }
+  return pids;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -954,7 +1073,7 @@ async function main(): Promise<number> {
 
   try {
     const fx: Fixture = { upstream };
-    if (has("blob") || has("s3") || has("guard") || has("auth")) {
+    if (has("blob") || has("s3") || has("guard") || has("push") || has("auth")) {
       const repo = "bench/big";
       const t = performance.now();
       const b = await pushRandomBlob(upstream, repo, plan.blobSize);
@@ -988,6 +1107,7 @@ async function main(): Promise<number> {
       ["cold", cold],
       ["concurrent", concurrent],
       ["guard", guard],
+      ["push", push],
       ["auth", auth],
     ];
     for (const [name, fn] of sectionsToRun) {

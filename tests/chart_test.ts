@@ -581,6 +581,52 @@ Deno.test("helm: upstreams and credentials reach the mirror's parsers intact", a
   assertEquals(programSettings(none).env.UPSTREAM_CREDENTIALS, undefined);
 });
 
+Deno.test("helm: failover, filters, bounds and warm lists reach the mirror's parser intact", async () => {
+  const rendered = await renderOk({
+    upstreams: [{
+      namespace: "docker.io",
+      hosts: ["mirror-a.internal:5000", { host: "registry-1.docker.io", tls: true }],
+      failover_backoff: "45s",
+      forward_ns: true,
+      rate_limit_reserve: 5,
+      max_concurrent_requests: 8,
+      max_requests_per_second: 4,
+      queue_timeout: "3s",
+      repositories: ["library/*"],
+      exclude_repositories: ["library/ubuntu"],
+      tags: ["v*"],
+      exclude_tags: ["*-rc*"],
+      refusal_status: 403,
+      warm: ["library/alpine:3.19", { image: "library/redis:7", platforms: ["linux/amd64"] }],
+      warm_interval: "2h",
+    }],
+  });
+  const [upstream] = parseUpstreamYaml(
+    rendered.one("ConfigMap").data["upstreams.yaml"],
+    "upstreams.yaml",
+  );
+  assertEquals(upstream.endpoints?.map((e) => [e.host, e.tls]), [
+    ["mirror-a.internal:5000", true],
+    ["registry-1.docker.io", true],
+  ]);
+  assertEquals(upstream.failoverBackoffMs, 45_000);
+  assertEquals(upstream.forwardNamespace, true);
+  assertEquals(upstream.rateLimitReserve, 5);
+  assertEquals(upstream.limits, { maxConcurrent: 8, perSecond: 4, queueTimeoutMs: 3_000 });
+  assertEquals(upstream.filter, {
+    repositories: ["library/*"],
+    excludeRepositories: ["library/ubuntu"],
+    tags: ["v*"],
+    excludeTags: ["*-rc*"],
+    refusalStatus: 403,
+  });
+  assertEquals(upstream.warm, [
+    { repository: "library/alpine", reference: "3.19" },
+    { repository: "library/redis", reference: "7", platforms: ["linux/amd64"] },
+  ]);
+  assertEquals(upstream.warmIntervalMs, 7_200_000);
+});
+
 Deno.test("helm: upstream values that cannot work fail with a clear message", async () => {
   const cases: [Json, RegExp][] = [
     [
@@ -589,7 +635,11 @@ Deno.test("helm: upstream values that cannot work fail with a clear message", as
     ],
     [
       { upstreams: [{ namespace: "docker.io", hots: "h" }] },
-      /upstreams\[0\] needs both namespace and host/,
+      /upstreams\[0\] needs a namespace and a host \(or hosts\)/,
+    ],
+    [
+      { upstreams: [{ namespace: "a.io", hosts: ["h1", { host: "h2", password: "x" }] }] },
+      /upstreams\[0\]\.hosts\[1\]: endpoint credentials cannot go in a ConfigMap/,
     ],
     [
       { upstreams: [{ namespace: "a.io", host: "h", manifest_invalidaton_time: "1h" }] },

@@ -426,6 +426,17 @@ const CASES: Record<string, Case> = {
     assertEquals(sorted(await rawKeys()), sorted([key, smallKey]));
   },
 
+  "move renames an object, bytes and all": async ({ storage, rawKeys }) => {
+    const bytes = pattern(3 * MiB + 7, 21);
+    await storage.write("uploads/x/0000000000000000", bytes);
+    await storage.write("blobs/sha256/ab/old", encoder.encode("old"));
+    await storage.move("uploads/x/0000000000000000", "blobs/sha256/ab/old");
+    assertEquals(await bytesOf((await storage.read("blobs/sha256/ab/old"))!.body), bytes);
+    assertEquals(await storage.stat("uploads/x/0000000000000000"), null);
+    assertEquals(await rawKeys(), ["blobs/sha256/ab/old"]);
+    await assertRejects(() => storage.move("uploads/x/none", "blobs/sha256/ab/new"));
+  },
+
   "publishFile rejects a wrong digest or size": async ({ storage, spoolFile, rawKeys }) => {
     const bytes = pattern(100_000, 16);
     const wrong = digestOf(encoder.encode("not it"));

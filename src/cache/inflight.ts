@@ -49,8 +49,13 @@ const READ_CHUNK = 1 << 20;
 /**
  * Starts the upstream GET for a digest; resolves once headers arrived (2xx only), or to null
  * when the blob turned out to be stored already (published by a download that just ended).
+ * With `from`, asks for the bytes from that offset on (`Range: bytes=from-`): a body cut
+ * mid-way is resumed, not started over.
  */
-export type FetchBlob = () => Promise<Response | null>;
+export type FetchBlob = (from?: number) => Promise<Response | null>;
+
+/** Resumptions of one download's body before its failure is final. */
+const MAX_RESUMES = 3;
 
 type State = "downloading" | "verified" | "failed";
 
@@ -105,15 +110,27 @@ export class Download {
   #spool: Spool;
   #health: StoreHealth;
   #stalledReaderMs: number;
+  #fetch: FetchBlob | undefined;
+  #source!: BlockSource;
+  #resumes = 0;
+  #log: LogFn;
 
-  constructor(digest: string, spool: Spool, response: Response, context: DownloadContext) {
+  constructor(
+    digest: string,
+    spool: Spool,
+    response: Response,
+    context: DownloadContext,
+    fetch?: FetchBlob,
+  ) {
     this.digest = digest;
     this.#spool = spool;
     spool.onChange = () => this.notify();
     this.#storage = context.storage;
     this.#health = context.health;
     this.#stalledReaderMs = context.stalledReaderMs;
+    this.#fetch = fetch;
     const log = context.log;
+    this.#log = log;
     const length = response.headers.get("content-length");
     this.expectedSize = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
     this.detached = new Promise((resolve) => this.#detach = resolve);
@@ -131,7 +148,7 @@ export class Download {
   async #run(body: ReadableStream<Uint8Array>, log: LogFn): Promise<void> {
     const hasher = createBlockHasher(parseDigest(this.digest).algorithm);
     const hashing: Promise<void>[] = []; // per block still in memory
-    const source = new BlockSource(body);
+    this.#source = new BlockSource(body);
     try {
       for (let block = 0;; block++) {
         // A new block evicts the one BLOCKS_IN_MEMORY back from memory: it must be on disk (and
@@ -158,7 +175,7 @@ export class Download {
         }
 
         const start = block * BLOCK_SIZE;
-        const bytes = await this.#receiveBlock(source, start);
+        const bytes = await this.#receiveBlock(start);
         if (bytes.byteLength > 0) {
           hashing.push(hasher.update(bytes));
           // The block replaces the partial copies made of it while it arrived.
@@ -197,7 +214,7 @@ export class Download {
         );
         log(`blob ${this.digest}: ${(this.#error as Error).message}`, "warn");
         hasher.dispose();
-        await source.cancel();
+        await this.#source.cancel();
       } else {
         log(`blob ${this.digest}: verified but the spool failed: ${(e as Error).message}`, "warn");
       }
@@ -305,7 +322,7 @@ export class Download {
    * While it arrives slowly, copies of what came so far are made visible every
    * PARTIAL_AFTER_MS, so a reader at the head never waits long for the rest of the block.
    */
-  async #receiveBlock(source: BlockSource, start: number): Promise<Uint8Array> {
+  async #receiveBlock(start: number): Promise<Uint8Array> {
     const size = this.expectedSize === undefined || this.expectedSize >= start + BLOCK_SIZE
       ? BLOCK_SIZE
       : Math.max(0, this.expectedSize - start);
@@ -314,7 +331,18 @@ export class Download {
     let shown = 0; // bytes of this block already copied into pieces
     let shownAt = performance.now();
     while (filled < size) {
-      const got = await source.read(block, filled);
+      let got;
+      try {
+        got = await this.#source.read(block, filled);
+      } catch (e) {
+        // The body broke. A read that fails may take its block's memory with it (BYOB), so the
+        // block starts over: from its first byte, asked for with a Range request.
+        if (!await this.#resume(start, e)) throw e;
+        this.#received = start;
+        block = new Uint8Array(size);
+        filled = shown = 0;
+        continue;
+      }
       block = got.block;
       if (got.n === 0) break;
       filled += got.n;
@@ -330,7 +358,7 @@ export class Download {
     }
     if (filled === size && this.expectedSize !== undefined && size < BLOCK_SIZE) {
       // The announced end: anything more is a lying upstream.
-      if (await source.hasMore()) {
+      if (await this.#source.hasMore()) {
         throw new RegistryError(
           "UPSTREAM_ERROR",
           `upstream sent more than ${this.expectedSize} bytes for ${this.digest}`,
@@ -338,6 +366,39 @@ export class Download {
       }
     }
     return block.subarray(0, filled);
+  }
+
+  /**
+   * Replaces a broken body with the upstream's bytes from `offset` on; false when that cannot
+   * be had (no fetch, too many resumptions, or an answer that is not exactly that range).
+   */
+  async #resume(offset: number, cause: unknown): Promise<boolean> {
+    if (!this.#fetch || this.#resumes >= MAX_RESUMES) return false;
+    this.#resumes++;
+    this.#log(
+      `blob ${this.digest}: upstream body broke at ${this.#received} bytes (${
+        (cause as Error)?.message ?? cause
+      }); resuming from ${offset}`,
+      "warn",
+    );
+    let response: Response | null;
+    try {
+      response = await this.#fetch(offset);
+    } catch {
+      return false;
+    }
+    const range = response?.headers.get("content-range") ?? "";
+    const total = this.expectedSize === undefined ? "" : `/${this.expectedSize}`;
+    if (
+      !response?.body || response.status !== 206 || !range.startsWith(`bytes ${offset}-`) ||
+      !range.endsWith(total)
+    ) {
+      await response?.body?.cancel();
+      return false;
+    }
+    await this.#source.cancel();
+    this.#source = new BlockSource(response.body);
+    return true;
   }
 
   /** Bytes at `position` (below `limit`) from memory, without copying; null when not there. */
@@ -548,6 +609,6 @@ export class InflightDownloads {
       await response.body?.cancel();
       throw e;
     }
-    return new Download(digest, spool, response, this.#context);
+    return new Download(digest, spool, response, this.#context, fetch);
   }
 }

@@ -32,10 +32,12 @@ import {
   mirroredReferrersKey,
   tagKey,
   type TagLink,
+  tagListKey,
 } from "../storage/layout.ts";
 import type { Descriptor } from "../registry/registry.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
+import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
@@ -46,13 +48,13 @@ export interface Upstream {
     namespace: string,
     repository: string,
     reference: string,
-    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal; retry?: boolean },
   ): Promise<Response>;
   blob(
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean; range?: string },
   ): Promise<Response>;
   tags(
     namespace: string,
@@ -67,6 +69,11 @@ export interface Upstream {
     digest: string,
     signal?: AbortSignal,
   ): Promise<Response>;
+  /**
+   * True while the namespace's upstream has little rate-limit quota left (or asked not to be
+   * called): what is cached is then served without asking it (see upstream/rate_limits.ts).
+   */
+  quotaLow?(namespace: string): boolean;
 }
 
 export interface ManifestResult {
@@ -106,6 +113,8 @@ export interface MirrorOptions {
   now?: () => number;
   /** How long a pass-through (store full) waits for a client that stopped reading; tests. */
   stalledReaderMs?: number;
+  /** Whether namespaces nobody configured are mirrored (default "any"). */
+  upstreamPolicy?: UpstreamPolicy;
 }
 
 /**
@@ -115,6 +124,8 @@ export interface MirrorOptions {
 const STALLED_READER_MS = 30_000;
 /** Memory for hot manifests: a few thousand typical manifests. */
 const MANIFEST_MEMORY_BYTES = 16 << 20;
+/** Largest whole tag list stored for stale serving (about 300k tags). */
+const MAX_TAG_LIST_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
 /** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
 const BLOB_CONFIRMATION_ENTRIES = 100_000;
@@ -140,6 +151,9 @@ export class Mirror {
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
   readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  readonly #upstreamPolicy: UpstreamPolicy;
+  /** Compiled filters of the configured namespaces that have one. */
+  readonly #filters = new Map<string, Filter>();
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
   /** `namespace/repository@digest` for content the repository holds (see the top comment). */
@@ -154,6 +168,7 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
+    this.#upstreamPolicy = options.upstreamPolicy ?? "any";
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
     this.#downloads = new InflightDownloads(options.spoolDir, {
       storage: options.storage,
@@ -194,6 +209,7 @@ export class Mirror {
     reference: string,
     accept: string[],
   ): Promise<ManifestResult> {
+    this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const manifest = await this.#singleFlight(
@@ -250,6 +266,11 @@ export class Mirror {
       this.#count("manifest", "hit");
       return stored;
     }
+    if (this.#upstream.quotaLow?.(namespace)) {
+      // The quota is for what is not cached; this tag is served as it was last confirmed.
+      this.#count("manifest", "stale");
+      return stored;
+    }
     try {
       const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
       this.#count("manifest", "revalidated");
@@ -276,6 +297,7 @@ export class Mirror {
     const response = await this.#upstream.manifest(namespace, repository, tag, {
       method: "HEAD",
       accept: ALL_MANIFEST_TYPES,
+      retry: false, // a cached answer is at hand: serve it rather than wait for retries
     });
     await response.body?.cancel();
     const digest = response.headers.get("docker-content-digest");
@@ -473,6 +495,7 @@ export class Mirror {
     digest: string,
     options: BlobRequest,
   ): Promise<BlobResult> {
+    this.#admit(namespace, repository);
     const key = blobKey(digest);
     // Before anything else: no download to follow and no cached bytes unless this repository
     // holds the blob. A blob neither cached nor downloading is confirmed by fetching it.
@@ -518,13 +541,15 @@ export class Mirror {
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
     // The repository a download is fetched for is noted from its start, so that concurrent
     // requests for the same repository join it instead of asking upstream with a HEAD each.
-    const fetch = async (checkStore: boolean) => {
+    // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
+    const fetch = async (checkStore: boolean, from?: number) => {
       this.#fetchingFor.set(digest, heldKey);
       try {
         // Re-checked inside the flight: a download may have been published since the lookup.
-        if (checkStore && await this.#storage.stat(key)) return null;
+        if (checkStore && from === undefined && await this.#storage.stat(key)) return null;
         const response = await this.#upstream.blob(namespace, repository, digest, {
           method: "GET",
+          ...(from === undefined ? {} : { range: `bytes=${from}-` }),
         });
         // Not awaited: the download starts now; settled() waits for the link.
         this.#background(this.#hold(namespace, repository, digest));
@@ -534,7 +559,7 @@ export class Mirror {
       }
     };
     for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, () => fetch(true));
+      let download = await this.#downloads.join(digest, (from) => fetch(true, from));
       // A download fetched for this same repository confirms it (or fails for all alike);
       // another repository's download, or a blob published meanwhile, does not.
       if (
@@ -547,7 +572,7 @@ export class Mirror {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return published;
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(digest, () => fetch(false));
+        download = await this.#downloads.join(digest, (from) => fetch(false, from));
       }
       if (!download) break;
       const followed = this.#follow(download, options);
@@ -607,8 +632,12 @@ export class Mirror {
     const confirmationKey = `${namespace}/${repository}@${digest}`;
     const confirmed = Math.max(stored.getTime(), this.#blobConfirmations.get(confirmationKey) ?? 0);
     if (this.#now() - confirmed < config.blobInvalidationMs) return true;
+    if (this.#upstream.quotaLow?.(namespace)) return true; // content-addressed: still right
     try {
-      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      const response = await this.#upstream.blob(namespace, repository, digest, {
+        method: "HEAD",
+        retry: false, // cached bytes are at hand
+      });
       await response.body?.cancel();
       this.#blobConfirmations.set(confirmationKey, this.#now());
       return true;
@@ -622,11 +651,67 @@ export class Mirror {
     this.#metrics.cache.inc({ kind, result });
   }
 
+  /**
+   * Makes sure a blob is cached (warm lists): nothing is read when it is, else it is fetched
+   * like any miss. Resolves to the bytes fetched (0 when it was cached).
+   */
+  async prefetchBlob(namespace: string, repository: string, digest: string): Promise<number> {
+    this.#admit(namespace, repository);
+    if (await this.#storage.stat(blobKey(digest))) return 0;
+    const blob = await this.getBlob(namespace, repository, digest, { method: "GET" });
+    let bytes = 0;
+    for await (const chunk of blob.body ?? []) bytes += chunk.byteLength;
+    return bytes;
+  }
+
   // ---- tags ------------------------------------------------------------------------------
 
-  /** The upstream's tag list, passed through (with `n` and `last`). */
-  listTags(namespace: string, repository: string, query: URLSearchParams): Promise<Response> {
-    return this.#upstream.tags(namespace, repository, query);
+  /**
+   * The upstream's tag list, passed through (with `n` and `last`). A whole list (no `n`, no
+   * `last`) is also stored, and served stale when upstream is unreachable, refuses, or
+   * rate-limits.
+   */
+  async listTags(
+    namespace: string,
+    repository: string,
+    query: URLSearchParams,
+  ): Promise<Response> {
+    this.#admit(namespace, repository);
+    const whole = !query.has("n") && !query.has("last");
+    const key = tagListKey(namespace, repository);
+    let response: Response;
+    try {
+      response = await this.#upstream.tags(namespace, repository, query);
+    } catch (e) {
+      const cached = whole && servesStale(e) ? await this.#storage.readBytes(key) : null;
+      if (!cached) throw e;
+      this.#log(`serving stale tag list of ${namespace}/${repository}: ${describe(e)}`);
+      return new Response(cached as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": "application/json" },
+      });
+    }
+    if (!whole) return response;
+    const bytes = await readLimited(response, MAX_TAG_LIST_BYTES, `tags of ${repository}`);
+    await this.#store(
+      `tag list of ${namespace}/${repository} not recorded`,
+      () => this.#storage.write(key, bytes),
+    );
+    return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: response.headers });
+  }
+
+  /**
+   * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
+   * before storage or upstream is asked: cached content outside them is refused too.
+   */
+  #admit(namespace: string, repository: string, tag?: string): void {
+    const config = this.#upstreams.get(namespace);
+    if (this.#upstreamPolicy === "configured" && !config.configured) {
+      throw unconfiguredNamespace(namespace);
+    }
+    if (!config.filter) return;
+    let filter = this.#filters.get(namespace);
+    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
+    filter.check(namespace, repository, tag);
   }
 
   /**
@@ -640,6 +725,7 @@ export class Mirror {
     digest: string,
     artifactType?: string,
   ): Promise<Descriptor[]> {
+    this.#admit(namespace, repository);
     const all = await this.#referrers(namespace, repository, digest);
     return artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType);
   }
@@ -728,6 +814,7 @@ function countingUpstream(
       count(namespace, "referrers", "GET");
       return upstream.referrers!(namespace, repository, digest, signal);
     }),
+    quotaLow: upstream.quotaLow?.bind(upstream),
   };
 }
 

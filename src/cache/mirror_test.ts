@@ -134,6 +134,64 @@ Deno.test("stale tags, digests and blobs are served when upstream is down or rat
   }
 });
 
+Deno.test("while upstream quota is low, cached tags and blobs are served without asking it", async () => {
+  await withMirror(async (mirror, upstream, _storage, clock) => {
+    const blob = upstream.addBlob(randomBytes(1000));
+    const digest = upstream.addManifest("1", image(blob));
+    await mirror.getManifest(NS, REPO, "1", []);
+    await readAll((await mirror.getBlob(NS, REPO, blob, { method: "GET" })).body!);
+    const before = upstream.calls.length;
+    upstream.quotaIsLow = true;
+    clock.now += 2 * 3_600_000; // the tag is due for revalidation
+    assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, digest);
+    clock.now += 60 * 86_400_000; // and the blob for confirmation
+    const cached = await mirror.getBlob(NS, REPO, blob, { method: "GET" });
+    assertEquals(digestOf(await readAll(cached.body!)), blob);
+    assertEquals(upstream.calls.length, before, "no HEAD spent on what is cached");
+    // What is not cached still goes upstream: that is what the quota is kept for.
+    upstream.addManifest("2", image(blob));
+    await mirror.getManifest(NS, REPO, "2", []);
+    assertEquals(upstream.calls.length, before + 1);
+    upstream.quotaIsLow = false;
+    await mirror.getManifest(NS, REPO, "1", []);
+    assertEquals(upstream.count("manifest", "HEAD"), 1, "revalidated once the quota is back");
+  });
+});
+
+Deno.test("a download cut mid-way resumes with a Range request from its block, not from byte 0", async () => {
+  for (const byteStreams of [false, true]) {
+    await withMirror(async (mirror, upstream, storage) => {
+      upstream.byteStreams = byteStreams;
+      const bytes = randomBytes(5 * 1024 * 1024 + 17);
+      const digest = upstream.addBlob(bytes);
+      upstream.breakAfter = 2.5 * 1024 * 1024; // in the third 1 MiB block
+      const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      assertEquals(digestOf(await readAll(blob.body!)), digest, "the client gets every byte");
+      assertEquals(upstream.ranges, ["", "bytes=2097152-"]);
+      await mirror.settled();
+      assertEquals(
+        (await storage.stat(blobKey(digest)))?.size,
+        bytes.byteLength,
+        "and it is cached",
+      );
+    });
+  }
+});
+
+Deno.test("a cut download whose upstream ignores Range fails cleanly: nothing stored", async () => {
+  await withMirror(async (mirror, upstream, storage) => {
+    const bytes = randomBytes(3 * 1024 * 1024);
+    const digest = upstream.addBlob(bytes);
+    upstream.breakAfter = 1.5 * 1024 * 1024;
+    upstream.honoursRange = false; // answers the Range request with the whole blob (200)
+    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    await assertRejects(() => readAll(blob.body!));
+    await mirror.settled();
+    assertEquals(await storage.stat(blobKey(digest)), null);
+    assertEquals(upstream.ranges, ["", "bytes=1048576-"]);
+  });
+});
+
 Deno.test("a manifest whose bytes do not match the digest asked for is refused and not stored", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const digest = upstream.addManifest("1", image("sha256:" + "a".repeat(64)));
@@ -532,4 +590,16 @@ Deno.test("referrers: upstream's API (cached, served stale), else the fallback t
     await storage.close();
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("a whole tag list is stored and served stale when upstream is down", async () => {
+  await withMirror(async (mirror, upstream) => {
+    const fresh = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await fresh.json()).tags, ["1", "2", "3"]);
+    upstream.failure = new RegistryError("UNAVAILABLE", "upstream down");
+    const stale = await mirror.listTags(NS, REPO, new URLSearchParams());
+    assertEquals((await stale.json()).tags, ["1", "2", "3"]);
+    // A page is not stored: with upstream down it fails as before.
+    await assertRejects(() => mirror.listTags(NS, REPO, new URLSearchParams("n=1")), RegistryError);
+  });
 });

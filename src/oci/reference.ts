@@ -61,3 +61,46 @@ export function assertManifestReference(reference: string, options: { read?: boo
   }
   throw new RegistryError("MANIFEST_INVALID", `invalid tag: ${JSON.stringify(reference)}`);
 }
+
+/**
+ * `registry.k8s.io/pause:3.9`, `alpine` (docker.io/library/alpine:latest),
+ * `ghcr.io/org/app@sha256:...`: the registry, repository and reference of an image name as
+ * `docker pull` reads it.
+ */
+export function parseImageName(
+  name: string,
+): { registry: string; repository: string; reference: string } {
+  let rest = name.trim();
+  let registry = "docker.io";
+  const slash = rest.indexOf("/");
+  const first = slash < 0 ? "" : rest.slice(0, slash);
+  if (first && (first.includes(".") || first.includes(":") || first === "localhost")) {
+    if (!isRegistryHost(first)) throw invalidImage(name);
+    registry = first;
+    rest = rest.slice(slash + 1);
+  }
+  let reference = "latest";
+  const at = rest.indexOf("@");
+  if (at >= 0) {
+    reference = rest.slice(at + 1);
+    rest = rest.slice(0, at).replace(/:[^/]*$/, ""); // a tag before a digest is ignored
+  } else {
+    const colon = rest.lastIndexOf(":");
+    if (colon > rest.lastIndexOf("/")) {
+      reference = rest.slice(colon + 1);
+      rest = rest.slice(0, colon);
+    }
+  }
+  if (registry === "docker.io" && !rest.includes("/")) rest = `library/${rest}`;
+  try {
+    assertRepository(rest);
+    assertManifestReference(reference);
+  } catch {
+    throw invalidImage(name);
+  }
+  return { registry, repository: rest, reference };
+}
+
+function invalidImage(name: string): RegistryError {
+  return new RegistryError("NAME_INVALID", `not an image name: ${JSON.stringify(name)}`);
+}

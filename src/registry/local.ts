@@ -4,10 +4,12 @@
  * repository holds is its links, so a delete unlinks and a mount links.
  *
  * Nothing unverified becomes visible: blob bytes are published by a storage write that checks
- * their digest, and links are written only after the bytes they name exist. Upload chunks live
+ * their digest (or, for an upload that is one chunk, by moving the chunk once its digest was
+ * checked), and links are written only after the bytes they name exist. Upload chunks live
  * under uploads/<id>/ until the final PUT streams them, in order, through that verifying write.
  * Every step is a storage object, so replicas sharing a bucket continue each other's uploads.
  */
+import { type BlockHasher, createBlockHasher } from "../background_hash.ts";
 import { digestOf, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
@@ -71,6 +73,12 @@ export class LocalRegistry implements Registry {
   readonly #now: () => number;
   /** One change at a time per upload session in this process (chunks must not interleave). */
   readonly #uploadQueues = new Map<string, Promise<unknown>>();
+  /**
+   * The sha256 of sessions this process received from their first byte, kept while their
+   * chunks arrive here in order, so that the final PUT need not read them again. A session
+   * another replica added to simply falls back to hashing what is stored.
+   */
+  readonly #running = new Map<string, { hasher: BlockHasher; offset: number }>();
 
   constructor(options: LocalRegistryOptions) {
     this.#storage = options.storage;
@@ -336,7 +344,28 @@ export class LocalRegistry implements Registry {
             { headers: { range: rangeHeader(offset) } },
           );
         }
-        const written = await this.#writeChunk(id, offset, body, chunk.length);
+        let running = this.#running.get(id);
+        if (running?.offset !== offset) {
+          this.#dropRunning(id);
+          running = undefined;
+        }
+        if (!running && offset === 0 && this.#running.size < MAX_RUNNING_HASHES) {
+          running = { hasher: createBlockHasher("sha256"), offset: 0 };
+          this.#running.set(id, running);
+        }
+        let written: number;
+        try {
+          written = await this.#writeChunk(
+            id,
+            offset,
+            body && running ? tap(body, running.hasher) : body,
+            chunk.length,
+          );
+        } catch (e) {
+          this.#dropRunning(id);
+          throw e;
+        }
+        if (running) running.offset += written;
         await this.#writeUploadInfo(id, name);
         return { id, offset: offset + written };
       }),
@@ -352,12 +381,32 @@ export class LocalRegistry implements Registry {
         await this.#uploadInfo(name, id);
         const { keys } = await this.#chunks(id);
         const storage = this.#storage;
-        const content = keys.length === 0 && body
-          ? body
-          : concatStreams(keys.map((key) => async () => (await storage.read(key))!.body), body);
-        // The digest is checked while the bytes are written; a mismatch publishes nothing.
-        const whole = keys.length === 0 && length !== undefined ? { size: length } : {};
-        await storage.write(blobKey(digest), content, { digest, ...whole });
+        if (keys.length === 1 && body === null) {
+          // One chunk holds everything (docker's PATCH then PUT): check its digest (hashed on
+          // arrival, else where it lies), then move it into place instead of writing it again.
+          const running = this.#running.get(id);
+          const { offset } = await this.#chunks(id);
+          if (running && running.offset === offset && digest.startsWith("sha256:")) {
+            this.#running.delete(id);
+            const actual = await running.hasher.digest();
+            if (actual !== digest) {
+              throw new RegistryError(
+                "DIGEST_INVALID",
+                `content digest ${actual} does not match ${digest}`,
+              );
+            }
+          } else {
+            await this.#verify(keys[0], digest);
+          }
+          await storage.move(keys[0], blobKey(digest));
+        } else {
+          const content = keys.length === 0 && body
+            ? body
+            : concatStreams(keys.map((key) => async () => (await storage.read(key))!.body), body);
+          // The digest is checked while the bytes are written; a mismatch publishes nothing.
+          const whole = keys.length === 0 && length !== undefined ? { size: length } : {};
+          await storage.write(blobKey(digest), content, { digest, ...whole });
+        }
         const size = (await storage.stat(blobKey(digest)))!.size;
         await storage.write(blobLinkKey(name, digest), EMPTY);
         await this.#removeUpload(id);
@@ -384,6 +433,31 @@ export class LocalRegistry implements Registry {
       return removed;
     },
   };
+
+  /** DIGEST_INVALID unless the object at `key` hashes to `digest`. */
+  async #verify(key: string, digest: string): Promise<void> {
+    const object = await this.#storage.read(key);
+    if (!object) throw new RegistryError("BLOB_UPLOAD_UNKNOWN", `upload chunk ${key} is gone`);
+    // Hashed on a libcrypto thread when it can, a few blocks behind the reads.
+    const hasher = createBlockHasher(parseDigest(digest).algorithm);
+    const pending: Promise<void>[] = [];
+    try {
+      for await (const chunk of object.body) {
+        pending.push(hasher.update(chunk));
+        if (pending.length >= 4) await pending.shift();
+      }
+    } catch (e) {
+      hasher.dispose();
+      throw e;
+    }
+    const actual = await hasher.digest();
+    if (actual !== digest) {
+      throw new RegistryError(
+        "DIGEST_INVALID",
+        `content digest ${actual} does not match ${digest}`,
+      );
+    }
+  }
 
   async #serialized<T>(id: string, step: () => Promise<T>): Promise<T> {
     const previous = this.#uploadQueues.get(id) ?? Promise.resolve();
@@ -442,13 +516,41 @@ export class LocalRegistry implements Registry {
     return size;
   }
 
+  #dropRunning(id: string): void {
+    this.#running.get(id)?.hasher.dispose();
+    this.#running.delete(id);
+  }
+
   async #removeUpload(id: string): Promise<void> {
+    this.#dropRunning(id);
     const keys: string[] = [];
     for await (const key of this.#storage.list(uploadPrefix(id))) keys.push(key);
     // The info object last: a session half-removed still expires.
     keys.sort((a, b) => (a.endsWith("/info") ? 1 : 0) - (b.endsWith("/info") ? 1 : 0));
     for (const key of keys) await this.#storage.delete(key);
   }
+}
+
+/** Sessions whose running hash is kept at once (each a libcrypto context, a few hundred bytes). */
+const MAX_RUNNING_HASHES = 1024;
+
+/** `body` as it is, with each chunk also fed to `hasher` (a few chunks ahead at most). */
+function tap(body: ReadableStream<Uint8Array>, hasher: BlockHasher): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  const pending: Promise<void>[] = [];
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (done) {
+        await Promise.all(pending);
+        return controller.close();
+      }
+      pending.push(hasher.update(value));
+      if (pending.length > 4) await pending.shift();
+      controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
 }
 
 /** `Range` of an upload with `offset` bytes, as distribution spells it (0-0 when empty). */

@@ -176,3 +176,25 @@ Deno.test("pages: sorted, after last, at most n, next only when more remain", ()
   assertEquals(paginate(["c", "a", "b"], { n: 2, last: "b" }), { items: ["c"] });
   assertEquals(paginate(["c", "a", "b"], { n: 0 }), { items: [] });
 });
+
+Deno.test("one chunk then an empty PUT: checked (hashed on arrival, or re-read), then moved", async () => {
+  await withRegistry(async (registry, _clock, storage) => {
+    const upload = await registry.uploads.start("myorg/a");
+    await registry.uploads.append("myorg/a", upload.id, stream("one ", "chunk"), {});
+    const wrong = digestOf(encoder.encode("other"));
+    assertEquals(
+      await code(registry.uploads.finish("myorg/a", upload.id, wrong, null)),
+      "DIGEST_INVALID",
+    );
+    assertEquals(await keys(storage, "blobs/"), []);
+    // The retry has no running hash left: the stored chunk is hashed again.
+    const digest = digestOf(encoder.encode("one chunk"));
+    assertEquals(await registry.uploads.finish("myorg/a", upload.id, digest, null), {
+      digest,
+      size: 9,
+    });
+    assertEquals(await keys(storage, "uploads/"), []);
+    const blob = await registry.blobs.get("myorg/a", digest);
+    assertEquals(await new Response(await blob!.open()).text(), "one chunk");
+  });
+});

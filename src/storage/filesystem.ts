@@ -247,6 +247,17 @@ export class FilesystemStorage implements Storage {
     }
   }
 
+  async move(from: string, to: string): Promise<void> {
+    const source = this.#path(from);
+    const target = this.#path(to);
+    try {
+      await this.#publish(source, target);
+    } catch (e) {
+      throw writeError(e, `move ${from} to ${to}`);
+    }
+    await this.#prune(source);
+  }
+
   async delete(key: string): Promise<void> {
     const path = this.#path(key);
     try {
@@ -255,7 +266,11 @@ export class FilesystemStorage implements Storage {
       if (e instanceof Deno.errors.NotFound) return;
       throw e;
     }
-    // Prune directories the delete left empty (tag directories of removed repositories).
+    await this.#prune(path);
+  }
+
+  /** Removes directories that removing `path` left empty (tag directories of removed repositories). */
+  async #prune(path: string): Promise<void> {
     let dir = path.slice(0, path.lastIndexOf("/"));
     while (dir.length > this.root.length) {
       try {

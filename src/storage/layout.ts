@@ -31,6 +31,11 @@ export function tagKey(namespace: string, repository: string, tag: string): stri
   return `${repositoryPrefix(namespace, repository)}_tags/${tag}`;
 }
 
+/** A mirrored repository's whole tag list as upstream last gave it (its JSON body). */
+export function tagListKey(namespace: string, repository: string): string {
+  return `${repositoryPrefix(namespace, repository)}_tags_list`;
+}
+
 /** The referrers of a mirrored manifest as last listed by upstream (JSON descriptors). */
 export function mirroredReferrersKey(namespace: string, repository: string, digest: string) {
   const d = parseDigest(digest);

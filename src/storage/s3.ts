@@ -12,6 +12,7 @@
  * RegistryError UNAVAILABLE. Object bodies that break mid-way are resumed with a ranged GET.
  */
 import {
+  CopyObjectCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   type GetObjectCommandOutput,
@@ -36,6 +37,9 @@ import {
   type Storage,
   type WriteOptions,
 } from "./storage.ts";
+
+/** The largest object CopyObject copies in one request (S3's limit). */
+const MAX_COPY_BYTES = 5 * 1024 * 1024 * 1024;
 
 export interface S3StorageOptions {
   bucket: string;
@@ -417,6 +421,32 @@ export class S3Storage implements Storage {
       if (failure) throw failure.error;
       throw writeFailed(e, `upload ${k}`);
     }
+  }
+
+  async move(from: string, to: string): Promise<void> {
+    const source = this.#key(from);
+    const target = this.#key(to);
+    const info = await this.stat(from);
+    if (!info) throw new RegistryError("UNAVAILABLE", `move ${from}: no such object`);
+    if (info.size > MAX_COPY_BYTES) {
+      // CopyObject takes at most 5 GiB: stream the bytes through instead.
+      const object = (await this.read(from))!;
+      await this.write(to, object.body, { size: info.size });
+    } else {
+      try {
+        await this.client.send(
+          new CopyObjectCommand({
+            Bucket: this.bucket,
+            Key: target,
+            CopySource: `${this.bucket}/${source.split("/").map(encodeURIComponent).join("/")}`,
+          }),
+          this.#opts(),
+        );
+      } catch (e) {
+        throw writeFailed(e, `CopyObject ${source} to ${target}`);
+      }
+    }
+    await this.delete(from);
   }
 
   async delete(key: string): Promise<void> {

@@ -62,6 +62,13 @@ export interface Storage {
    */
   publishFile(key: string, path: string, options?: WriteOptions): Promise<void>;
 
+  /**
+   * Moves an object to another key without the caller streaming its bytes (a rename on disk, a
+   * server-side copy in S3). Readers of `to` see the old object (or none) until the whole
+   * object is there; `from` is gone afterwards. An absent `from` throws.
+   */
+  move(from: string, to: string): Promise<void>;
+
   /** Removes an object; absent objects are not an error. */
   delete(key: string): Promise<void>;
 

@@ -4,6 +4,12 @@
  * another host), connect and body-stall timeouts, SSRF checks for implicit upstreams and
  * per-upstream TLS options.
  *
+ * Transient failures (connection errors, 408, 429, 5xx gateway answers) are retried with
+ * jittered backoff within a time budget (retry.ts), before any byte reaches a client. What
+ * upstreams say about their rate limits is kept (rate_limits.ts): while one asks not to be
+ * called (429 Retry-After), requests to it fail at once with 429 and the time left, and the
+ * mirror asks `quotaLow` before spending quota on revalidation.
+ *
  * Every returned Response is 2xx with its body untouched and streaming (wrapped only to detect
  * stalls). Everything else becomes a RegistryError; bodies of responses not returned are always
  * cancelled. Credentials and tokens never appear in messages or logs.
@@ -16,11 +22,24 @@
  * which Deno implements for real; everything else uses fetch with full verification.
  */
 import type { LogFn } from "../log.ts";
-import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import {
+  DEFAULT_RATE_LIMIT_RESERVE,
+  type UpstreamConfig,
+  type UpstreamRegistry,
+} from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
+import { EndpointHealth, endpointsOf } from "./endpoints.ts";
+import { Limiter } from "./limits.ts";
+import { parseRetryAfter, RateLimits, type RateLimitState } from "./rate_limits.ts";
+import {
+  DEFAULT_RETRY_POLICY,
+  isRetryableStatus,
+  retryDelayMs,
+  type RetryPolicy,
+} from "./retry.ts";
 import type { InsecureTransport } from "./insecure_transport.ts";
 import {
   basicAuthorization,
@@ -42,7 +61,15 @@ export interface UpstreamClientOptions {
   log?: LogFn;
   /** Replaces the address policy for implicit upstreams (tests). */
   addressPolicy?: Pick<AddressPolicy, "check">;
+  /** Retries of transient failures; default DEFAULT_RETRY_POLICY. */
+  retry?: RetryPolicy;
 }
+
+/**
+ * Why a failure may be cured by trying again (set where the failure is made): a connection
+ * error, or a retryable status with the Retry-After upstream sent.
+ */
+const transient = new WeakMap<RegistryError, { retryAfterMs?: number }>();
 
 export const DEFAULT_USER_AGENT = "oci-registry/0.1";
 const MAX_REDIRECTS = 5;
@@ -61,6 +88,10 @@ interface Target {
   method: "GET" | "HEAD";
   headers: Headers;
   signal?: AbortSignal;
+  /** False: no retries (the caller has a cached answer to fall back on). Default true. */
+  retry?: boolean;
+  /** Called once when the returned body has been read, cancelled or has failed. */
+  onBodyEnd?: () => void;
   /** Error code for 404, and what was asked for (for messages). */
   notFound: ErrorCode;
   what: string;
@@ -73,6 +104,13 @@ export class UpstreamClient {
   readonly #log: LogFn;
   readonly #policy: Pick<AddressPolicy, "check">;
   readonly #tokens = new TokenCache();
+  readonly #retry: RetryPolicy;
+  /** Which endpoints of failover namespaces are skipped for now. */
+  readonly #health: EndpointHealth;
+  /** Bounds of the namespaces that configure any (max_concurrent_requests, ...). */
+  readonly #limiters = new Map<string, Limiter>();
+  /** Upstream rate limits, by namespace and credential (see `rateLimitKey`). */
+  readonly rateLimits: RateLimits;
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
   readonly #basicUpstreams = new Set<string>();
   #http: Deno.HttpClient | undefined;
@@ -88,6 +126,58 @@ export class UpstreamClient {
     this.#log = options.log ?? (() => {});
     this.#policy = options.addressPolicy ??
       new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses });
+    this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.#health = new EndpointHealth(this.#log);
+    this.rateLimits = new RateLimits();
+  }
+
+  #limiterOf(upstream: UpstreamConfig): Limiter | undefined {
+    if (!upstream.limits) return undefined;
+    let limiter = this.#limiters.get(upstream.namespace);
+    if (!limiter) {
+      limiter = new Limiter(upstream.namespace, upstream.limits);
+      this.#limiters.set(upstream.namespace, limiter);
+    }
+    return limiter;
+  }
+
+  /** What each upstream said of its rate limit, for metrics: no user names, only their kind. */
+  rateLimitStates(): {
+    namespace: string;
+    credential: "configured" | "anonymous";
+    state: RateLimitState;
+  }[] {
+    return this.rateLimits.entries().map(([key, state]) => {
+      const [namespace, _host, user] = key.split(" ", 3);
+      return { namespace, credential: user === "anonymous" ? "anonymous" : "configured", state };
+    });
+  }
+
+  /**
+   * Whether the namespace's upstream quota is at or below its `rate_limit_reserve`, or it asked
+   * not to be called for now: cached content should then be served without asking it.
+   */
+  quotaLow(namespace: string): boolean {
+    const upstream = this.#upstreams.get(namespace);
+    const reserve = upstream.rateLimitReserve ?? DEFAULT_RATE_LIMIT_RESERVE;
+    // The quota that counts is that of the endpoint a request would go to now.
+    const endpoint = this.#health.pick(
+      endpointsOf(upstream),
+      (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0,
+    );
+    return this.rateLimits.isLow(rateLimitKey(endpoint), reserve);
+  }
+
+  /** Every endpoint of the failover namespaces (`hosts:`), and whether it is in use. */
+  endpointStates(): { namespace: string; host: string; up: boolean }[] {
+    return this.#upstreams.configured().filter((u) => (u.endpoints?.length ?? 0) > 1)
+      .flatMap((upstream) =>
+        endpointsOf(upstream).map((endpoint) => ({
+          namespace: upstream.namespace,
+          host: endpoint.host,
+          up: this.#health.isUp(endpoint),
+        }))
+      );
   }
 
   /** GET or HEAD `/v2/<repository>/manifests/<reference>`; `accept` becomes the Accept header. */
@@ -95,7 +185,7 @@ export class UpstreamClient {
     namespace: string,
     repository: string,
     reference: string,
-    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal },
+    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal; retry?: boolean },
   ): Promise<Response> {
     // Checked again here (api/ checked already) because these strings become URL paths.
     try {
@@ -110,6 +200,7 @@ export class UpstreamClient {
       method: init.method,
       headers,
       signal: init.signal,
+      retry: init.retry,
       notFound: "MANIFEST_UNKNOWN",
       what: `manifest ${repository}${reference.includes(":") ? "@" : ":"}${reference}`,
     });
@@ -120,7 +211,7 @@ export class UpstreamClient {
     namespace: string,
     repository: string,
     digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal; range?: string },
+    init: { method: "GET" | "HEAD"; signal?: AbortSignal; range?: string; retry?: boolean },
   ): Promise<Response> {
     if (!isDigest(digest)) {
       return Promise.reject(
@@ -134,6 +225,7 @@ export class UpstreamClient {
       method: init.method,
       headers,
       signal: init.signal,
+      retry: init.retry,
       notFound: "BLOB_UNKNOWN",
       what: `blob ${digest} in ${repository}`,
     });
@@ -216,8 +308,75 @@ export class UpstreamClient {
         `invalid upstream host ${JSON.stringify(upstream.host)} for namespace ${namespace}`,
       );
     }
-    const target: Target = { ...request, upstream, repository };
+    // A turn within the upstream's bounds, held until the body is read (or on failure).
+    const release = await this.#limiterOf(upstream)?.acquire(request.signal);
+    try {
+      return await this.#withRetries(upstream, repository, { ...request, onBodyEnd: release });
+    } catch (e) {
+      release?.();
+      throw e;
+    }
+  }
+
+  /** The request to the endpoint that should answer, retried and failed over as needed. */
+  async #withRetries(
+    upstream: UpstreamConfig,
+    repository: string,
+    request: Omit<Target, "upstream" | "repository">,
+  ): Promise<Response> {
+    const endpoints = endpointsOf(upstream);
+    const blocked = (endpoint: UpstreamConfig) =>
+      this.rateLimits.waitMs(rateLimitKey(endpoint)) > 0;
+    const started = performance.now();
+    for (let retry = 1;; retry++) {
+      const endpoint = this.#health.pick(endpoints, blocked);
+      const limitKey = rateLimitKey(endpoint);
+      const waitMs = this.rateLimits.waitMs(limitKey);
+      if (waitMs > 0) throw throttled(endpoint, waitMs);
+      try {
+        const response = await this.#attempt(
+          { ...request, upstream: endpoint, repository },
+          limitKey,
+        );
+        this.#health.succeeded(endpoint);
+        return response;
+      } catch (e) {
+        const hint = e instanceof RegistryError ? transient.get(e) : undefined;
+        if (!hint || request.signal?.aborted) throw e;
+        if (endpoints.length > 1) {
+          this.#health.failed(endpoint, (e as Error).message);
+          // Another endpoint may answer at once: failing over costs no retry and no delay.
+          if (this.#health.hasAlternative(endpoints, endpoint)) {
+            retry--;
+            continue;
+          }
+        }
+        if (request.retry === false) throw e;
+        const delay = retryDelayMs(
+          this.#retry,
+          retry,
+          performance.now() - started,
+          hint.retryAfterMs,
+        );
+        if (delay === undefined) throw e;
+        this.#log(
+          `upstream ${upstream.namespace}: ${request.what}: ${
+            (e as Error).message
+          }; retry ${retry} in ${delay} ms`,
+          "debug",
+        );
+        await sleep(delay, request.signal);
+      }
+    }
+  }
+
+  /** One try: the request, and the one re-send a 401 challenge calls for. */
+  async #attempt(target: Target, limitKey: string): Promise<Response> {
+    const { upstream, repository } = target;
+    const request = target;
     const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${request.path}`);
+    // An upstream that is itself a mirror needs to be told which registry is meant.
+    if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
     const tokenKey = tokenCacheKey(upstream, repository);
     let authorization = this.#proactiveAuthorization(upstream, tokenKey);
 
@@ -234,7 +393,10 @@ export class UpstreamClient {
         headers,
         request.signal,
       );
-      if (response.ok) return this.#deliver(response, upstream, finalUrl, request.signal);
+      this.rateLimits.observe(limitKey, response.status, response.headers);
+      if (response.ok) {
+        return this.#deliver(response, upstream, finalUrl, request.signal, request.onBodyEnd);
+      }
       if (response.status === 401 && attempt === 0 && finalUrl.host === url.host) {
         const challenge = response.headers.get("www-authenticate") ?? "";
         await discard(response);
@@ -449,13 +611,14 @@ export class UpstreamClient {
     } catch (e) {
       if (signal?.aborted) throw signal.reason;
       const where = describeHost(url, upstream);
-      if (deadline.signal.aborted) {
-        throw new RegistryError(
+      const error = deadline.signal.aborted
+        ? new RegistryError(
           "UNAVAILABLE",
           `cannot reach ${where}: no response within ${this.#connectTimeoutMs / 1000}s`,
-        );
-      }
-      throw new RegistryError("UNAVAILABLE", `cannot reach ${where}: ${networkReason(e)}`);
+        )
+        : new RegistryError("UNAVAILABLE", `cannot reach ${where}: ${networkReason(e)}`);
+      transient.set(error, {});
+      throw error;
     } finally {
       clearTimeout(timer);
     }
@@ -493,9 +656,13 @@ export class UpstreamClient {
     upstream: UpstreamConfig,
     url: URL,
     signal: AbortSignal | undefined,
+    onEnd?: () => void,
   ): Response {
-    if (!response.body) return response;
-    return new Response(this.#guard(response, upstream, url, signal), {
+    if (!response.body) {
+      onEnd?.();
+      return response;
+    }
+    return new Response(this.#guard(response, upstream, url, signal, onEnd), {
       status: response.status,
       statusText: response.statusText,
       headers: response.headers,
@@ -507,12 +674,14 @@ export class UpstreamClient {
     upstream: UpstreamConfig,
     url: URL,
     signal: AbortSignal | undefined,
+    onEnd?: () => void,
   ): ReadableStream<Uint8Array> {
     return withIdleTimeout(
       response.body!,
       this.#idleTimeoutMs,
       describeHost(url, upstream),
       signal,
+      onEnd,
     );
   }
 
@@ -522,11 +691,27 @@ export class UpstreamClient {
     url: URL,
     authorized: boolean,
   ): Promise<RegistryError> {
+    const summary = await errorSummary(response, secretsOf(target.upstream));
+    const error = this.#classify(response, target, url, authorized, summary);
+    if (isRetryableStatus(response.status)) {
+      transient.set(error, {
+        retryAfterMs: parseRetryAfter(response.headers.get("retry-after"), Date.now()),
+      });
+    }
+    return error;
+  }
+
+  #classify(
+    response: Response,
+    target: Target,
+    url: URL,
+    authorized: boolean,
+    summary: string,
+  ): RegistryError {
     const { upstream, repository, what } = target;
     const status = response.status;
     const fromUpstream = url.host === upstreamHost(upstream);
     const where = describeHost(url, upstream);
-    const summary = await errorSummary(response, secretsOf(upstream));
     if (status === 404) {
       return new RegistryError(target.notFound, `${where} says ${what} is unknown${summary}`);
     }
@@ -555,6 +740,38 @@ export class UpstreamClient {
 
 function upstreamOrigin(upstream: UpstreamConfig): string {
   return `${upstream.tls ? "https" : "http"}://${upstream.host}`;
+}
+
+/** Rate limits are per upstream and per credential (Docker Hub counts per account or address). */
+function rateLimitKey(upstream: UpstreamConfig): string {
+  // The user only tells credentials apart; a space cannot occur in a namespace or host.
+  const credential = upstream.username === undefined ? "anonymous" : `user:${upstream.username}`;
+  return `${upstream.namespace} ${upstream.host} ${credential}`;
+}
+
+/** Upstream asked not to be called for `waitMs` more: say so without calling it. */
+function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
+  const seconds = Math.max(1, Math.ceil(waitMs / 1000));
+  return new RegistryError(
+    "TOOMANYREQUESTS",
+    `upstream ${upstream.host} is rate limiting the mirror; retry in ${seconds} s`,
+    { headers: { "Retry-After": String(seconds) } },
+  );
+}
+
+/** Waits `ms`, or rejects with the signal's reason once it aborts. */
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    }, ms);
+    const abort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", abort, { once: true });
+  });
 }
 
 function tokenCacheKey(upstream: UpstreamConfig, repository: string): string {
@@ -683,7 +900,14 @@ export function withIdleTimeout(
   idleMs: number,
   where: string,
   signal?: AbortSignal,
+  onEnd?: () => void,
 ): ReadableStream<Uint8Array> {
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    onEnd?.();
+  };
   let byob: ReadableStreamBYOBReader | undefined;
   let plain: ReadableStreamDefaultReader<Uint8Array> | undefined;
   try {
@@ -711,6 +935,7 @@ export function withIdleTimeout(
           const { done, value } = await byob.read(request.view as Uint8Array);
           if (stalled) throw stalledError();
           if (done) {
+            end();
             controller.close();
             if (value) request.respondWithNewView(value);
           } else {
@@ -720,6 +945,7 @@ export function withIdleTimeout(
           const { done, value } = await plain!.read();
           if (stalled) throw stalledError();
           if (done) {
+            end();
             controller.close();
             request.respond(0);
           } else {
@@ -727,6 +953,7 @@ export function withIdleTimeout(
           }
         }
       } catch (e) {
+        end();
         if (signal?.aborted) controller.error(signal.reason);
         else if (stalled) controller.error(stalledError());
         else if (e instanceof RegistryError) controller.error(e);
@@ -747,6 +974,7 @@ export function withIdleTimeout(
     cancel(reason) {
       clearTimeout(timer);
       timer = undefined;
+      end();
       return reader.cancel(reason);
     },
   }, { highWaterMark: 0 });

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { UpstreamClient, type UpstreamClientOptions } from "./client.ts";
+import { freePort } from "../../tests/support/tools.ts";
 
 const MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json";
 const MANIFEST = JSON.stringify({ schemaVersion: 2, mediaType: MANIFEST_TYPE, layers: [] });
@@ -50,8 +51,11 @@ function upstreams(host: string, extra: Partial<UpstreamConfig> = {}): UpstreamR
   }]);
 }
 
+/** Retries as in production, only with millisecond delays. */
+const FAST_RETRIES = { retries: 3, budgetMs: 2_000, baseDelayMs: 5, maxDelayMs: 20 };
+
 function client(registry: UpstreamRegistry, options: UpstreamClientOptions = {}) {
-  const c = new UpstreamClient(registry, options);
+  const c = new UpstreamClient(registry, { retry: FAST_RETRIES, ...options });
   return Object.assign(c, { [Symbol.dispose]: () => c.close() });
 }
 
@@ -288,11 +292,6 @@ Deno.test("upstream status codes map to OCI errors", async () => {
     "BLOB_UNKNOWN",
   );
   await rejects(c.tags("registry.test", "library/alpine", new URLSearchParams()), "NAME_UNKNOWN");
-
-  status = 429;
-  error = await rejects(getManifest(c), "TOOMANYREQUESTS");
-  assert.equal(error.status, 429);
-  assert.deepEqual(error.headers, { "Retry-After": "17" });
 
   status = 500;
   error = await rejects(getManifest(c), "UPSTREAM_ERROR");
@@ -744,4 +743,104 @@ Deno.test("self-signed HTTPS: a stalled body through the insecure transport stil
   await assert.rejects(response.arrayBuffer(), (e: unknown) => {
     return e instanceof RegistryError && e.code === "UNAVAILABLE";
   });
+});
+
+Deno.test("a 429 with a long Retry-After: 429 to the client at once, then no request upstream until it passes", async () => {
+  await using registry = fake(() =>
+    new Response("slow down", {
+      status: 429,
+      headers: { "retry-after": "17", "ratelimit-remaining": "0;w=21600" },
+    })
+  );
+  using c = client(upstreams(registry.host));
+  const error = await rejects(getManifest(c), "TOOMANYREQUESTS");
+  assert.equal(error.status, 429);
+  assert.deepEqual(error.headers, { "Retry-After": "17" });
+  assert.equal(registry.seen.length, 1, "17 s does not fit the retry budget: not retried");
+  const again = await rejects(getManifest(c), "TOOMANYREQUESTS");
+  assert.match(again.headers["Retry-After"], /^1[67]$/);
+  assert.equal(registry.seen.length, 1, "while blocked, upstream is not asked");
+  assert.ok(c.quotaLow("registry.test"));
+});
+
+Deno.test("transient upstream failures are retried; the client sees the first success", async () => {
+  const answers = [503, 502, 200];
+  await using registry = fake(() => {
+    const status = answers.shift() ?? 200;
+    return new Response(status === 200 ? "{}" : "busy", {
+      status,
+      headers: status === 200
+        ? { "content-type": "application/vnd.oci.image.manifest.v1+json" }
+        : {},
+    });
+  });
+  using c = client(upstreams(registry.host));
+  const response = await getManifest(c);
+  assert.equal(response.status, 200);
+  await response.body?.cancel();
+  assert.equal(registry.seen.length, 3);
+});
+
+Deno.test("retries are bounded in count; a 429 with a short Retry-After waits for it", async () => {
+  await using failing = fake(() => new Response("down", { status: 500 }));
+  using c = client(upstreams(failing.host));
+  await rejects(getManifest(c), "UPSTREAM_ERROR");
+  assert.equal(failing.seen.length, 1 + FAST_RETRIES.retries);
+  const head = c.manifest("registry.test", "library/alpine", "3.19", {
+    method: "HEAD",
+    accept: [MANIFEST_TYPE],
+    retry: false, // a revalidation: the mirror has a cached answer
+  });
+  await rejects(head, "UPSTREAM_ERROR");
+  assert.equal(failing.seen.length, 2 + FAST_RETRIES.retries, "retry: false tries once");
+
+  let first = true;
+  await using limited = fake(() => {
+    if (!first) return new Response("{}", { status: 200 });
+    first = false;
+    return new Response("wait", { status: 429, headers: { "retry-after": "1" } });
+  });
+  using slow = client(upstreams(limited.host), { retry: { ...FAST_RETRIES, budgetMs: 5_000 } });
+  const started = performance.now();
+  const response = await getManifest(slow);
+  await response.body?.cancel();
+  assert.ok(performance.now() - started >= 950, "waited for Retry-After: 1");
+  assert.equal(limited.seen.length, 2);
+
+  // Not retried: answers a second try cannot change.
+  await using missing = fake(() => new Response("no", { status: 404 }));
+  using c404 = client(upstreams(missing.host));
+  await rejects(getManifest(c404), "MANIFEST_UNKNOWN");
+  assert.equal(missing.seen.length, 1);
+});
+
+Deno.test("a connection error is retried, then reported as UNAVAILABLE", async () => {
+  const port = freePort();
+  using c = client(upstreams(`127.0.0.1:${port}`));
+  const started = performance.now();
+  await rejects(getManifest(c), "UNAVAILABLE");
+  assert.ok(performance.now() - started < 2_000, "within the retry budget");
+});
+
+Deno.test("ratelimit-remaining below rate_limit_reserve makes quotaLow true", async () => {
+  let remaining = 50;
+  await using registry = fake(() =>
+    new Response("{}", {
+      status: 200,
+      headers: { "ratelimit-limit": "100;w=21600", "ratelimit-remaining": `${remaining};w=21600` },
+    })
+  );
+  using c = client(upstreams(registry.host, { rateLimitReserve: 20 }));
+  await (await getManifest(c)).body?.cancel();
+  assert.equal(c.quotaLow("registry.test"), false);
+  remaining = 20;
+  await (await getManifest(c)).body?.cancel();
+  assert.equal(c.quotaLow("registry.test"), true);
+  assert.deepEqual(
+    {
+      limit: c.rateLimits.entries()[0][1].limit,
+      remaining: c.rateLimits.entries()[0][1].remaining,
+    },
+    { limit: 100, remaining: 20 },
+  );
 });

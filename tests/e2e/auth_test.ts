@@ -26,7 +26,7 @@ import {
 } from "../support/images.ts";
 import { type Mirror, startMirror } from "../support/mirror.ts";
 import { startUpstream } from "../support/upstream.ts";
-import { delay, run, type TempDir, tempDir } from "../support/tools.ts";
+import { delay, REPO_ROOT, run, type TempDir, tempDir } from "../support/tools.ts";
 
 const ALICE = { user: "alice", password: "alice-pw-1" };
 const BOB = { user: "bob", password: "bob-pw-2" };
@@ -347,6 +347,28 @@ Deno.test("real clients log in: skopeo --creds, podman login, ctr --user, docker
       const refused = await cli(["push", `${mirror.host}/myorg/bob:1`]);
       assert(refused.code !== 0, "bob pushed with docker");
     });
+  });
+});
+
+Deno.test("oci-registry warm through a mirror with auth: MIRROR_USERNAME/MIRROR_PASSWORD", async () => {
+  await withWorld(async ({ mirror }) => {
+    const warm = (env: Record<string, string>) =>
+      run(Deno.execPath(), [
+        "run",
+        "-A",
+        "src/main.ts",
+        "warm",
+        "--mirror",
+        mirror.url,
+        "private.test/team/secret:1",
+      ], { cwd: REPO_ROOT, env, timeoutMs: 60_000 });
+    const anonymous = await warm({});
+    assert(anonymous.code !== 0, "warmed a private image anonymously");
+    assertMatch(anonymous.stdout, /401/);
+    const alice = await warm({ MIRROR_USERNAME: ALICE.user, MIRROR_PASSWORD: ALICE.password });
+    assertEquals(alice.code, 0, alice.stdout + alice.stderr);
+    assertMatch(alice.stdout, /warmed 1 of 1/);
+    assert(!alice.stdout.includes(ALICE.password));
   });
 });
 

@@ -517,5 +517,7 @@ Deno.test(`fuzz: ${COUNT} random and mutated requests (seed ${SEED})`, async () 
   // Labels stayed bounded whatever the requests were.
   const metrics = await (await mirror.fetch("/metrics")).text();
   const series = metrics.split("\n").filter((line) => line && !line.startsWith("#"));
-  assert(series.length < 150, `${series.length} series:\n${metrics}`);
+  // Bounded by methods x endpoint kinds x statuses; hosted repositories added three endpoint
+  // kinds (uploads, referrers, catalog), hence more room than the 150 this started with.
+  assert(series.length < 220, `${series.length} series:\n${metrics}`);
 });

@@ -4,7 +4,7 @@
  * manifest, no tag, no upload session); writes to mirrored names stay 405.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { assertEquals } from "../support/assert.ts";
+import { assert, assertEquals } from "../support/assert.ts";
 import { type Mirror, startMirror } from "../support/mirror.ts";
 import { rawRequest } from "../support/raw_http.ts";
 
@@ -400,4 +400,26 @@ Deno.test("a push in chunks, pulled back byte-exact, listed, then deleted", asyn
   await deleted.body?.cancel();
   const tags = await mirror.fetch(`/v2/${REPO}/tags/list`);
   assertEquals(await tags.json(), { name: REPO, tags: [] }, "the tags went with the manifest");
+});
+
+Deno.test("an abandoned upload expires and leaves nothing behind (--upload-expiry)", async () => {
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--upload-expiry", "1s", "--allow-anonymous-push"],
+  });
+  const root = mirror.root!;
+  const location = await upload(mirror);
+  const chunk = await mirror.fetch(location, { method: "PATCH", body: "half of a blob" });
+  assertEquals(chunk.status, 202);
+  await chunk.body?.cancel();
+  assert((await storedFiles(root)).some((f) => f.startsWith("uploads/")), "the session is stored");
+  // The sweep runs every expiry period (here 1 s): within a few seconds nothing is left.
+  const deadline = Date.now() + 10_000;
+  while ((await storedFiles(root)).some((f) => f.startsWith("uploads/"))) {
+    assert(Date.now() < deadline, "the expired session was removed");
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  assertEquals(await errorOf(await mirror.fetch(location)), {
+    status: 404,
+    code: "BLOB_UPLOAD_UNKNOWN",
+  });
 });

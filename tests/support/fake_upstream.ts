@@ -32,6 +32,18 @@ export class FakeUpstream implements Upstream {
   byteStreams = false;
   /** When set, only repositories it accepts have any content (others answer unknown). */
   holds?: (namespace: string, repository: string) => boolean;
+  /** The next blob GET's body breaks after this many bytes (once), as a dropped connection. */
+  breakAfter?: number;
+  /** Answer Range requests with 206 (true) or ignore them with a whole 200 (false). */
+  honoursRange = true;
+  /** The Range header of every blob GET, in order ("" for none). */
+  ranges: string[] = [];
+  /** What `quotaLow` answers: an upstream whose rate-limit quota is nearly spent. */
+  quotaIsLow = false;
+
+  quotaLow(_namespace: string): boolean {
+    return this.quotaIsLow;
+  }
 
   addManifest(tag: string, document: unknown): string {
     const bytes = encoder.encode(JSON.stringify(document));
@@ -68,20 +80,41 @@ export class FakeUpstream implements Upstream {
     );
   }
 
-  blob(ns: string, repo: string, digest: string, init: { method: "GET" | "HEAD" }) {
+  blob(
+    ns: string,
+    repo: string,
+    digest: string,
+    init: { method: "GET" | "HEAD"; range?: string },
+  ) {
     this.calls.push({ kind: "blob", method: init.method, reference: digest });
     if (this.failure) return Promise.reject(this.failure);
     const real = this.holds?.(ns, repo) === false ? undefined : this.blobs.get(digest);
     if (!real) return Promise.reject(new RegistryError("BLOB_UNKNOWN", "upstream: unknown"));
-    const bytes = this.lie ?? real;
-    const headers = { "content-length": String(bytes.byteLength) };
+    let bytes = this.lie ?? real;
+    const headers: Record<string, string> = { "content-length": String(bytes.byteLength) };
     if (init.method === "HEAD") return Promise.resolve(new Response(null, { headers }));
+    this.ranges.push(init.range ?? "");
+    let status = 200;
+    const from = /^bytes=(\d+)-$/.exec(init.range ?? "");
+    if (from && this.honoursRange) {
+      const start = Number(from[1]);
+      headers["content-range"] = `bytes ${start}-${bytes.byteLength - 1}/${bytes.byteLength}`;
+      bytes = bytes.subarray(start);
+      headers["content-length"] = String(bytes.byteLength);
+      status = 206;
+    }
+    const breakAt = this.breakAfter;
+    this.breakAfter = undefined;
     let offset = 0;
     const { chunkDelayMs, chunkSize } = this;
     const pull = async (
       controller: ReadableStreamDefaultController | ReadableByteStreamController,
     ) => {
       if (chunkDelayMs) await new Promise((r) => setTimeout(r, chunkDelayMs));
+      if (breakAt !== undefined && offset >= breakAt) {
+        controller.error(new TypeError("error reading a body from connection"));
+        return;
+      }
       if (offset >= bytes.byteLength) {
         controller.close();
         (controller as ReadableByteStreamController).byobRequest?.respond(0);
@@ -93,7 +126,7 @@ export class FakeUpstream implements Upstream {
     const body = this.byteStreams
       ? new ReadableStream({ type: "bytes", pull })
       : new ReadableStream<Uint8Array>({ pull });
-    return Promise.resolve(new Response(body, { headers }));
+    return Promise.resolve(new Response(body, { status, headers }));
   }
 
   /** Three tags, paginated like Docker Hub when `n` is given. */

@@ -76,13 +76,18 @@ Deployment, so `helm install/template` stops before anything is applied.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- $known := list "namespace" "host" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" }}
+{{- $known := list "namespace" "host" "hosts" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" "rate_limit_reserve" "forward_ns" "failover_backoff" "max_concurrent_requests" "max_requests_per_second" "queue_timeout" "repositories" "exclude_repositories" "tags" "exclude_tags" "refusal_status" "warm" "warm_interval" }}
 {{- range $i, $upstream := .Values.upstreams }}
 {{- if not (kindIs "map" $upstream) }}
 {{- fail (printf "upstreams[%d] must be a mapping with at least namespace and host" $i) }}
 {{- end }}
-{{- if or (not $upstream.namespace) (not $upstream.host) }}
-{{- fail (printf "upstreams[%d] needs both namespace and host" $i) }}
+{{- if or (not $upstream.namespace) (and (not $upstream.host) (not $upstream.hosts)) }}
+{{- fail (printf "upstreams[%d] needs a namespace and a host (or hosts)" $i) }}
+{{- end }}
+{{- range $j, $endpoint := $upstream.hosts }}
+{{- if and (kindIs "map" $endpoint) (or (hasKey $endpoint "username") (hasKey $endpoint "password")) }}
+{{- fail (printf "upstreams[%d].hosts[%d]: endpoint credentials cannot go in a ConfigMap; use credentials.registries for the namespace" $i $j) }}
+{{- end }}
 {{- end }}
 {{- range $key, $_ := $upstream }}
 {{- if has $key (list "username" "password") }}
