@@ -347,7 +347,12 @@ async function dispatch(
     // A mount reads its source: only from a hosted repository this client may pull.
     const mayMount = (from: string) => {
       if (!auth) return true;
-      const source = hostedName(from, null, hosted);
+      let source: string | null;
+      try {
+        source = hostedName(from, null, hosted);
+      } catch {
+        return false; // not a repository name: nothing to mount, a plain upload (202)
+      }
       return source !== null && auth.allows(identity, hostedResource(source), "pull");
     };
     return await dispatchHosted(

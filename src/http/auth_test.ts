@@ -213,6 +213,16 @@ Deno.test("refusals come before any lookup: existing and missing look the same",
       assertEquals(blob.status, authorization ? 403 : 401);
     }
     assertEquals(upstream.calls.length, 0);
+    // A mount needs pull rights on its source (and a source that is a name at all): else an
+    // ordinary upload.
+    for (const from of ["myorg/app", "myorg/../app", "private.test/team/x", ""]) {
+      const mount = await call(
+        `${url}/v2/myorg/copy/blobs/uploads/?mount=${digest}&from=${from}`,
+        alice,
+        { method: "POST" },
+      );
+      assertEquals(mount.status, from === "myorg/app" ? 201 : 202, from);
+    }
     // The catalog names only what the client may pull.
     assertEquals(JSON.parse((await call(`${url}/v2/_catalog`, alice)).body).repositories, [
       "myorg/app",
