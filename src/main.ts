@@ -2,6 +2,7 @@
  * Entry point: command line + environment -> settings -> storage -> mirror -> HTTP server.
  * Configuration problems print one clear line and exit 2; nothing here prints secrets.
  */
+import { versionLine } from "./build_info.ts";
 import { Mirror } from "./cache/mirror.ts";
 import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
 import { parseImageName } from "./oci/reference.ts";
@@ -21,7 +22,7 @@ import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import type { RateLimitState } from "./upstream/rate_limits.ts";
 
-export const VERSION = "0.1.0";
+export { VERSION } from "./build_info.ts";
 
 async function openStorage(
   settings: StorageSettings,
@@ -107,7 +108,7 @@ async function main(): Promise<number> {
       return 0;
     }
     if (parsed.kind === "version") {
-      console.log(`oci-registry ${VERSION}`);
+      console.log(versionLine());
       return 0;
     }
     if (parsed.kind === "warm") return await warmThroughMirror(parsed);
@@ -264,7 +265,7 @@ async function main(): Promise<number> {
   }
   const connections = server.stats;
   log(
-    `oci-registry ${VERSION} listening on ${
+    `${versionLine()} listening on ${
       describeAddr(server.addr)
     } (storage: ${storage.description}; configured upstreams: ${named}; hosted: ${
       settings.hosted.join(", ") || "none"

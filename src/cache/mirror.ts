@@ -208,16 +208,19 @@ export class Mirror {
     repository: string,
     reference: string,
     accept: string[],
+    /** refresh: ask upstream about a cached tag now, whatever its age (warm lists). */
+    options: { refresh?: boolean } = {},
   ): Promise<ManifestResult> {
     this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
+    const refresh = options.refresh === true;
     const manifest = await this.#singleFlight(
-      `${namespace}/${repository}/${reference}`,
+      `${namespace}/${repository}/${reference}${refresh ? " refresh" : ""}`,
       () =>
         reference.includes(":")
           ? this.#manifestByDigest(namespace, repository, reference)
-          : this.#manifestByTag(namespace, repository, reference),
+          : this.#manifestByTag(namespace, repository, reference, refresh),
     );
     // Served for this repository: what it names is this repository's too (before a child).
     void this.#holdManifest(namespace, repository, manifest, false);
@@ -254,6 +257,7 @@ export class Mirror {
     namespace: string,
     repository: string,
     tag: string,
+    refresh = false,
   ): Promise<ManifestResult> {
     const config = this.#upstreams.get(namespace);
     const link = await this.#readTagLink(namespace, repository, tag);
@@ -262,7 +266,7 @@ export class Mirror {
       this.#count("manifest", "miss");
       return await this.#fetchManifest(namespace, repository, tag);
     }
-    if (this.#now() - link.confirmedAt < config.manifestInvalidationMs) {
+    if (!refresh && this.#now() - link.confirmedAt < config.manifestInvalidationMs) {
       this.#count("manifest", "hit");
       return stored;
     }

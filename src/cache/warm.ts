@@ -91,8 +91,9 @@ function blobsOf(bytes: Uint8Array): string[] {
 /** The mirror as an image source: what warming fetches is cached like any pull. */
 export function mirrorSource(mirror: Mirror, namespace: string): ImageSource {
   return {
+    // A warm pass is a refresh: a tag is checked with upstream whatever its age.
     manifest: (repository, reference) =>
-      mirror.getManifest(namespace, repository, reference, ALL_MANIFEST_TYPES),
+      mirror.getManifest(namespace, repository, reference, ALL_MANIFEST_TYPES, { refresh: true }),
     blob: (repository, digest) => mirror.prefetchBlob(namespace, repository, digest),
   };
 }

@@ -59,6 +59,12 @@ interface UploadInfo {
   name: string;
   /** Milliseconds since the epoch of the last chunk (or the start). */
   touched: number;
+  /**
+   * Where each stored chunk starts, in order, and the bytes received: the session's state is
+   * this one object, read back by key (listings may lag behind writes on some S3 services).
+   */
+  parts: number[];
+  offset: number;
 }
 
 const UPLOAD_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -320,12 +326,11 @@ export class LocalRegistry implements Registry {
   readonly uploads = {
     start: async (name: string): Promise<UploadState> => {
       const id = crypto.randomUUID();
-      await this.#writeUploadInfo(id, name);
+      await this.#writeUploadInfo(id, { name, touched: 0, parts: [], offset: 0 });
       return { id, offset: 0 };
     },
     status: async (name: string, id: string): Promise<UploadState> => {
-      await this.#uploadInfo(name, id);
-      return { id, offset: (await this.#chunks(id)).offset };
+      return { id, offset: (await this.#uploadInfo(name, id)).offset };
     },
     append: (
       name: string,
@@ -334,16 +339,9 @@ export class LocalRegistry implements Registry {
       chunk: { start?: number; length?: number },
     ) =>
       this.#serialized(id, async () => {
-        await this.#uploadInfo(name, id);
-        const { offset } = await this.#chunks(id);
-        if (chunk.start !== undefined && chunk.start !== offset) {
-          await body?.cancel();
-          throw new RegistryError(
-            "RANGE_INVALID",
-            `chunk starts at ${chunk.start}, but the upload has ${offset} bytes`,
-            { headers: { range: rangeHeader(offset) } },
-          );
-        }
+        const info = await this.#uploadInfo(name, id);
+        const offset = info.offset;
+        await checkStart(chunk.start, offset, body);
         let running = this.#running.get(id);
         if (running?.offset !== offset) {
           this.#dropRunning(id);
@@ -366,27 +364,31 @@ export class LocalRegistry implements Registry {
           throw e;
         }
         if (running) running.offset += written;
-        await this.#writeUploadInfo(id, name);
-        return { id, offset: offset + written };
+        if (written > 0) info.parts.push(offset);
+        info.offset = offset + written;
+        await this.#writeUploadInfo(id, info);
+        return { id, offset: info.offset };
       }),
     finish: (
       name: string,
       id: string,
       digest: string,
       body: ReadableStream<Uint8Array> | null,
-      length?: number,
+      chunk: { start?: number; length?: number } = {},
     ) =>
       this.#serialized(id, async () => {
         parseDigest(digest);
-        await this.#uploadInfo(name, id);
-        const { keys } = await this.#chunks(id);
+        const info = await this.#uploadInfo(name, id);
+        const keys = info.parts.map((at) => uploadChunkKey(id, at));
+        const received = info.offset;
+        await checkStart(chunk.start, received, body);
+        const length = chunk.length;
         const storage = this.#storage;
         if (keys.length === 1 && body === null) {
           // One chunk holds everything (docker's PATCH then PUT): check its digest (hashed on
           // arrival, else where it lies), then move it into place instead of writing it again.
           const running = this.#running.get(id);
-          const { offset } = await this.#chunks(id);
-          if (running && running.offset === offset && digest.startsWith("sha256:")) {
+          if (running && running.offset === received && digest.startsWith("sha256:")) {
             this.#running.delete(id);
             const actual = await running.hasher.digest();
             if (actual !== digest) {
@@ -470,8 +472,8 @@ export class LocalRegistry implements Registry {
     }
   }
 
-  async #writeUploadInfo(id: string, name: string): Promise<void> {
-    const info: UploadInfo = { name, touched: this.#now() };
+  async #writeUploadInfo(id: string, info: UploadInfo): Promise<void> {
+    info.touched = this.#now();
     await this.#storage.write(`${uploadPrefix(id)}info`, json(info));
   }
 
@@ -480,23 +482,13 @@ export class LocalRegistry implements Registry {
     const info = UPLOAD_ID.test(id)
       ? await this.#readJson<UploadInfo>(`${uploadPrefix(id)}info`)
       : null;
-    if (!info || info.name !== name || this.#now() - info.touched >= this.#uploadExpiryMs) {
+    if (
+      !info || info.name !== name || !Array.isArray(info.parts) ||
+      this.#now() - info.touched >= this.#uploadExpiryMs
+    ) {
       throw new RegistryError("BLOB_UPLOAD_UNKNOWN", `no upload ${id} in progress for ${name}`);
     }
     return info;
-  }
-
-  /** The session's chunk keys in order and the bytes they hold. */
-  async #chunks(id: string): Promise<{ keys: string[]; offset: number }> {
-    const keys: string[] = [];
-    for await (const key of this.#storage.list(uploadPrefix(id))) {
-      if (/\/\d{16}$/.test(key)) keys.push(key);
-    }
-    keys.sort();
-    if (keys.length === 0) return { keys, offset: 0 };
-    const last = keys[keys.length - 1];
-    const info = await this.#storage.stat(last);
-    return { keys, offset: Number(last.slice(-16)) + (info?.size ?? 0) };
   }
 
   async #writeChunk(
@@ -551,6 +543,21 @@ function tap(body: ReadableStream<Uint8Array>, hasher: BlockHasher): ReadableStr
     },
     cancel: (reason) => reader.cancel(reason),
   });
+}
+
+/** RANGE_INVALID (416, with the upload's Range) for a chunk that does not start at `offset`. */
+async function checkStart(
+  start: number | undefined,
+  offset: number,
+  body: ReadableStream<Uint8Array> | null,
+): Promise<void> {
+  if (start === undefined || start === offset) return;
+  await body?.cancel();
+  throw new RegistryError(
+    "RANGE_INVALID",
+    `chunk starts at ${start}, but the upload has ${offset} bytes`,
+    { headers: { range: rangeHeader(offset) } },
+  );
 }
 
 /** `Range` of an upload with `offset` bytes, as distribution spells it (0-0 when empty). */

@@ -103,13 +103,16 @@ export interface UploadStore {
     body: ReadableStream<Uint8Array> | null,
     chunk: { start?: number; length?: number },
   ): Promise<UploadState>;
-  /** Appends the last bytes (if any), verifies `digest` over everything and publishes. */
+  /**
+   * Appends the last bytes (if any; `start` and `length` as for append), verifies `digest` over
+   * everything and publishes.
+   */
   finish(
     name: string,
     id: string,
     digest: string,
     body: ReadableStream<Uint8Array> | null,
-    length?: number,
+    chunk?: { start?: number; length?: number },
   ): Promise<BlobInfo>;
   cancel(name: string, id: string): Promise<void>;
   /** Removes sessions untouched for longer than the expiry; returns how many. */

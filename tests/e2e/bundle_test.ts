@@ -95,7 +95,10 @@ Deno.test("the bundled program runs on its own and pulls byte-exact images", asy
   await t.step("--version prints the version", async () => {
     const version = await runBundle(bundle, ["--version"]);
     assertEquals(version.code, 0);
-    assertMatch(version.stdout.trim(), /^oci-registry \d+\.\d+\.\d+\S*$/);
+    assertMatch(
+      version.stdout.trim(),
+      /^oci-registry \d+\.\d+\.\d+\S* \((commit [0-9a-f]{7,40}|development build)\)$/,
+    );
   });
 
   const badCommandLines: [string[], RegExp][] = [

@@ -37,3 +37,28 @@ Deno.test("upstream limits: one request at a time; a wait past queue_timeout is 
   assertEquals(upstream.mostAtOnce(), 1, "upstream never had two requests at once");
   assertEquals(upstream.blobGets(), 2, "the refused request never reached upstream");
 });
+
+Deno.test("upstream limits: 50 clients on 50 cold blobs never make more than 4 upstream requests at once", async () => {
+  await using upstream = slowUpstream(200, 16 * 1024, 50);
+  await using mirror = await startMirror({
+    upstreams: [{
+      namespace: "slow.test",
+      host: upstream.host,
+      tls: false,
+      max_concurrent_requests: 4,
+      queue_timeout: "30s",
+    }],
+  });
+  const responses = await Promise.all(
+    upstream.digests.map(async (digest, i) => {
+      const response = await mirror.fetch(`/v2/slow.test/library/x/blobs/${digest}`);
+      return { status: response.status, bytes: new Uint8Array(await response.arrayBuffer()), i };
+    }),
+  );
+  for (const { status, bytes, i } of responses) {
+    assertEquals(status, 200);
+    assertEquals(bytes, upstream.blobs[i]);
+  }
+  assertEquals(upstream.blobGets(), 50);
+  assertEquals(upstream.mostAtOnce(), 4, "as many at once as allowed, never more");
+});

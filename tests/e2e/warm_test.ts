@@ -76,10 +76,48 @@ Deno.test("oci-registry warm: images pulled through a running mirror, a line eac
   assertEquals(layerGets(arm64.layers[0].digest), 1, "the chosen platform was fetched");
   assertEquals(layerGets(amd64.layers[0].digest), 0, "the other one was not");
   await upstream.stop();
-  const blob = await mirror.fetch(`/v2/${NS}/library/multi/blobs/${arm64.layers[0].digest}`);
-  assertEquals(
-    new Uint8Array(await blob.arrayBuffer()),
-    arm64.layers[0].bytes,
-    "served from cache",
+  // A pull of the chosen platform with the upstream gone: index, manifest, config and layer.
+  const pulled = await mirror.fetch(`/v2/${NS}/library/multi/manifests/1`, { headers: { accept } });
+  assertEquals(pulled.headers.get("docker-content-digest"), index.digest);
+  await pulled.body?.cancel();
+  const platform = await mirror.fetch(`/v2/${NS}/library/multi/manifests/${arm64.digest}`, {
+    headers: { accept },
+  });
+  assertEquals(platform.status, 200);
+  await platform.body?.cancel();
+  for (const blob of [arm64.config, ...arm64.layers]) {
+    const response = await mirror.fetch(`/v2/${NS}/library/multi/blobs/${blob.digest}`);
+    assertEquals(new Uint8Array(await response.arrayBuffer()), blob.bytes, "served from cache");
+  }
+});
+
+Deno.test("warm list: the periodic refresh picks up a re-pushed tag", async () => {
+  await using upstream = await startUpstream();
+  const before = buildImage({ layers: 1, layerSize: 1000 });
+  await pushImage(upstream, "library/app", "stable", before);
+  await using mirror = await startMirror({
+    upstreamConfigYaml: [
+      `- namespace: ${NS}`,
+      `  host: "${upstream.host}"`,
+      "  tls: false",
+      "  warm: [library/app:stable]",
+      "  warm_interval: 1s", // manifest_invalidation_time stays 1h: the refresh asks anyway
+    ].join("\n"),
+  });
+  await mirror.waitForLog(/warm: registry\.test\/library\/app:stable: /, 15_000);
+  const after = buildImage({ layers: 1, layerSize: 1000 });
+  await pushImage(upstream, "library/app", "stable", after);
+  mirror.clearLogs();
+  await mirror.waitForLog(
+    /warm: registry\.test\/library\/app:stable: 1 manifest\(s\), 2 blob\(s\), 0\.0 MB/,
+    15_000,
   );
+  await upstream.stop();
+  const manifest = await mirror.fetch(`/v2/${NS}/library/app/manifests/stable`, {
+    headers: { accept },
+  });
+  assertEquals(manifest.headers.get("docker-content-digest"), after.digest, "the re-pushed image");
+  await manifest.body?.cancel();
+  const layer = await mirror.fetch(`/v2/${NS}/library/app/blobs/${after.layers[0].digest}`);
+  assertEquals(new Uint8Array(await layer.arrayBuffer()), after.layers[0].bytes);
 });
