@@ -9,7 +9,7 @@
  *   deno task bench --only soak      10 minutes of mixed pulls over twice the cache bound
  *                                    (--quick: 1 minute); never part of a run by default
  *
- * Sections: startup, blob, s3, manifest, cold, concurrent, guard, push, soak (`memory` =
+ * Sections: startup, blob, s3, manifest, cold, concurrent, guard, push, auth, soak (`memory` =
  * startup,blob,manifest).
  * Every server is a fresh process with fresh storage per section (per repetition for the cold
  * ones); repetitions rotate the order of the servers so background noise is shared fairly.
@@ -48,6 +48,7 @@ const SECTIONS = [
   "concurrent",
   "guard",
   "push",
+  "auth",
   "soak",
 ] as const;
 type Section = typeof SECTIONS[number];
@@ -137,8 +138,14 @@ function rotate<T>(servers: T[], n: number): T[] {
   return [...servers.slice(k), ...servers.slice(0, k)];
 }
 
-async function getOk(url: string, size: number, label: string, bufferSize?: number) {
-  const r = await httpGet(url, { timeoutMs: 300_000, bufferSize });
+async function getOk(
+  url: string,
+  size: number,
+  label: string,
+  bufferSize?: number,
+  headers?: Record<string, string>,
+) {
+  const r = await httpGet(url, { timeoutMs: 300_000, bufferSize, headers });
   if (r.status !== 200 || r.bytes !== size) {
     throw new Error(`${label}: GET ${url} gave ${r.status} with ${r.bytes} of ${size} bytes`);
   }
@@ -157,7 +164,7 @@ async function push(fx: Fixture, plan: Plan) {
   progress(`push: ${label} monolithic and streamed x${plan.blobReps}`);
   const mirror = await startMirror({
     upstreamHost: fx.upstream.host,
-    extraArgs: ["--hosted", "push"],
+    extraArgs: ["--hosted", "push", "--allow-anonymous-push"],
   });
   try {
     const targets = [
@@ -769,6 +776,65 @@ async function guard(fx: Fixture, plan: Plan) {
   }
 }
 
+/**
+ * What client authentication costs on the warm path: the same mirror with --auth-config (the
+ * client sends a Bearer token from the mirror's GET /token, checked on every request: HMAC,
+ * expiry, scope, rules) and without, warm blob GETs alternating. The limit column is no auth.
+ */
+async function auth(fx: Fixture, plan: Plan) {
+  const big = fx.big!;
+  progress(`auth: warm ${sizeLabel(big.size)} GET with a token and without auth`);
+  const scratch = await tempDir("oci-bench-auth-");
+  const user = await run("htpasswd", ["-Bbn", "bench", "bench-pw"], { check: true });
+  await Deno.writeTextFile(scratch.join("htpasswd"), user.stdout);
+  await Deno.writeTextFile(
+    scratch.join("auth.yaml"),
+    "htpasswd: htpasswd\nanonymous_pull: false\ntoken:\n  ttl: 1h\nrules:\n" +
+      '  - namespace: "*"\n    users: [bench]\n    actions: [pull]\n',
+  );
+  const on = await startMirror({
+    upstreamHost: fx.upstream.host,
+    label: "oci-registry auth",
+    extraArgs: ["--auth-config", scratch.join("auth.yaml")],
+  });
+  const off = await startMirror({ upstreamHost: fx.upstream.host, label: "oci-registry no auth" });
+  try {
+    const blobUrl = (s: Server) => `${s.url}${s.prefix}${big.repo}/blobs/${big.digest}`;
+    const scope = `repository:${on.prefix.slice(4)}${big.repo}:pull`;
+    const tokenResponse = await fetch(`${on.url}/token?service=oci-registry&scope=${scope}`, {
+      headers: { authorization: `Basic ${btoa("bench:bench-pw")}` },
+    });
+    const { token } = await tokenResponse.json();
+    const headers = (s: Server) => s === on ? { authorization: `Bearer ${token}` } : undefined;
+    const servers = [on, off];
+    for (const server of servers) {
+      await getOk(blobUrl(server), big.size, server.label, undefined, headers(server)); // fills
+      await getOk(blobUrl(server), big.size, server.label, undefined, headers(server));
+    }
+    const speeds = new Map<Server, number[]>(servers.map((s) => [s, []]));
+    for (let rep = 0; rep < plan.blobReps; rep++) {
+      for (const server of rotate(servers, rep)) {
+        const r = await getOk(blobUrl(server), big.size, server.label, undefined, headers(server));
+        speeds.get(server)!.push(mibPerSecond(r.bytes, r.ms));
+      }
+    }
+    const withAuth = median(speeds.get(on)!);
+    const without = median(speeds.get(off)!);
+    rows.push({
+      measure: `Auth cost: warm ${sizeLabel(big.size)} blob GET with a token (limit = no auth)`,
+      unit: "MiB/s",
+      oci: withAuth,
+      limit: without,
+      runs: { oci: speeds.get(on)!, limit: speeds.get(off)! },
+      target: ">= 0.95x no auth",
+      met: withAuth >= 0.95 * without,
+    });
+  } finally {
+    await Promise.all([on.stop(), off.stop()]);
+    await scratch.cleanup();
+  }
+}
+
 async function cold(fx: Fixture, plan: Plan) {
   const c = fx.cold!;
   const label = sizeLabel(c.size);
@@ -1027,7 +1093,7 @@ async function main(): Promise<number> {
 
   try {
     const fx: Fixture = { upstream };
-    if (has("blob") || has("s3") || has("guard") || has("push")) {
+    if (has("blob") || has("s3") || has("guard") || has("push") || has("auth")) {
       const repo = "bench/big";
       const t = performance.now();
       const b = await pushRandomBlob(upstream, repo, plan.blobSize);
@@ -1062,6 +1128,7 @@ async function main(): Promise<number> {
       ["concurrent", concurrent],
       ["guard", guard],
       ["push", push],
+      ["auth", auth],
       ["soak", soakSection],
     ];
     for (const [name, fn] of sectionsToRun) {

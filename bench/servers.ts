@@ -153,7 +153,8 @@ async function spawnServer(opts: SpawnOptions): Promise<Server> {
       if (exited) throw new Error(`${opts.label} exited before it was ready`);
       try {
         const r = await httpGet(`${url}/v2/`, { timeoutMs: 2_000, bufferSize: 64 << 10 });
-        if (r.status === 200) break;
+        // 401: a registry with authentication on answers the ping with its challenge.
+        if (r.status === 200 || r.status === 401) break;
       } catch { /* not listening yet */ }
       if (performance.now() > deadline) throw new Error(`${opts.label} not ready in time`);
       await delay(5);

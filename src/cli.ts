@@ -6,6 +6,7 @@
  */
 import { ConfigError, parseDuration } from "./config.ts";
 import { parseSizeBound, type SizeBound } from "./config/size.ts";
+import type { ClientLimitSettings } from "./http/client_limits.ts";
 import type { UpstreamPolicy } from "./cache/filters.ts";
 import type { ConnectionLimits } from "./http/connections.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
@@ -52,6 +53,27 @@ const GLOBAL_FLAGS: FlagSpec[] = [
     name: "upstream-config-file",
     env: "UPSTREAM_CONFIG_FILE",
     help: "YAML list of upstream registries",
+  },
+  {
+    name: "auth-config",
+    env: "AUTH_CONFIG",
+    help: "YAML: htpasswd users, groups and access rules (see README, Authentication)",
+  },
+  {
+    name: "allow-anonymous-push",
+    env: "ALLOW_ANONYMOUS_PUSH",
+    boolean: true,
+    help: "without --auth-config: let anyone push to and delete from hosted repositories",
+  },
+  {
+    name: "client-rate",
+    env: "CLIENT_RATE",
+    help: "requests per second per client (user, else address); over it 429 (default: no limit)",
+  },
+  {
+    name: "client-downloads",
+    env: "CLIENT_DOWNLOADS",
+    help: "blob downloads at once per client; over it 429 (default: no limit)",
   },
   {
     name: "allow-private-upstreams",
@@ -180,6 +202,12 @@ export interface Settings {
   /** Hosted: accept manifests whose layers or child manifests are absent. */
   sparseManifests: boolean;
   upstreamConfigFile?: string;
+  /** Users and access rules (src/config/access.ts); absent: reads open, hosted writes closed. */
+  authConfigFile?: string;
+  /** Without an auth config, hosted repositories take writes from anyone. */
+  allowAnonymousPush: boolean;
+  /** Per-client request rate and concurrent downloads (src/http/client_limits.ts). */
+  clientLimits: ClientLimitSettings;
   allowPrivateUpstreams: boolean;
   upstreamPolicy: UpstreamPolicy;
   connections: ConnectionLimits;
@@ -272,6 +300,13 @@ export function parseCommandLine(
   );
   const kind = args[subcommandAt] as "filesystem" | "s3";
   const local = parseFlags(args.slice(subcommandAt + 1), STORAGE_FLAGS[kind], env, kind);
+  const authConfigFile = global["auth-config"] || undefined;
+  const allowAnonymousPush = global["allow-anonymous-push"] === "true";
+  if (authConfigFile && allowAnonymousPush) {
+    throw new ConfigError(
+      "--allow-anonymous-push and --auth-config exclude each other: with an auth config, grant anonymous pushes in a rule",
+    );
+  }
   const settings: Settings = {
     listen: parseListen(global.listen!),
     defaultNamespace: global["default-namespace"]!,
@@ -279,6 +314,12 @@ export function parseCommandLine(
     uploadExpiryMs: duration(global, "upload-expiry"),
     sparseManifests: global["sparse-manifests"] === "true",
     upstreamConfigFile: global["upstream-config-file"] || undefined,
+    authConfigFile,
+    allowAnonymousPush,
+    clientLimits: {
+      rate: positiveNumber(global, "client-rate", false),
+      downloads: positiveNumber(global, "client-downloads", true),
+    },
     allowPrivateUpstreams: global["allow-private-upstreams"] === "true",
     upstreamPolicy: oneOf(global, "upstream-policy", ["any", "configured"] as const),
     connections: connectionLimits(global),
@@ -322,6 +363,23 @@ function cacheSize(value: string | undefined, kind: string): SizeBound | undefin
     throw new ConfigError("--max-cache-size: a percentage needs filesystem storage; give bytes");
   }
   return bound;
+}
+
+/** An optional flag that must be a number above 0 (a whole one when `integer`). */
+function positiveNumber(
+  flags: Record<string, string | undefined>,
+  name: string,
+  integer: boolean,
+): number | undefined {
+  const value = flags[name];
+  if (value === undefined || value === "") return undefined;
+  const pattern = integer ? /^\d+$/ : /^\d+(?:\.\d+)?$/;
+  if (!pattern.test(value) || Number(value) <= 0) {
+    throw new ConfigError(
+      `--${name}: expected a positive ${integer ? "whole " : ""}number, got "${value}"`,
+    );
+  }
+  return Number(value);
 }
 
 /** A flag whose value must be one of `choices`. */

@@ -130,6 +130,27 @@ Deno.test("hosted namespaces, sparse manifests and upload expiry", () => {
   assertThrows(() => settings(["--upload-expiry", "0s", "filesystem", "--root", "d"]), ConfigError);
 });
 
+Deno.test("--auth-config and --allow-anonymous-push, and not both", () => {
+  const plain = settings(["filesystem", "--root", "d"]);
+  assertEquals([plain.authConfigFile, plain.allowAnonymousPush], [undefined, false]);
+  assertEquals(
+    settings(["--auth-config", "a.yaml", "filesystem", "--root", "d"]).authConfigFile,
+    "a.yaml",
+  );
+  assertEquals(
+    settings(["filesystem", "--root", "d"], { AUTH_CONFIG: "b.yaml" }).authConfigFile,
+    "b.yaml",
+  );
+  assertEquals(
+    settings(["--allow-anonymous-push", "filesystem", "--root", "d"]).allowAnonymousPush,
+    true,
+  );
+  assertThrows(
+    () => settings(["--auth-config", "a", "--allow-anonymous-push", "filesystem", "--root", "d"]),
+    ConfigError,
+  );
+});
+
 Deno.test("--shutdown-grace: 25 s by default, 0 allowed, from SHUTDOWN_GRACE too", () => {
   assertEquals(settings(["filesystem", "--root", "d"]).shutdownGraceMs, 25_000);
   assertEquals(
@@ -208,6 +229,25 @@ Deno.test("gc subcommand: a dry run unless --delete; --min-age 1h by default; --
     settings(["--gc-interval", "6h", "filesystem", "--root", "d"]).gcIntervalMs,
     21_600_000,
   );
+});
+
+Deno.test("--client-rate and --client-downloads: off by default, positive numbers only", () => {
+  assertEquals(settings(["filesystem", "--root", "d"]).clientLimits, {
+    rate: undefined,
+    downloads: undefined,
+  });
+  const s = settings(["--client-rate", "2.5", "filesystem", "--root", "d"], {
+    CLIENT_DOWNLOADS: "4",
+  });
+  assertEquals(s.clientLimits, { rate: 2.5, downloads: 4 });
+  for (
+    const [flag, value] of [["--client-rate", "0"], ["--client-rate", "fast"], [
+      "--client-downloads",
+      "1.5",
+    ]]
+  ) {
+    assertThrows(() => settings([flag, value, "filesystem", "--root", "d"]), ConfigError);
+  }
 });
 
 Deno.test("oci-registry warm: images, --mirror (or MIRROR_URL), --platform", () => {

@@ -10,6 +10,10 @@ import { parseImageName } from "./oci/reference.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
 import { ConfigError, loadUpstreams } from "./config.ts";
 import { filesystemBytes } from "./config/size.ts";
+import { AccessControl } from "./config/access.ts";
+import { Auth } from "./http/auth.ts";
+import { ClientLimits } from "./http/client_limits.ts";
+import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
 import { createLog, type Log } from "./log.ts";
@@ -75,11 +79,18 @@ async function warmThroughMirror(
   command: { mirror: string; platforms?: string[]; images: string[] },
 ): Promise<number> {
   let failed = 0;
+  // A mirror with --auth-config: the user's credentials, sent as Basic on every request.
+  const user = Deno.env.get("MIRROR_USERNAME");
+  const authorization = user === undefined ? undefined : `Basic ${
+    btoa(String.fromCharCode(
+      ...new TextEncoder().encode(`${user}:${Deno.env.get("MIRROR_PASSWORD") ?? ""}`),
+    ))
+  }`;
   for (const name of command.images) {
     const started = performance.now();
     try {
       const { registry, repository, reference } = parseImageName(name);
-      const result = await warmImage(httpSource(command.mirror, registry), {
+      const result = await warmImage(httpSource(command.mirror, registry, authorization), {
         repository,
         reference,
         platforms: command.platforms,
@@ -99,6 +110,9 @@ async function main(): Promise<number> {
   const startedAt = new Date();
   let settings: Settings;
   let upstreams;
+  let access: AccessControl | undefined;
+  let signingKey: Uint8Array | undefined;
+  let log: Log;
   try {
     const parsed = parseCommandLine(Deno.args, (name) => Deno.env.get(name));
     if (parsed.kind === "help") {
@@ -112,10 +126,22 @@ async function main(): Promise<number> {
     if (parsed.kind === "warm") return await warmThroughMirror(parsed);
     settings = parsed.settings;
     if (parsed.kind === "gc") return await gcCommand(settings, parsed.delete, parsed.minAgeMs);
+    log = createLog({ format: settings.logFormat, level: settings.logLevel });
     upstreams = await loadUpstreams(
       settings.upstreamConfigFile,
       Deno.env.get("UPSTREAM_CREDENTIALS"),
     );
+    if (settings.authConfigFile) {
+      const configured = upstreams;
+      access = await AccessControl.load(settings.authConfigFile, {
+        // An upstream the mirror logs in to is private: its content needs a user by default.
+        isPrivate: (namespace) => configured.get(namespace).username !== undefined,
+        log,
+      });
+      signingKey = await tokenKey(access.token.secretFile).catch((e) => {
+        throw new ConfigError(`token secret: ${(e as Error).message}`);
+      });
+    }
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(`oci-registry: ${e.message}`);
@@ -124,7 +150,6 @@ async function main(): Promise<number> {
     throw e;
   }
 
-  const log = createLog({ format: settings.logFormat, level: settings.logLevel });
   let storage: Storage;
   let spoolDir: string;
   try {
@@ -222,6 +247,9 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
+  const auth = access && signingKey
+    ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
+    : undefined;
   const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const gcStats = { runs: 0, failures: 0, objects: 0, bytes: 0 };
@@ -244,6 +272,22 @@ async function main(): Promise<number> {
     }
   }, settings.gcIntervalMs);
   registerGcMetrics(metrics, gcStats);
+  const { rate, downloads } = settings.clientLimits;
+  const limits = rate !== undefined || downloads !== undefined
+    ? new ClientLimits(settings.clientLimits)
+    : undefined;
+  if (limits) {
+    metrics.sampledCounter(
+      "oci_registry_client_rate_limited_total",
+      "Requests answered 429 for exceeding --client-rate.",
+      () => limits.refused.rate,
+    );
+    metrics.sampledCounter(
+      "oci_registry_client_downloads_limited_total",
+      "Blob GETs answered 429 for exceeding --client-downloads.",
+      () => limits.refused.downloads,
+    );
+  }
   const handler = createHandler({
     mirror,
     registry,
@@ -254,6 +298,9 @@ async function main(): Promise<number> {
     accessLog: log.access,
     readiness: ready.check,
     status: () => statusSnapshot(metrics, log, upstream, storage, bound, startedAt),
+    auth,
+    allowAnonymousPush: settings.allowAnonymousPush,
+    limits,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).
@@ -285,6 +332,14 @@ async function main(): Promise<number> {
       Number.isFinite(server.maxConnections)
         ? `at most ${server.maxConnections} connections`
         : "connections unguarded"
+    }; ${
+      auth
+        ? `auth: ${settings.authConfigFile}${
+          access!.token.secretFile ? "" : ", tokens signed by a per-process key"
+        }`
+        : settings.hosted.length > 0 && !settings.allowAnonymousPush
+        ? "no auth: hosted repositories are read-only"
+        : "no auth"
     }; ${nativeHelp})`,
   );
   metrics.gauge(

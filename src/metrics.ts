@@ -77,6 +77,10 @@ export class Metrics {
     "oci_registry_upstream_errors_total",
     "Upstream requests that failed, by namespace, kind and error code (UNAVAILABLE: unreachable or 5xx; MANIFEST_UNKNOWN, BLOB_UNKNOWN: 404).",
   );
+  readonly authFailures = new Counter(
+    "oci_registry_auth_failures_total",
+    "Refused authentications, by reason (bad_credentials, locked, bad_token, malformed).",
+  );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
   readonly #labelled: { name: string; help: string; read: () => [Labels, number][] }[] = [];
@@ -129,6 +133,7 @@ export class Metrics {
       this.cache.render(),
       this.upstream.render(),
       this.upstreamErrors.render(),
+      this.authFailures.render(),
       ...sampled,
       ...this.#labelled.map(({ name, help, read }) =>
         [

@@ -24,8 +24,11 @@ import type { Mirror } from "./cache/mirror.ts";
 import * as hostedBlobs from "./api/hosted/blobs.ts";
 import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/hosted/listings.ts";
 import * as hostedManifests from "./api/hosted/manifests.ts";
+import type { Action, Resource } from "./config/access.ts";
+import { ANONYMOUS, type Auth } from "./http/auth.ts";
+import type { ClientLimits } from "./http/client_limits.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { hostedName, resolveName } from "./oci/namespace.ts";
+import { hostedName, type ResolvedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./http/status_page.ts";
@@ -48,9 +51,18 @@ export interface ServerOptions {
   readiness?: () => Promise<string | null>;
   /** For browsers at GET /: the figures the status page shows. */
   status?: () => StatusSnapshot;
+  /**
+   * Client authentication and access rules (--auth-config). Without it every read is open, as
+   * it always was, and hosted repositories take writes only with `allowAnonymousPush`.
+   */
+  auth?: Auth;
+  /** --allow-anonymous-push: without `auth`, anyone may push to and delete from hosted names. */
+  allowAnonymousPush?: boolean;
+  /** --client-rate, --client-downloads: per-client limits (src/http/client_limits.ts). */
+  limits?: ClientLimits;
 }
 
-type Handler = (request: Request) => Promise<Response>;
+type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
 
 /**
  * Longest request target (path and query) served, below the 64 KiB head Deno.serve reads so
@@ -74,6 +86,8 @@ const HOST_HEADER =
 /** What the handling of one request learnt that its access-log line should say. */
 interface Seen {
   namespace?: string;
+  /** The authenticated user (a name, never a credential). */
+  user?: string;
 }
 
 /** What the request target asks for: its path and its query (without the "?"). */
@@ -85,12 +99,14 @@ interface Target {
 const RESOURCE_PATH = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/(.+)$/;
 const UPLOAD_PATH = /^uploads(?:\/([^/]*))?$/;
 
-type Resource = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
+type Endpoint = "manifests" | "blobs" | "uploads" | "tags" | "referrers";
 
 /** What a path asks for; `endpoint` doubles as the (low-cardinality) metrics label. */
 type Route =
-  | { endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "catalog" | "other" }
-  | { endpoint: Resource; pathName: string; rest: string };
+  | {
+    endpoint: "root" | "healthz" | "readyz" | "metrics" | "ping" | "catalog" | "token" | "other";
+  }
+  | { endpoint: Endpoint; pathName: string; rest: string };
 
 function routeOf(path: string): Route {
   if (path === "/") return { endpoint: "root" };
@@ -99,11 +115,12 @@ function routeOf(path: string): Route {
   if (path === "/metrics") return { endpoint: "metrics" };
   if (path === "/v2" || path === "/v2/") return { endpoint: "ping" };
   if (path === "/v2/_catalog") return { endpoint: "catalog" };
+  if (path === "/token") return { endpoint: "token" };
   const match = RESOURCE_PATH.exec(path);
   if (!match) return { endpoint: "other" };
   const upload = match[2] === "blobs" ? UPLOAD_PATH.exec(match[3]) : null;
   if (upload) return { endpoint: "uploads", pathName: match[1], rest: upload[1] ?? "" };
-  return { endpoint: match[2] as Resource, pathName: match[1], rest: match[3] };
+  return { endpoint: match[2] as Endpoint, pathName: match[1], rest: match[3] };
 }
 
 export function createHandler(options: ServerOptions): Handler {
@@ -111,7 +128,7 @@ export function createHandler(options: ServerOptions): Handler {
   const accessLog = options.accessLog ?? ((entry) => log(accessText(entry)));
   options.metrics.nameNamespaces([options.defaultNamespace]);
   const hosted = new Set(options.hosted ?? []);
-  return async (request) => {
+  return async (request, info) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
     let route: Route = { endpoint: "other" };
@@ -120,7 +137,17 @@ export function createHandler(options: ServerOptions): Handler {
     try {
       const target = parseTarget(request, raw);
       route = routeOf(target.path);
-      response = await dispatch(options, hosted, request, target, route, seen);
+      const address = clientAddress(info);
+      response = await dispatch(
+        options,
+        hosted,
+        request,
+        target,
+        route,
+        seen,
+        address,
+        info?.completed,
+      );
     } catch (e) {
       response = errorResponse(e, request, log);
     }
@@ -197,6 +224,32 @@ function loggable(target: string): string {
     : `${target.slice(0, LOGGED_TARGET_CHARS)}... (${target.length} bytes)`;
 }
 
+/** The client's address, as login backoff keys it. */
+function clientAddress(info: Deno.ServeHandlerInfo | undefined): string {
+  let addr: Deno.Addr | undefined;
+  try {
+    addr = info?.remoteAddr as Deno.Addr | undefined;
+  } catch {
+    // Deno's remoteAddr throws for connections on a Unix socket.
+  }
+  return addr && "hostname" in addr ? addr.hostname : "local";
+}
+
+/** What a request does to a repository, for the access rules. */
+function actionOf(method: string, endpoint: Endpoint): Action {
+  if (method === "GET" || method === "HEAD") return endpoint === "uploads" ? "push" : "pull";
+  if (method === "DELETE" && endpoint !== "uploads") return "delete";
+  return "push";
+}
+
+/** A hosted name as the rules see it: its first segment and the rest. */
+function hostedResource(name: string): Resource {
+  const slash = name.indexOf("/");
+  return slash < 0
+    ? { hosted: true, namespace: name, repository: "" }
+    : { hosted: true, namespace: name.slice(0, slash), repository: name.slice(slash + 1) };
+}
+
 async function dispatch(
   options: ServerOptions,
   hosted: ReadonlySet<string>,
@@ -204,20 +257,29 @@ async function dispatch(
   target: Target,
   route: Route,
   seen: Seen,
+  address: string,
+  sent: Promise<void> | undefined,
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
+  const auth = options.auth;
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
       if (options.status && wantsHtml(request)) {
-        return new Response(request.method === "HEAD" ? null : renderStatusPage(options.status()), {
-          headers: {
-            "content-type": "text/html; charset=utf-8",
-            "cache-control": "no-store",
-            // Nothing but this page's own inline style: no script, nothing from elsewhere.
-            "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'",
+        return new Response(
+          request.method === "HEAD" ? null : renderStatusPage({
+            ...options.status(),
+            repositoriesHidden: options.auth !== undefined,
+          }),
+          {
+            headers: {
+              "content-type": "text/html; charset=utf-8",
+              "cache-control": "no-store",
+              // Nothing but this page's own inline style: no script, nothing from elsewhere.
+              "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'",
+            },
           },
-        });
+        );
       }
       return plainText(request, "ok\n");
     case "healthz":
@@ -237,11 +299,29 @@ async function dispatch(
       });
     case "ping":
       if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
+      await auth?.ping(request, address);
       return json({});
-    case "catalog":
+    case "token":
+      if (!auth) throw noSuchEndpoint(target.path);
       if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
+      return await auth.token(request, address, target.query, (name) => {
+        const hostedRepository = options.registry ? hostedName(name, null, hosted) : null;
+        if (hostedRepository !== null) return hostedResource(hostedRepository);
+        return { hosted: false, ...resolveName(name, null, options.defaultNamespace) };
+      });
+    case "catalog": {
+      if (!reading) throw unsupported(request);
+      options.limits?.admit(`address:${address}`);
       if (!options.registry) return json({ repositories: [] });
-      return await listCatalog(options.registry, target.query);
+      // Only the repositories this client may pull are named (a page may come out shorter).
+      const identity = await auth?.identify(request, address);
+      const visible = auth && identity
+        ? (name: string) => auth.allows(identity, hostedResource(name), "pull")
+        : undefined;
+      return await listCatalog(options.registry, target.query, visible);
+    }
     case "other":
       throw noSuchEndpoint(target.path);
   }
@@ -249,12 +329,61 @@ async function dispatch(
   const hostedRepository = options.registry
     ? hostedName(pathName, target.query.get("ns"), hosted)
     : null;
+  const action = actionOf(request.method, route.endpoint);
+  let name: ResolvedName | undefined;
+  let resource: Resource;
+  let scopeName: string;
   if (hostedRepository !== null) {
     seen.namespace = hostedRepository.split("/", 1)[0];
-    return await dispatchHosted(options.registry!, hostedRepository, request, target, route);
+    resource = hostedResource(hostedRepository);
+    scopeName = hostedRepository;
+  } else {
+    name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+    seen.namespace = name.namespace;
+    resource = { hosted: false, ...name };
+    scopeName = `${name.namespace}/${name.repository}`;
   }
-  const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
-  seen.namespace = name.namespace;
+  // Who asks, their budget, their rights: all before any lookup, so that a refusal does not
+  // depend on what the repository holds.
+  const identity = auth
+    ? await auth.identify(request, address, `repository:${scopeName}:pull`)
+    : ANONYMOUS;
+  if (identity.user) seen.user = identity.user;
+  const client = identity.user ? `user:${identity.user}` : `address:${address}`;
+  options.limits?.admit(client);
+  if (auth) auth.require(identity, request, resource, action, scopeName);
+  else if (hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
+    await request.body?.cancel();
+    throw new RegistryError(
+      "DENIED",
+      "hosted repositories take pushes and deletes only with --auth-config or --allow-anonymous-push",
+    );
+  }
+  if (route.endpoint === "blobs" && request.method === "GET") {
+    options.limits?.startDownload(client, sent);
+  }
+  if (hostedRepository !== null) {
+    // A mount reads its source: only from a hosted repository this client may pull.
+    const mayMount = (from: string) => {
+      if (!auth) return true;
+      let source: string | null;
+      try {
+        source = hostedName(from, null, hosted);
+      } catch {
+        return false; // not a repository name: nothing to mount, a plain upload (202)
+      }
+      return source !== null && auth.allows(identity, hostedResource(source), "pull");
+    };
+    return await dispatchHosted(
+      options.registry!,
+      hostedRepository,
+      request,
+      target,
+      route,
+      mayMount,
+    );
+  }
+  name = name!;
   if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
   switch (route.endpoint) {
     case "manifests":
@@ -281,11 +410,19 @@ async function dispatchHosted(
   name: string,
   request: Request,
   target: Target,
-  route: { endpoint: Resource; pathName: string; rest: string },
+  route: { endpoint: Endpoint; pathName: string; rest: string },
+  mayMount: (from: string) => boolean,
 ): Promise<Response> {
   const method = request.method === "HEAD" ? "GET" : request.method;
   const rest = decodeSegment(route.rest);
-  const query = target.query;
+  let query = target.query;
+  const mount = query.get("mount");
+  if (mount !== null && !mayMount(query.get(FROM) ?? "")) {
+    // Not mountable for this client: a plain upload, as if nothing could be mounted.
+    query = new URLSearchParams(query);
+    query.delete("mount");
+    query.delete(FROM);
+  }
   const refused = async () => {
     await request.body?.cancel();
     return unsupported(request);
@@ -325,6 +462,12 @@ async function dispatchHosted(
       throw await refused();
   }
 }
+
+/**
+ * The mount source parameter. In backticks: tests/e2e/bundle_test.ts reads `from "..."` in the
+ * bundle as an import specifier.
+ */
+const FROM = `from`;
 
 function noSuchEndpoint(path: string): RegistryError {
   return new RegistryError("NAME_UNKNOWN", `no such endpoint: ${path}`, { status: 404 });

@@ -7,7 +7,7 @@
  * Entries are keyed by storage key (layout.ts), so a blob and a manifest with one digest stay
  * apart. Per entry: a key, two numbers and, for manifests, the keys of their children.
  */
-import { referencedDigests } from "../oci/manifest.ts";
+import { manifestReferences } from "../oci/manifest.ts";
 import { blobKey, manifestKey } from "../storage/layout.ts";
 
 export interface Entry {
@@ -260,6 +260,6 @@ export class ContentIndex {
 
 /** Storage keys of what a manifest references: config and layers (blobs), entries (manifests). */
 export function childKeys(bytes: Uint8Array): string[] {
-  const { blobs, manifests } = referencedDigests(bytes);
+  const { blobs, manifests } = manifestReferences(bytes);
   return [...blobs.map(blobKey), ...manifests.map(manifestKey)];
 }

@@ -2,6 +2,14 @@
  * The pull-through cache: decides, per request, between serving what storage holds, asking
  * upstream whether a tag moved, fetching a miss, and serving stale content when upstream is
  * unreachable. It knows nothing of HTTP routing; api/ turns its results into responses.
+ *
+ * Content is shared by digest in storage but served per repository: a blob or a manifest by
+ * digest is served for a repository only when that repository holds it, that is when a manifest
+ * served for it names the digest, or upstream confirmed it for that repository (it was fetched
+ * from there, or a HEAD said so). Otherwise a digest cached from a private upstream would be
+ * served under any name (`/v2/x/blobs/<digest>?ns=anything`). What a repository holds is kept
+ * in memory (warm GETs cost nothing more) and recorded as an empty link in storage when it came
+ * from upstream, so that after a restart an offline upstream does not stop pulls by digest.
  */
 import type { LogFn } from "../log.ts";
 import { concatBytes } from "../bytes.ts";
@@ -16,10 +24,12 @@ import {
   isIndexType,
   MAX_MANIFEST_BYTES,
 } from "../oci/media_types.ts";
+import { referencedDigests } from "../oci/manifest.ts";
 import {
   blobKey,
   digestOfKey,
   manifestKey,
+  mirroredLinkKey,
   mirroredReferrersKey,
   tagKey,
   type TagLink,
@@ -123,6 +133,9 @@ const MAX_TAG_LIST_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
 /** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
 const BLOB_CONFIRMATION_ENTRIES = 100_000;
+/** Repository/digest pairs known to be held (about 150 bytes each: ~30 MB at most). */
+const HELD_ENTRIES = 200_000;
+const EMPTY = new Uint8Array(0);
 
 export class Mirror {
   readonly #storage: Storage;
@@ -148,6 +161,10 @@ export class Mirror {
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
   readonly #bound: CacheBound | undefined;
+  /** `namespace/repository@digest` for content the repository holds (see the top comment). */
+  readonly #held = new LruCache<true>(HELD_ENTRIES);
+  /** The repository (`namespace/repository@digest`) a blob download is being fetched for. */
+  readonly #fetchingFor = new Map<string, string>();
 
   constructor(options: MirrorOptions) {
     this.#storage = options.storage;
@@ -185,9 +202,18 @@ export class Mirror {
     return this.#downloads.size;
   }
 
-  /** Resolves when no blob download is running (for shutdown and tests). */
-  settled(): Promise<void> {
-    return this.#downloads.settled();
+  /** Resolves when no blob download (or link write) is running (for shutdown and tests). */
+  async settled(): Promise<void> {
+    await this.#downloads.settled();
+    while (this.#pending.size > 0) await Promise.all(this.#pending);
+  }
+
+  /** Link writes that nobody waits for. */
+  readonly #pending = new Set<Promise<void>>();
+
+  #background(work: Promise<void>): void {
+    this.#pending.add(work);
+    work.finally(() => this.#pending.delete(work));
   }
 
   // ---- manifests -------------------------------------------------------------------------
@@ -216,6 +242,8 @@ export class Mirror {
           : this.#manifestByTag(namespace, repository, reference, refresh),
     );
     this.#bound?.index.touch(manifestKey(manifest.digest));
+    // Served for this repository: what it names is this repository's too (before a child).
+    void this.#holdManifest(namespace, repository, manifest, false);
     if (acceptsMediaType(accept, manifest.mediaType)) return manifest;
     if (isIndexType(manifest.mediaType)) {
       const entry = pickDefaultPlatform(manifest.bytes, accept);
@@ -238,6 +266,7 @@ export class Mirror {
   ): Promise<ManifestResult> {
     const stored = await this.#storedManifest(digest);
     if (stored) {
+      await this.#confirmHeld(namespace, repository, digest, "manifest");
       this.#count("manifest", "hit");
       return stored;
     }
@@ -344,6 +373,7 @@ export class Mirror {
       this.#bound.index.addManifest(digest, bytes);
       this.#bound.check();
     }
+    await this.#holdManifest(namespace, repository, { digest, bytes, mediaType }, true);
     if (!isDigestReference) {
       await this.#writeTagLink(namespace, repository, reference, {
         digest,
@@ -416,6 +446,69 @@ export class Mirror {
     return true;
   }
 
+  // ---- what each repository holds ---------------------------------------------------------
+
+  /**
+   * Notes that the repository holds `manifest` and what it names; `record` (fresh from
+   * upstream) also writes the links, best effort: a full store only costs a HEAD later.
+   */
+  async #holdManifest(
+    namespace: string,
+    repository: string,
+    manifest: ManifestResult,
+    record: boolean,
+  ): Promise<void> {
+    const key = `${namespace}/${repository}@${manifest.digest}`;
+    if (!record && this.#held.get(key)) return;
+    const digests = [manifest.digest, ...referencedDigests(manifest.bytes)];
+    for (const digest of digests) this.#held.set(`${namespace}/${repository}@${digest}`, true);
+    if (record) await Promise.all(digests.map((d) => this.#writeLink(namespace, repository, d)));
+  }
+
+  async #writeLink(namespace: string, repository: string, digest: string): Promise<void> {
+    await this.#store(
+      `link ${namespace}/${repository}@${digest} not recorded`,
+      () => this.#storage.write(mirroredLinkKey(namespace, repository, digest), EMPTY),
+    ).catch((e) => this.#log(`link ${namespace}/${repository}@${digest}: ${describe(e)}`));
+  }
+
+  /**
+   * Throws unless the repository holds `digest`: known in memory, linked in storage, or
+   * confirmed by upstream now with a HEAD for this repository (its 404 is the client's 404).
+   */
+  async #confirmHeld(
+    namespace: string,
+    repository: string,
+    digest: string,
+    kind: "blob" | "manifest",
+  ): Promise<void> {
+    if (await this.#knownHeld(namespace, repository, digest)) return;
+    const key = `${namespace}/${repository}@${digest}`;
+    const response = kind === "blob"
+      ? await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" })
+      : await this.#upstream.manifest(namespace, repository, digest, {
+        method: "HEAD",
+        accept: ALL_MANIFEST_TYPES,
+      });
+    await response.body?.cancel();
+    if (kind === "blob") this.#blobConfirmations.set(key, this.#now());
+    await this.#hold(namespace, repository, digest);
+  }
+
+  /** Held according to memory or, after a restart, to the link in storage. */
+  async #knownHeld(namespace: string, repository: string, digest: string): Promise<boolean> {
+    const key = `${namespace}/${repository}@${digest}`;
+    if (this.#held.get(key)) return true;
+    if (!await this.#storage.stat(mirroredLinkKey(namespace, repository, digest))) return false;
+    this.#held.set(key, true);
+    return true;
+  }
+
+  async #hold(namespace: string, repository: string, digest: string): Promise<void> {
+    this.#held.set(`${namespace}/${repository}@${digest}`, true);
+    await this.#writeLink(namespace, repository, digest);
+  }
+
   #singleFlight(key: string, fetch: () => Promise<ManifestResult>): Promise<ManifestResult> {
     const running = this.#manifestFlights.get(key);
     if (running) return running;
@@ -460,9 +553,22 @@ export class Mirror {
     options: BlobRequest,
   ): Promise<BlobResult> {
     const key = blobKey(digest);
+    // Before anything else: no download to follow and no cached bytes unless this repository
+    // holds the blob. A blob neither cached nor downloading is confirmed by fetching it.
+    const heldKey = `${namespace}/${repository}@${digest}`;
+    let confirmByFetch = false;
+    if (!await this.#knownHeld(namespace, repository, digest)) {
+      const downloading = this.#downloads.running(digest) !== undefined;
+      if (downloading && this.#fetchingFor.get(digest) === heldKey) confirmByFetch = true;
+      else if (downloading || await this.#storage.stat(key)) {
+        await this.#confirmHeld(namespace, repository, digest, "blob");
+      } else confirmByFetch = true;
+    }
     // A download under way (or publishing) answers for the blob: no storage request, and never
     // a half-written object from a store whose writes are not atomic (s3rver).
-    const running = await this.#downloads.running(digest)?.catch(() => null);
+    const running = confirmByFetch
+      ? null
+      : await this.#downloads.running(digest)?.catch(() => null);
     if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
       const followed = options.method === "HEAD"
         ? { size: running.expectedSize }
@@ -472,7 +578,9 @@ export class Mirror {
         return followed;
       }
     }
-    const cached = await this.#cachedBlob(namespace, repository, digest, options);
+    const cached = confirmByFetch
+      ? null
+      : await this.#cachedBlob(namespace, repository, digest, options);
     if (cached) {
       this.#count("blob", "hit");
       return cached;
@@ -481,28 +589,46 @@ export class Mirror {
     if (options.method === "HEAD") {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
+      await this.#hold(namespace, repository, digest);
       const length = response.headers.get("content-length");
       return { size: length !== null ? Number(length) : undefined };
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
+    // The repository a download is fetched for is noted from its start, so that concurrent
+    // requests for the same repository join it instead of asking upstream with a HEAD each.
     // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
-    const fetchBlob = (from?: number) =>
-      this.#upstream.blob(namespace, repository, digest, {
-        method: "GET",
-        ...(from === undefined ? {} : { range: `bytes=${from}-` }),
-      });
-    for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, async (from) => {
+    const fetch = async (checkStore: boolean, from?: number) => {
+      this.#fetchingFor.set(digest, heldKey);
+      try {
         // Re-checked inside the flight: a download may have been published since the lookup.
-        if (from === undefined && await this.#storage.stat(key)) return null;
-        return await fetchBlob(from);
-      });
+        if (checkStore && from === undefined && await this.#storage.stat(key)) return null;
+        const response = await this.#upstream.blob(namespace, repository, digest, {
+          method: "GET",
+          ...(from === undefined ? {} : { range: `bytes=${from}-` }),
+        });
+        // Not awaited: the download starts now; settled() waits for the link.
+        this.#background(this.#hold(namespace, repository, digest));
+        return response;
+      } finally {
+        if (this.#fetchingFor.get(digest) === heldKey) this.#fetchingFor.delete(digest);
+      }
+    };
+    for (let attempt = 0; attempt < 3; attempt++) {
+      let download = await this.#downloads.join(digest, (from) => fetch(true, from));
+      // A download fetched for this same repository confirms it (or fails for all alike);
+      // another repository's download, or a blob published meanwhile, does not.
+      if (
+        confirmByFetch && !this.#held.get(heldKey) && this.#fetchingFor.get(digest) !== heldKey
+      ) {
+        await this.#confirmHeld(namespace, repository, digest, "blob");
+        confirmByFetch = false;
+      }
       if (!download) {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return published;
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(digest, fetchBlob);
+        download = await this.#downloads.join(digest, (from) => fetch(false, from));
       }
       if (!download) break;
       const followed = this.#follow(download, options);

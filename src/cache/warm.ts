@@ -161,12 +161,17 @@ export function describeWarm(result: WarmResult, ms: number): string {
  * A running mirror over HTTP as an image source (`oci-registry warm`): every request goes
  * through it, so what it lacks it fetches and caches; blobs are read and dropped.
  */
-export function httpSource(mirrorUrl: string, registry: string): ImageSource {
+export function httpSource(
+  mirrorUrl: string,
+  registry: string,
+  /** An Authorization header for a mirror with --auth-config (Basic works on every request). */
+  authorization?: string,
+): ImageSource {
   const base = `${mirrorUrl.replace(/\/+$/, "")}/v2/${registry}`;
   const get = async (path: string, accept?: string) => {
-    const response = await fetch(`${base}/${path}`, {
-      headers: accept ? { accept } : {},
-    });
+    const headers: Record<string, string> = accept ? { accept } : {};
+    if (authorization) headers.authorization = authorization;
+    const response = await fetch(`${base}/${path}`, { headers });
     if (!response.ok) {
       const text = await response.text();
       let message = text.slice(0, 200);

@@ -29,6 +29,8 @@ export interface StatusSnapshot {
     limit?: number;
   }[];
   recentErrors: { time: Date; level: string; message: string }[];
+  /** With access rules (--auth-config), names are not shown to whoever opens the page. */
+  repositoriesHidden?: boolean;
 }
 
 /** Whether the request is a browser's (HTML before anything else it accepts). */
@@ -96,7 +98,9 @@ ${
 
 <h2>Repositories cached</h2>
 ${
-    cache && cache.repositories.length > 0
+    s.repositoriesHidden
+      ? `<p class="muted">Not listed: access rules (<code>--auth-config</code>) decide who may see names.</p>`
+      : cache && cache.repositories.length > 0
       ? `<table id="repositories">
 <thead><tr><th>namespace</th><th>repository</th><th class="n">tags</th><th class="n">size</th></tr></thead>
 <tbody>

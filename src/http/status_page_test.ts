@@ -32,6 +32,8 @@ Deno.test("status page: figures, escaping, no script", () => {
   const unbounded = renderStatusPage({ ...snapshot, cache: undefined, lookups: [] });
   assertMatch(unbounded, /tracked with <code>--max-cache-size<\/code>/);
   assertMatch(unbounded, /no lookups yet/);
+  const hidden = renderStatusPage({ ...snapshot, repositoriesHidden: true });
+  assert(!hidden.includes("library/") && hidden.includes("Not listed: access rules"));
 });
 
 Deno.test("status page: only for requests that ask for HTML; sizes read well", () => {

@@ -122,26 +122,56 @@ export function parseManifest(bytes: Uint8Array, contentType: string | null): Pa
 }
 
 /**
- * What a stored manifest references, leniently (an upstream's manifest was verified by digest,
- * not by structure): config and layer digests, and for an index its child manifests.
+ * Every digest a manifest of any kind names (config, layers, index entries, schema 1
+ * `fsLayers`), leniently: upstream manifests are not validated like pushed ones. Empty for
+ * bytes that are not a JSON object.
  */
-export function referencedDigests(bytes: Uint8Array): { blobs: string[]; manifests: string[] } {
-  let doc: {
-    config?: { digest?: unknown };
-    layers?: { digest?: unknown }[];
-    manifests?: { digest?: unknown }[];
+export function referencedDigests(bytes: Uint8Array): string[] {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return [];
+  }
+  if (typeof doc !== "object" || doc === null) return [];
+  const digests: string[] = [];
+  const add = (value: unknown, field = "digest") => {
+    const digest = (value as Record<string, unknown> | null)?.[field];
+    if (typeof digest === "string" && isDigest(digest)) digests.push(digest);
   };
+  add(doc.config);
+  for (const list of [doc.layers, doc.manifests, doc.blobs]) {
+    if (Array.isArray(list)) list.forEach((entry) => add(entry));
+  }
+  if (Array.isArray(doc.fsLayers)) doc.fsLayers.forEach((entry) => add(entry, "blobSum"));
+  return digests;
+}
+
+/**
+ * What a stored manifest references, by kind, leniently like `referencedDigests`: blobs (config,
+ * layers, artifact blobs, schema 1 `fsLayers`) and child manifests (index entries).
+ */
+export function manifestReferences(bytes: Uint8Array): { blobs: string[]; manifests: string[] } {
+  let doc: Record<string, unknown>;
   try {
     doc = JSON.parse(new TextDecoder().decode(bytes));
   } catch {
     return { blobs: [], manifests: [] };
   }
-  const digests = (items: unknown) =>
-    (Array.isArray(items) ? items : []).map((item) => item?.digest).filter(
+  if (typeof doc !== "object" || doc === null) return { blobs: [], manifests: [] };
+  const digests = (items: unknown, field = "digest") =>
+    (Array.isArray(items) ? items : []).map((item) => item?.[field]).filter(
       (digest): digest is string => typeof digest === "string" && isDigest(digest),
     );
   return {
-    blobs: [...new Set(digests([doc?.config, ...(Array.isArray(doc?.layers) ? doc.layers : [])]))],
-    manifests: [...new Set(digests(doc?.manifests))],
+    blobs: [
+      ...new Set([
+        ...digests([doc.config]),
+        ...digests(doc.layers),
+        ...digests(doc.blobs),
+        ...digests(doc.fsLayers, "blobSum"),
+      ]),
+    ],
+    manifests: [...new Set(digests(doc.manifests))],
   };
 }

@@ -9,7 +9,7 @@
  * are listed again just before deleting, each object re-checked for its age.
  */
 import { isDigest } from "../digest.ts";
-import { referencedDigests } from "../oci/manifest.ts";
+import { manifestReferences } from "../oci/manifest.ts";
 import {
   blobKey,
   digestOfKey,
@@ -172,7 +172,7 @@ async function referencedKeys(storage: Storage, hosted: string[]): Promise<Set<s
   for await (const key of storage.list("manifests/")) {
     const bytes = digestOfKey(key) ? await storage.readBytes(key) : null;
     if (!bytes) continue;
-    const { blobs, manifests } = referencedDigests(bytes);
+    const { blobs, manifests } = manifestReferences(bytes);
     for (const digest of blobs) keys.add(blobKey(digest));
     for (const digest of manifests) keys.add(manifestKey(digest));
   }

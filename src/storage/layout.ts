@@ -6,6 +6,7 @@
  *   manifests/sha256/ab/abcdef...                     manifest bytes (content-addressed, shared)
  *   repositories/<namespace>/<repository>/_tags/<tag> tag link: JSON TagLink
  *   cache/access/<process id>                         last reads of mirrored content (JSON)
+ *   repositories/<namespace>/<repository>/_content/<alg>/<hex>  this repository holds it
  */
 import { isDigest, parseDigest } from "../digest.ts";
 
@@ -62,6 +63,15 @@ export function tagListKey(namespace: string, repository: string): string {
 export function mirroredReferrersKey(namespace: string, repository: string, digest: string) {
   const d = parseDigest(digest);
   return `${repositoryPrefix(namespace, repository)}_referrers_index/${d.algorithm}/${d.hex}`;
+}
+
+/**
+ * A mirrored repository holds this blob or manifest: it came from upstream for this repository
+ * (named by a manifest fetched for it, or confirmed with a HEAD). Empty; its existence is all.
+ */
+export function mirroredLinkKey(namespace: string, repository: string, digest: string) {
+  const d = parseDigest(digest);
+  return `${repositoryPrefix(namespace, repository)}_content/${d.algorithm}/${d.hex}`;
 }
 
 /** What a tag pointed at when last confirmed with upstream (or pushed). */

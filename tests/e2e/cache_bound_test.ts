@@ -166,7 +166,15 @@ Deno.test("--max-cache-size: hosted repositories are neither counted nor evicted
   await using up = await startUpstream();
   await using mirror = await startMirror({
     upstreams: [{ namespace: NS, host: up.host, tls: false }],
-    extraArgs: ["--hosted", "myorg", "--max-cache-size", String(4 * MiB), "--eviction-grace", "0s"],
+    extraArgs: [
+      "--hosted",
+      "myorg",
+      "--allow-anonymous-push",
+      "--max-cache-size",
+      String(4 * MiB),
+      "--eviction-grace",
+      "0s",
+    ],
   });
   // A hosted image whose only layer is also a layer of the mirrored image `old`.
   const hosted = buildImage({ layers: [{ size: 2 * MiB, gzip: false }] });

@@ -19,7 +19,9 @@ import { startMirror } from "../support/mirror.ts";
 import { run, sha256File, tempDir } from "../support/tools.ts";
 
 Deno.test("skopeo copy --all into a hosted repository and back out, byte-exact", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildIndex({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");
@@ -50,7 +52,9 @@ Deno.test("skopeo copy --all into a hosted repository and back out, byte-exact",
 });
 
 Deno.test("podman pull, push to another hosted repository, pull again", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildIndex({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");
@@ -73,7 +77,9 @@ Deno.test("podman pull, push to another hosted repository, pull again", async ()
 });
 
 Deno.test("docker pull, push to another hosted repository, pull again (real dockerd)", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildImage({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");
@@ -93,7 +99,9 @@ Deno.test("docker pull, push to another hosted repository, pull again (real dock
 });
 
 Deno.test("ctr images pull --all-platforms, then ctr images push to another hosted repository", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const image = buildIndex({ layers: 2 });
   await writeOciLayout(dir.join("in"), image, "1");

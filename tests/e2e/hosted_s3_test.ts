@@ -12,7 +12,10 @@ const sha256 = (bytes: string) => `sha256:${createHash("sha256").update(bytes).d
 Deno.test("two replicas on one bucket: an upload moves between them, pushes are seen by both", async () => {
   const s3 = await startS3rver("hosted-replicas");
   try {
-    const options = { extraArgs: ["--hosted", "myorg"], storageArgs: s3MirrorArgs(s3) };
+    const options = {
+      extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+      storageArgs: s3MirrorArgs(s3),
+    };
     await using a = await startMirror(options);
     await using b = await startMirror(options);
     const post = await a.fetch("/v2/myorg/app/blobs/uploads/", { method: "POST" });

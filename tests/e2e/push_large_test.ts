@@ -28,7 +28,9 @@ async function curl(args: string[]): Promise<number> {
 }
 
 Deno.test("a 1 GiB push, monolithic and chunked, at constant memory", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   await using dir = await tempDir();
   const pid = Number((await run("pgrep", ["-f", `listen 127.0.0.1:${mirror.port} `])).stdout);
   assert(pid > 0, "the mirror's pid");

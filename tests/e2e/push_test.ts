@@ -72,7 +72,9 @@ async function pushBlob(mirror: Mirror, bytes: string): Promise<string> {
 }
 
 Deno.test("bad pushes get OCI errors and store nothing", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   const root = mirror.root!;
   const before = await storedFiles(root);
   const expect = async (
@@ -335,7 +337,9 @@ Deno.test("bad pushes get OCI errors and store nothing", async () => {
 });
 
 Deno.test("a push in chunks, pulled back byte-exact, listed, then deleted", async () => {
-  await using mirror = await startMirror({ extraArgs: ["--hosted", "myorg"] });
+  await using mirror = await startMirror({
+    extraArgs: ["--hosted", "myorg", "--allow-anonymous-push"],
+  });
   const bytes = new Uint8Array(randomBytes(300_000));
   const digest = sha256(bytes);
   const location = await upload(mirror);
@@ -400,7 +404,7 @@ Deno.test("a push in chunks, pulled back byte-exact, listed, then deleted", asyn
 
 Deno.test("an abandoned upload expires and leaves nothing behind (--upload-expiry)", async () => {
   await using mirror = await startMirror({
-    extraArgs: ["--hosted", "myorg", "--upload-expiry", "1s"],
+    extraArgs: ["--hosted", "myorg", "--upload-expiry", "1s", "--allow-anonymous-push"],
   });
   const root = mirror.root!;
   const location = await upload(mirror);

@@ -30,6 +30,8 @@ export class FakeUpstream implements Upstream {
   chunkSize = 64 * 1024;
   /** Serve blob bodies as byte streams (like Deno's fetch) instead of plain streams. */
   byteStreams = false;
+  /** When set, only repositories it accepts have any content (others answer unknown). */
+  holds?: (namespace: string, repository: string) => boolean;
   /** The next blob GET's body breaks after this many bytes (once), as a dropped connection. */
   breakAfter?: number;
   /** Answer Range requests with 206 (true) or ignore them with a whole 200 (false). */
@@ -62,10 +64,10 @@ export class FakeUpstream implements Upstream {
     return this.calls.filter((c) => c.kind === kind && (!method || c.method === method)).length;
   }
 
-  manifest(_ns: string, _repo: string, reference: string, init: { method: "GET" | "HEAD" }) {
+  manifest(ns: string, repo: string, reference: string, init: { method: "GET" | "HEAD" }) {
     this.calls.push({ kind: "manifest", method: init.method, reference });
     if (this.failure) return Promise.reject(this.failure);
-    const found = this.manifests.get(reference);
+    const found = this.holds?.(ns, repo) === false ? undefined : this.manifests.get(reference);
     if (!found) return Promise.reject(new RegistryError("MANIFEST_UNKNOWN", "upstream: unknown"));
     return Promise.resolve(
       new Response(init.method === "HEAD" ? null : found.bytes as Uint8Array<ArrayBuffer>, {
@@ -79,14 +81,14 @@ export class FakeUpstream implements Upstream {
   }
 
   blob(
-    _ns: string,
-    _repo: string,
+    ns: string,
+    repo: string,
     digest: string,
     init: { method: "GET" | "HEAD"; range?: string },
   ) {
     this.calls.push({ kind: "blob", method: init.method, reference: digest });
     if (this.failure) return Promise.reject(this.failure);
-    const real = this.blobs.get(digest);
+    const real = this.holds?.(ns, repo) === false ? undefined : this.blobs.get(digest);
     if (!real) return Promise.reject(new RegistryError("BLOB_UNKNOWN", "upstream: unknown"));
     let bytes = this.lie ?? real;
     const headers: Record<string, string> = { "content-length": String(bytes.byteLength) };

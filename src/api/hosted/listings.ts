@@ -17,10 +17,16 @@ export async function listTags(
   return listing({ name, tags: page.items }, page, `/v2/${name}/tags/list`, options.n);
 }
 
-export async function listCatalog(registry: Registry, query: URLSearchParams): Promise<Response> {
+/** `visible`, when given, keeps the names a client may see (its page can come out shorter). */
+export async function listCatalog(
+  registry: Registry,
+  query: URLSearchParams,
+  visible?: (name: string) => boolean,
+): Promise<Response> {
   const options = pageOptions(query);
   const page = await registry.catalog(options);
-  return listing({ repositories: page.items }, page, "/v2/_catalog", options.n);
+  const repositories = visible ? page.items.filter(visible) : page.items;
+  return listing({ repositories }, page, "/v2/_catalog", options.n);
 }
 
 /** For hosted repositories and (through the mirror's store) mirrored ones alike. */
