@@ -2,6 +2,7 @@
  * example.yaml (the real-world upstream config shipped with the project) parses with the mirror's
  * own parser, lists the common public registries, and keeps its invalidation times sane.
  */
+import { parseAuthConfig } from "../src/config/access.ts";
 import { assert, assertEquals } from "./support/assert.ts";
 import { mergeCredentials, parseDuration, parseUpstreamYaml } from "../src/config.ts";
 
@@ -61,14 +62,22 @@ Deno.test("example.yaml: the commented private-registry entry is valid once unco
   assertEquals(entry.blobInvalidationMs, parseDuration("14d"));
 });
 
-Deno.test("README.md: its upstream YAML and UPSTREAM_CREDENTIALS examples are valid", async () => {
+Deno.test("README.md: its upstream YAML, auth config and UPSTREAM_CREDENTIALS examples are valid", async () => {
   const docs = await Deno.readTextFile(new URL("../README.md", import.meta.url));
   const yamlBlocks = [...docs.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]);
   assert(yamlBlocks.length >= 1, "README.md shows the upstream YAML");
+  let authConfigs = 0;
   for (const block of yamlBlocks) {
+    // Two kinds of file: the upstream list, and the --auth-config mapping.
+    if (/^htpasswd:/m.test(block)) {
+      parseAuthConfig(block, "README.md", "/etc/oci-registry");
+      authConfigs++;
+      continue;
+    }
     const upstreams = parseUpstreamYaml(block, "README.md");
     assert(upstreams.length >= 1);
   }
+  assert(authConfigs >= 1, "README.md shows an --auth-config file");
   const credentials = /UPSTREAM_CREDENTIALS='([^']+)'/.exec(docs);
   assert(credentials, "README.md shows UPSTREAM_CREDENTIALS");
   const [merged] = mergeCredentials([], credentials[1]);

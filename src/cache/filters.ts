@@ -10,24 +10,10 @@
  */
 import type { FilterConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
+import { globToRegExp } from "../oci/glob.ts";
 
 /** Whether namespaces not in the upstream configuration are mirrored. */
 export type UpstreamPolicy = "any" | "configured";
-
-/** Turns a glob into an anchored regular expression. */
-export function globToRegExp(glob: string, segmented: boolean): RegExp {
-  let source = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i];
-    if (c === "*" && glob[i + 1] === "*") {
-      source += ".*";
-      i++;
-    } else if (c === "*") source += segmented ? "[^/]*" : ".*";
-    else if (c === "?") source += segmented ? "[^/]" : ".";
-    else source += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
-  }
-  return new RegExp(`^${source}$`);
-}
 
 /** One namespace's filter, compiled once. */
 export class Filter {

@@ -11,6 +11,7 @@
  * default: anyone may pull from a public mirrored namespace (one whose upstream has no
  * configured credentials) unless `anonymous_pull: false`.
  */
+import { globToRegExp } from "../oci/glob.ts";
 import bcrypt from "bcryptjs";
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
@@ -123,21 +124,6 @@ export function parseHtpasswd(text: string, source: string): Map<string, string>
   return users;
 }
 
-/** A glob on names: `*` and `?` stay inside a path segment, `**` crosses `/`. */
-export function globToRegExp(glob: string): RegExp {
-  let source = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i];
-    if (c === "*" && glob[i + 1] === "*") {
-      source += ".*";
-      i++;
-    } else if (c === "*") source += "[^/]*";
-    else if (c === "?") source += "[^/]";
-    else source += c.replace(/[.+^${}()|[\]\\]/g, "\\$&");
-  }
-  return new RegExp(`^${source}$`);
-}
-
 export interface AuthConfig {
   htpasswdFile: string;
   anonymousPull: boolean;
@@ -216,7 +202,7 @@ function parseRule(entry: unknown, where: string): Rule {
     : strings(rule.repositories, `${where}: repositories`);
   return {
     namespace: globToRegExp(rule.namespace),
-    repositories: repositories.map(globToRegExp),
+    repositories: repositories.map((glob) => globToRegExp(glob)),
     users: new Set(users),
     groups: new Set(groups),
     anonymous,

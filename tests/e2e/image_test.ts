@@ -8,6 +8,8 @@
  * - its config: non-root user, port 8080, /data volume, org.opencontainers.image.* labels
  *   (version and commit), and an entrypoint with exactly the start task's permissions and V8
  *   flags;
+ * - it pushes itself into the running container's hosted repository (`--hosted self`), and
+ *   podman pulls and runs it from there;
  * - run with `--read-only` and `--network host`, the serving process is uid 65532 with no
  *   capabilities, pulls an image from a real docker-registry byte-exact with skopeo (the
  *   container's own log shows the requests), trusts a CA bundle mounted at the image's CA path,
@@ -231,6 +233,10 @@ Deno.test("image: the scratch image holds exactly what it should and serves pull
       `127.0.0.1:${port}`,
       "--upstream-config-file",
       "/config/upstreams.yaml",
+      // A hosted repository for the image itself (the step that pushes it there).
+      "--hosted",
+      "self",
+      "--allow-anonymous-push",
       "filesystem",
       "--root",
       "/data",
@@ -301,6 +307,47 @@ Deno.test("image: the scratch image holds exactly what it should and serves pull
         }
         await up.sync();
         for (const r of up.requests()) assertMatch(r.userAgent, /^oci-registry\//);
+      },
+    );
+
+    await t.step(
+      "pushes itself into the running mirror's hosted repository, and runs from there",
+      async () => {
+        const ref = `${container.host}/self/oci-registry:${VERSION}`;
+        await run("skopeo", [
+          "copy",
+          "--dest-tls-verify=false",
+          `containers-storage:[vfs@${dir.join("r")}+${dir.join("rr")}]${TAG}`,
+          `docker://${ref}`,
+        ], { check: true, timeoutMs: 120_000 });
+        // The mirror serves back exactly the manifest it was given.
+        const served = await fetch(
+          `http://${container.host}/v2/self/oci-registry/manifests/${VERSION}`,
+          {
+            headers: { accept: manifest.mediaType },
+          },
+        );
+        const servedManifest = JSON.parse(await served.text());
+        assertEquals(servedManifest.config.digest, manifest.config.digest);
+        assertEquals(
+          servedManifest.layers.map((l: { digest: string }) => l.digest),
+          manifest.layers.map((l: { digest: string }) => l.digest),
+        );
+        // podman pulls the image from the mirror it is running in and runs it.
+        await podman(["pull", "--tls-verify=false", ref], { check: true });
+        const version = await podman([
+          "run",
+          "--rm",
+          "--network",
+          "host",
+          ...ULIMITS,
+          ref,
+          "--version",
+        ], {
+          check: true,
+        });
+        assertMatch(version.stdout.trim(), /^oci-registry \d+\.\d+\.\d+/);
+        await podman(["rmi", "--force", ref]);
       },
     );
 
