@@ -713,7 +713,11 @@ export class Mirror {
    */
   async prefetchBlob(namespace: string, repository: string, digest: string): Promise<number> {
     this.#admit(namespace, repository);
-    if (await this.#storage.stat(blobKey(digest))) return 0;
+    if (await this.#storage.stat(blobKey(digest))) {
+      // Warm content counts as recently used: a size bound evicts it last.
+      this.#bound?.index.touch(blobKey(digest));
+      return 0;
+    }
     const blob = await this.getBlob(namespace, repository, digest, { method: "GET" });
     let bytes = 0;
     for await (const chunk of blob.body ?? []) bytes += chunk.byteLength;
