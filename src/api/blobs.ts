@@ -1,4 +1,5 @@
 /** GET/HEAD /v2/<name>/blobs/<digest> */
+import { blobHeaders } from "./responses.ts";
 import type { Mirror } from "../cache/mirror.ts";
 import { parseDigest } from "../digest.ts";
 import type { ResolvedName } from "../oci/namespace.ts";
@@ -20,14 +21,7 @@ export async function getBlob(
     // Only requests with a Range header need the size before the body is opened.
     range: rangeHeader === null ? undefined : (size) => (range = parseRange(rangeHeader, size)),
   });
-  const headers = new Headers({
-    "content-type": "application/octet-stream",
-    "docker-content-digest": digest,
-    "etag": `"${digest}"`,
-    "accept-ranges": "bytes",
-    // Content-addressed: the bytes behind a digest never change.
-    "cache-control": "max-age=31536000, immutable",
-  });
+  const headers = blobHeaders(digest);
   if (blob.redirect) {
     headers.set("location", blob.redirect);
     return new Response(null, { status: 307, headers });

@@ -1,4 +1,5 @@
 /** GET/HEAD /v2/<name>/manifests/<reference> */
+import { manifestResponse } from "./responses.ts";
 import type { Mirror } from "../cache/mirror.ts";
 import { parseAccept } from "../oci/media_types.ts";
 import { assertManifestReference } from "../oci/reference.ts";
@@ -13,16 +14,5 @@ export async function getManifest(
   assertManifestReference(reference, { read: true });
   const accept = parseAccept(request.headers.get("accept"));
   const manifest = await mirror.getManifest(name.namespace, name.repository, reference, accept);
-  const etag = `"${manifest.digest}"`;
-  const headers = new Headers({
-    "content-type": manifest.mediaType,
-    "content-length": String(manifest.bytes.byteLength),
-    "docker-content-digest": manifest.digest,
-    "etag": etag,
-  });
-  if (request.headers.get("if-none-match") === etag) {
-    return new Response(null, { status: 304, headers });
-  }
-  const body = request.method === "HEAD" ? null : manifest.bytes as Uint8Array<ArrayBuffer>;
-  return new Response(body, { status: 200, headers });
+  return manifestResponse(manifest, request);
 }

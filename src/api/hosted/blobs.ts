@@ -4,6 +4,7 @@
  *   POST /v2/<name>/blobs/uploads/[?digest= | ?mount=&from=]
  *   GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
  */
+import { blobHeaders } from "../responses.ts";
 import { parseDigest } from "../../digest.ts";
 import { noteStreamed } from "../../memory.ts";
 import { RegistryError } from "../../oci/errors.ts";
@@ -21,13 +22,7 @@ export async function getBlob(
   const digest = parseDigest(reference).toString();
   const blob = await registry.blobs.get(name, digest);
   if (!blob) throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is not in ${name}`);
-  const headers = new Headers({
-    "content-type": "application/octet-stream",
-    "docker-content-digest": digest,
-    "etag": `"${digest}"`,
-    "accept-ranges": "bytes",
-    "cache-control": "max-age=31536000, immutable",
-  });
+  const headers = blobHeaders(digest);
   const range = parseRange(request.headers.get("range"), blob.size);
   const head = request.method === "HEAD";
   if (!head && blob.directUrl && !range) {

@@ -1,4 +1,5 @@
 /** GET/HEAD/PUT/DELETE /v2/<name>/manifests/<reference> of hosted repositories. */
+import { manifestResponse } from "../responses.ts";
 import { RegistryError } from "../../oci/errors.ts";
 import { MAX_MANIFEST_BYTES } from "../../oci/media_types.ts";
 import { assertManifestReference } from "../../oci/reference.ts";
@@ -13,18 +14,7 @@ export async function getManifest(
 ): Promise<Response> {
   assertManifestReference(reference, { read: true });
   const manifest = await registry.manifests.get(name, reference);
-  const etag = `"${manifest.digest}"`;
-  const headers = new Headers({
-    "content-type": manifest.mediaType,
-    "content-length": String(manifest.bytes.byteLength),
-    "docker-content-digest": manifest.digest,
-    "etag": etag,
-  });
-  if (request.headers.get("if-none-match") === etag) {
-    return new Response(null, { status: 304, headers });
-  }
-  const body = request.method === "HEAD" ? null : manifest.bytes as Uint8Array<ArrayBuffer>;
-  return new Response(body, { status: 200, headers });
+  return manifestResponse(manifest, request);
 }
 
 export async function putManifest(
