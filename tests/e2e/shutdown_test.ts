@@ -75,3 +75,40 @@ Deno.test("shutdown: past --shutdown-grace what is left is closed and the proces
   assertEquals(await body, "cut", "an 8 s response cannot finish in a 1 s grace period");
   assert(/stopping now: closing 1 connection\(s\)/.test(mirror.logs()), mirror.logs());
 });
+
+Deno.test("shutdown: SIGTERM during 10 concurrent pulls: all 10 finish byte-exact, /readyz says 503 first, exit 0", async () => {
+  await using upstream = slowUpstream(1500, 64 * 1024, 10);
+  await using mirror = await startMirror({
+    upstreams: [{ namespace: "slow.test", host: upstream.host, tls: false }],
+    extraArgs: ["--shutdown-grace", "20s"],
+  });
+  // Nine pulls with fetch, the tenth on a raw connection with GET /readyz pipelined behind it:
+  // that answer is written after the blob, during the shutdown.
+  const pulls = upstream.digests.slice(1).map(async (digest, i) => {
+    const response = await mirror.fetch(blobPath(digest));
+    return { i: i + 1, bytes: new Uint8Array(await response.arrayBuffer()) };
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: mirror.port });
+  const head = `HTTP/1.1\r\nHost: mirror.test\r\n\r\n`;
+  await conn.write(
+    encoder.encode(`GET ${blobPath(upstream.digests[0])} ${head}GET /readyz ${head}`),
+  );
+  const received = readUntilClosed(conn);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const exiting = mirror.stop(30_000);
+  await mirror.waitForLog(/SIGTERM: shutting down/);
+  for (const { i, bytes } of await Promise.all(pulls)) {
+    assertEquals(bytes, upstream.blobs[i], `pull ${i} arrived whole`);
+  }
+  const bytes = await received;
+  const text = new TextDecoder("latin1").decode(bytes);
+  const bodyStart = text.indexOf("\r\n\r\n") + 4;
+  assertEquals(
+    bytes.subarray(bodyStart, bodyStart + upstream.blobs[0].byteLength),
+    upstream.blobs[0],
+  );
+  const readyz = text.slice(bodyStart + upstream.blobs[0].byteLength);
+  assert(readyz.startsWith("HTTP/1.1 503 Service Unavailable\r\n"), readyz);
+  assertEquals((await exiting)?.code, 0);
+  assertEquals(upstream.blobGets(), 10);
+});
