@@ -167,6 +167,8 @@ export function createHandler(options: ServerOptions): Handler {
       bytes: length === null ? null : Number(length),
       durationMs: performance.now() - started,
       ...seen,
+      // What the mirror's cache did, as the response tells the client too.
+      cache: response.headers.get("x-cache") ?? undefined,
     });
     return response;
   };

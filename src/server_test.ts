@@ -475,3 +475,32 @@ Deno.test("what Deno.serve rejects before the handler: a bare 400, no log line, 
     assertEquals(seriesOf(metrics.requests.render()), []);
   });
 });
+
+Deno.test("X-Cache says what the cache did, and the access log line says it too", async () => {
+  await withServer(async ({ url, upstream, logs, mirror }) => {
+    const blob = upstream.addBlob(randomBytes(1000));
+    upstream.addManifest("1", {
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: "application/vnd.oci.image.config.v1+json", digest: blob, size: 1000 },
+      layers: [],
+    });
+    const get = async (path: string) => {
+      const response = await fetch(`${url}${path}`, { headers: { accept: OCI_MANIFEST } });
+      await response.body?.cancel();
+      return response.headers.get("x-cache");
+    };
+    assertEquals(await get("/v2/library/app/manifests/1"), "miss");
+    assertEquals(await get("/v2/library/app/manifests/1"), "hit");
+    assertEquals(await get(`/v2/library/app/blobs/${blob}`), "miss");
+    await mirror.settled(); // published: the next GET reads the store, not the download
+    assertEquals(await get(`/v2/library/app/blobs/${blob}`), "hit");
+    assert(
+      logs.some((l) =>
+        /^GET \/v2\/library\/app\/manifests\/1 200 \d+ [\d.]+ms docker\.io hit$/.test(l)
+      ),
+      logs.join("\n"),
+    );
+    assertEquals(await get("/v2/"), null, "only cache lookups say anything");
+  });
+});

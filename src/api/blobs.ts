@@ -22,6 +22,7 @@ export async function getBlob(
     range: rangeHeader === null ? undefined : (size) => (range = parseRange(rangeHeader, size)),
   });
   const headers = blobHeaders(digest);
+  if (blob.cache) headers.set("x-cache", blob.cache);
   if (blob.redirect) {
     headers.set("location", blob.redirect);
     return new Response(null, { status: 307, headers });

@@ -5,7 +5,7 @@
 
 /** A manifest as clients get it, or 304 when they hold it already. */
 export function manifestResponse(
-  manifest: { digest: string; mediaType: string; bytes: Uint8Array },
+  manifest: { digest: string; mediaType: string; bytes: Uint8Array; cache?: string },
   request: Request,
 ): Response {
   const etag = `"${manifest.digest}"`;
@@ -15,6 +15,8 @@ export function manifestResponse(
     "docker-content-digest": manifest.digest,
     "etag": etag,
   });
+  // Mirrored content says what the cache did (hit, miss, stale, revalidated).
+  if (manifest.cache) headers.set("x-cache", manifest.cache);
   if (request.headers.get("if-none-match") === etag) {
     return new Response(null, { status: 304, headers });
   }

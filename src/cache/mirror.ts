@@ -82,6 +82,17 @@ export interface ManifestResult {
   digest: string;
   mediaType: string;
   bytes: Uint8Array;
+  /** What the cache did for this request (set on what getManifest returns). */
+  cache?: CacheResult;
+}
+
+/** What the cache did for one lookup: the `result` label of the cache metric too. */
+export type CacheResult = "hit" | "miss" | "stale" | "revalidated";
+
+/** A manifest lookup: the manifest, and how the cache came by it. */
+interface Lookup {
+  manifest: ManifestResult;
+  cache: CacheResult;
 }
 
 export interface BlobResult {
@@ -91,6 +102,8 @@ export interface BlobResult {
   body?: ReadableStream<Uint8Array>;
   /** A URL the client should fetch the bytes from instead (S3 --s3-redirect). */
   redirect?: string;
+  /** What the cache did for this request. */
+  cache?: CacheResult;
 }
 
 export interface BlobRequest {
@@ -154,7 +167,7 @@ export class Mirror {
   /** Hot tag links by storage key (this process's view; storage stays the shared truth). */
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One upstream manifest fetch per key at a time. */
-  readonly #manifestFlights = new Map<string, Promise<ManifestResult>>();
+  readonly #manifestFlights = new Map<string, Promise<Lookup>>();
   readonly #upstreamPolicy: UpstreamPolicy;
   /** Compiled filters of the configured namespaces that have one. */
   readonly #filters = new Map<string, Filter>();
@@ -234,7 +247,7 @@ export class Mirror {
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const refresh = options.refresh === true;
-    const manifest = await this.#singleFlight(
+    const { manifest, cache } = await this.#singleFlight(
       `${namespace}/${repository}/${reference}${refresh ? " refresh" : ""}`,
       () =>
         reference.includes(":")
@@ -244,13 +257,15 @@ export class Mirror {
     this.#bound?.index.touch(manifestKey(manifest.digest));
     // Served for this repository: what it names is this repository's too (before a child).
     void this.#holdManifest(namespace, repository, manifest, false);
-    if (acceptsMediaType(accept, manifest.mediaType)) return manifest;
+    if (acceptsMediaType(accept, manifest.mediaType)) return { ...manifest, cache };
     if (isIndexType(manifest.mediaType)) {
       const entry = pickDefaultPlatform(manifest.bytes, accept);
       if (entry) {
         const child = await this.#manifestByDigest(namespace, repository, entry.digest);
-        this.#bound?.index.touch(manifestKey(child.digest));
-        if (acceptsMediaType(accept, child.mediaType)) return child;
+        this.#bound?.index.touch(manifestKey(child.manifest.digest));
+        if (acceptsMediaType(accept, child.manifest.mediaType)) {
+          return { ...child.manifest, cache: child.cache };
+        }
       }
     }
     throw new RegistryError(
@@ -263,15 +278,14 @@ export class Mirror {
     namespace: string,
     repository: string,
     digest: string,
-  ): Promise<ManifestResult> {
+  ): Promise<Lookup> {
     const stored = await this.#storedManifest(digest);
     if (stored) {
       await this.#confirmHeld(namespace, repository, digest, "manifest");
-      this.#count("manifest", "hit");
-      return stored;
+      return { manifest: stored, cache: this.#count("manifest", "hit") };
     }
-    this.#count("manifest", "miss");
-    return await this.#fetchManifest(namespace, repository, digest);
+    const cache = this.#count("manifest", "miss");
+    return { manifest: await this.#fetchManifest(namespace, repository, digest), cache };
   }
 
   async #manifestByTag(
@@ -279,35 +293,31 @@ export class Mirror {
     repository: string,
     tag: string,
     refresh = false,
-  ): Promise<ManifestResult> {
+  ): Promise<Lookup> {
     const config = this.#upstreams.get(namespace);
     const link = await this.#readTagLink(namespace, repository, tag);
     const stored = link ? await this.#storedManifest(link.digest) : null;
     if (!link || !stored) {
-      this.#count("manifest", "miss");
-      return await this.#fetchManifest(namespace, repository, tag);
+      const cache = this.#count("manifest", "miss");
+      return { manifest: await this.#fetchManifest(namespace, repository, tag), cache };
     }
     if (!refresh && this.#now() - link.confirmedAt < config.manifestInvalidationMs) {
-      this.#count("manifest", "hit");
-      return stored;
+      return { manifest: stored, cache: this.#count("manifest", "hit") };
     }
     if (this.#upstream.quotaLow?.(namespace)) {
       // The quota is for what is not cached; this tag is served as it was last confirmed.
-      this.#count("manifest", "stale");
-      return stored;
+      return { manifest: stored, cache: this.#count("manifest", "stale") };
     }
     try {
       const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
-      this.#count("manifest", "revalidated");
-      return fresh;
+      return { manifest: fresh, cache: this.#count("manifest", "revalidated") };
     } catch (e) {
       if (!servesStale(e)) throw e;
-      this.#count("manifest", "stale");
       this.#log(
         `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
         "warn",
       );
-      return stored;
+      return { manifest: stored, cache: this.#count("manifest", "stale") };
     }
   }
 
@@ -509,7 +519,7 @@ export class Mirror {
     await this.#writeLink(namespace, repository, digest);
   }
 
-  #singleFlight(key: string, fetch: () => Promise<ManifestResult>): Promise<ManifestResult> {
+  #singleFlight(key: string, fetch: () => Promise<Lookup>): Promise<Lookup> {
     const running = this.#manifestFlights.get(key);
     if (running) return running;
     const flight = fetch().finally(() => this.#manifestFlights.delete(key));
@@ -573,25 +583,20 @@ export class Mirror {
       const followed = options.method === "HEAD"
         ? { size: running.expectedSize }
         : this.#follow(running, options);
-      if (followed) {
-        this.#count("blob", "miss"); // not stored yet; joins the one download
-        return followed;
-      }
+      // Not stored yet: joins the one download.
+      if (followed) return { ...followed, cache: this.#count("blob", "miss") };
     }
     const cached = confirmByFetch
       ? null
       : await this.#cachedBlob(namespace, repository, digest, options);
-    if (cached) {
-      this.#count("blob", "hit");
-      return cached;
-    }
-    this.#count("blob", "miss");
+    if (cached) return { ...cached, cache: this.#count("blob", "hit") };
+    const cache = this.#count("blob", "miss");
     if (options.method === "HEAD") {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
       await this.#hold(namespace, repository, digest);
       const length = response.headers.get("content-length");
-      return { size: length !== null ? Number(length) : undefined };
+      return { size: length !== null ? Number(length) : undefined, cache };
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
@@ -626,13 +631,13 @@ export class Mirror {
       }
       if (!download) {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
-        if (published) return published;
+        if (published) return { ...published, cache };
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
         download = await this.#downloads.join(digest, (from) => fetch(false, from));
       }
       if (!download) break;
       const followed = this.#follow(download, options);
-      if (followed) return followed;
+      if (followed) return { ...followed, cache };
     }
     throw new RegistryError("UNAVAILABLE", `blob ${digest} is neither stored nor fetchable`);
   }
@@ -703,8 +708,10 @@ export class Mirror {
     }
   }
 
-  #count(kind: "manifest" | "blob", result: "hit" | "miss" | "stale" | "revalidated"): void {
+  /** Counts a lookup's result, and hands it back for the response to say (X-Cache). */
+  #count(kind: "manifest" | "blob", result: CacheResult): CacheResult {
     this.#metrics.cache.inc({ kind, result });
+    return result;
   }
 
   /**
