@@ -73,6 +73,14 @@ export class Metrics {
     "oci_registry_upstream_requests_total",
     "Requests the mirror made upstream, by namespace, kind and method.",
   );
+  readonly upstreamSeconds = new Counter(
+    "oci_registry_upstream_response_seconds_total",
+    "Seconds upstreams took to answer (until their response headers), by namespace and kind: divided by oci_registry_upstream_requests_total, the mean latency.",
+  );
+  readonly servedBytes = new Counter(
+    "oci_registry_served_bytes_total",
+    "Blob bytes answered to clients (as each response announced them), by source: cache (stored) or upstream (followed while it downloads).",
+  );
   readonly upstreamErrors = new Counter(
     "oci_registry_upstream_errors_total",
     "Upstream requests that failed, by namespace, kind and error code (UNAVAILABLE: unreachable or 5xx; MANIFEST_UNKNOWN, BLOB_UNKNOWN: 404).",
@@ -132,6 +140,8 @@ export class Metrics {
       this.requests.render(),
       this.cache.render(),
       this.upstream.render(),
+      this.upstreamSeconds.render(),
+      this.servedBytes.render(),
       this.upstreamErrors.render(),
       this.authFailures.render(),
       ...sampled,

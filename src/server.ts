@@ -160,6 +160,12 @@ export function createHandler(options: ServerOptions): Handler {
       status: statusLabel(response.status),
     });
     const length = response.headers.get("content-length");
+    // What the mirror's cache did, as the response tells the client too.
+    const cache = response.headers.get("x-cache") ?? undefined;
+    if (route.endpoint === "blobs" && cache && length !== null && request.method === "GET") {
+      const source = cache === "miss" ? "upstream" : "cache";
+      options.metrics.servedBytes.inc({ source }, Number(length));
+    }
     accessLog({
       method: request.method,
       target: loggable(raw),
@@ -167,8 +173,7 @@ export function createHandler(options: ServerOptions): Handler {
       bytes: length === null ? null : Number(length),
       durationMs: performance.now() - started,
       ...seen,
-      // What the mirror's cache did, as the response tells the client too.
-      cache: response.headers.get("x-cache") ?? undefined,
+      cache,
     });
     return response;
   };

@@ -502,5 +502,14 @@ Deno.test("X-Cache says what the cache did, and the access log line says it too"
       logs.join("\n"),
     );
     assertEquals(await get("/v2/"), null, "only cache lookups say anything");
+    // The blob was answered once from upstream and once from the cache; upstream was timed.
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    assert(metrics.includes('oci_registry_served_bytes_total{source="upstream"} 1000'), metrics);
+    assert(metrics.includes('oci_registry_served_bytes_total{source="cache"} 1000'), metrics);
+    assert(
+      /^oci_registry_upstream_response_seconds_total\{namespace="docker\.io",kind="blob"\} \d/m
+        .test(metrics),
+      metrics,
+    );
   });
 });

@@ -865,7 +865,11 @@ function countingUpstream(
   const count = <T>(namespace: string, kind: string, method: string, request: () => Promise<T>) => {
     const label = metrics.namespaceLabel(namespace);
     metrics.upstream.inc({ namespace: label, kind, method });
-    return request().catch((e) => {
+    const started = performance.now();
+    return request().then((response) => {
+      metrics.upstreamSeconds.inc({ namespace: label, kind }, (performance.now() - started) / 1000);
+      return response;
+    }, (e) => {
       // Codes come from the one register (oci/errors.ts): a bounded label.
       const code = e instanceof RegistryError ? e.code : OTHER;
       metrics.upstreamErrors.inc({ namespace: label, kind, code });
