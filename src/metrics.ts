@@ -67,7 +67,7 @@ export class Metrics {
   );
   readonly cache = new Counter(
     "oci_registry_cache_requests_total",
-    "Manifest and blob lookups, by kind and result (hit, miss, stale, revalidated; uncached: a miss passed through because the store is full).",
+    "Manifest and blob lookups, by namespace, kind and result (hit, miss, stale, revalidated; uncached: a miss passed through because the store is full).",
   );
   readonly upstream = new Counter(
     "oci_registry_upstream_requests_total",

@@ -256,8 +256,8 @@ Deno.test("GET /metrics counts requests, cache results and upstream requests", a
     const text = await (await fetch(`${url}/metrics`)).text();
     const has = (line: string) => assert(text.split("\n").includes(line), `${line} in\n${text}`);
     has('oci_registry_http_requests_total{method="GET",endpoint="blobs",status="200"} 3');
-    has('oci_registry_cache_requests_total{kind="blob",result="miss"} 1');
-    has('oci_registry_cache_requests_total{kind="blob",result="hit"} 2');
+    has('oci_registry_cache_requests_total{namespace="docker.io",kind="blob",result="miss"} 1');
+    has('oci_registry_cache_requests_total{namespace="docker.io",kind="blob",result="hit"} 2');
     has('oci_registry_upstream_requests_total{namespace="docker.io",kind="blob",method="GET"} 1');
     upstream.addManifest("1", manifest);
     for (let i = 0; i < 2; i++) {
@@ -265,11 +265,15 @@ Deno.test("GET /metrics counts requests, cache results and upstream requests", a
     }
     const after = await (await fetch(`${url}/metrics`)).text();
     assert(
-      after.includes('oci_registry_cache_requests_total{kind="manifest",result="miss"} 1'),
+      after.includes(
+        'oci_registry_cache_requests_total{namespace="docker.io",kind="manifest",result="miss"} 1',
+      ),
       after,
     );
     assert(
-      after.includes('oci_registry_cache_requests_total{kind="manifest",result="hit"} 1'),
+      after.includes(
+        'oci_registry_cache_requests_total{namespace="docker.io",kind="manifest",result="hit"} 1',
+      ),
       after,
     );
     assert(/^process_resident_memory_bytes \d+$/m.test(text), text);

@@ -114,6 +114,7 @@ export class Download {
   #stalledReaderMs: number;
   #onPublished: DownloadContext["onPublished"];
   #fetch: FetchBlob | undefined;
+  #namespace: string;
   #source!: BlockSource;
   #resumes = 0;
   #log: LogFn;
@@ -124,6 +125,8 @@ export class Download {
     response: Response,
     context: DownloadContext,
     fetch?: FetchBlob,
+    /** The namespace of the request that started it (for the "uncached" metric only). */
+    namespace = "",
   ) {
     this.digest = digest;
     this.#spool = spool;
@@ -133,6 +136,7 @@ export class Download {
     this.#stalledReaderMs = context.stalledReaderMs;
     this.#onPublished = context.onPublished;
     this.#fetch = fetch;
+    this.#namespace = namespace;
     const log = context.log;
     this.#log = log;
     const length = response.headers.get("content-length");
@@ -240,7 +244,7 @@ export class Download {
         this.#health.refused(
           `blob ${this.digest} passed through uncached`,
           this.#spool.full,
-          "blob",
+          { kind: "blob", namespace: this.#namespace },
         );
       }
       return;
@@ -259,7 +263,7 @@ export class Download {
         this.#health.refused(
           `blob ${this.digest} verified but not stored`,
           e as RegistryError,
-          "blob",
+          { kind: "blob", namespace: this.#namespace },
         );
       } else {
         log(
@@ -581,10 +585,10 @@ export class InflightDownloads {
    * Joins the download of `digest`, starting it with `fetch` if none is running. Rejects when
    * the upstream request fails before any byte arrived.
    */
-  join(digest: string, fetch: FetchBlob): Promise<Download | null> {
+  join(digest: string, fetch: FetchBlob, namespace = ""): Promise<Download | null> {
     const running = this.#downloads.get(digest);
     if (running) return running;
-    const started = this.#start(digest, fetch);
+    const started = this.#start(digest, fetch, namespace);
     this.#downloads.set(digest, started);
     // Only this download's entry: a fresh one may have replaced it once it detached.
     const forget = () => {
@@ -604,7 +608,7 @@ export class InflightDownloads {
     return started;
   }
 
-  async #start(digest: string, fetch: FetchBlob): Promise<Download | null> {
+  async #start(digest: string, fetch: FetchBlob, namespace: string): Promise<Download | null> {
     const response = await fetch();
     if (!response) return null;
     let spool: Spool;
@@ -614,6 +618,6 @@ export class InflightDownloads {
       await response.body?.cancel();
       throw e;
     }
-    return new Download(digest, spool, response, this.#context, fetch);
+    return new Download(digest, spool, response, this.#context, fetch, namespace);
   }
 }

@@ -282,9 +282,9 @@ export class Mirror {
     const stored = await this.#storedManifest(digest);
     if (stored) {
       await this.#confirmHeld(namespace, repository, digest, "manifest");
-      return { manifest: stored, cache: this.#count("manifest", "hit") };
+      return { manifest: stored, cache: this.#count(namespace, "manifest", "hit") };
     }
-    const cache = this.#count("manifest", "miss");
+    const cache = this.#count(namespace, "manifest", "miss");
     return { manifest: await this.#fetchManifest(namespace, repository, digest), cache };
   }
 
@@ -298,26 +298,26 @@ export class Mirror {
     const link = await this.#readTagLink(namespace, repository, tag);
     const stored = link ? await this.#storedManifest(link.digest) : null;
     if (!link || !stored) {
-      const cache = this.#count("manifest", "miss");
+      const cache = this.#count(namespace, "manifest", "miss");
       return { manifest: await this.#fetchManifest(namespace, repository, tag), cache };
     }
     if (!refresh && this.#now() - link.confirmedAt < config.manifestInvalidationMs) {
-      return { manifest: stored, cache: this.#count("manifest", "hit") };
+      return { manifest: stored, cache: this.#count(namespace, "manifest", "hit") };
     }
     if (this.#upstream.quotaLow?.(namespace)) {
       // The quota is for what is not cached; this tag is served as it was last confirmed.
-      return { manifest: stored, cache: this.#count("manifest", "stale") };
+      return { manifest: stored, cache: this.#count(namespace, "manifest", "stale") };
     }
     try {
       const fresh = await this.#revalidateTag(namespace, repository, tag, link, stored);
-      return { manifest: fresh, cache: this.#count("manifest", "revalidated") };
+      return { manifest: fresh, cache: this.#count(namespace, "manifest", "revalidated") };
     } catch (e) {
       if (!servesStale(e)) throw e;
       this.#log(
         `serving stale ${namespace}/${repository}:${tag} (${link.digest}): upstream ${describe(e)}`,
         "warn",
       );
-      return { manifest: stored, cache: this.#count("manifest", "stale") };
+      return { manifest: stored, cache: this.#count(namespace, "manifest", "stale") };
     }
   }
 
@@ -375,7 +375,7 @@ export class Mirror {
     const stored = await this.#store(
       `manifest ${digest} passed through uncached`,
       () => this.#storage.write(manifestKey(digest), bytes, { digest }),
-      "manifest",
+      { kind: "manifest", namespace },
     );
     if (!stored) return { digest, bytes, mediaType }; // verified, but not cached
     this.#manifestMemory.set(digest, { digest, bytes, mediaType });
@@ -443,7 +443,7 @@ export class Mirror {
   async #store(
     what: string,
     write: () => Promise<void>,
-    uncached?: "manifest" | "blob",
+    uncached?: { kind: "manifest" | "blob"; namespace: string },
   ): Promise<boolean> {
     try {
       await write();
@@ -584,13 +584,13 @@ export class Mirror {
         ? { size: running.expectedSize }
         : this.#follow(running, options);
       // Not stored yet: joins the one download.
-      if (followed) return { ...followed, cache: this.#count("blob", "miss") };
+      if (followed) return { ...followed, cache: this.#count(namespace, "blob", "miss") };
     }
     const cached = confirmByFetch
       ? null
       : await this.#cachedBlob(namespace, repository, digest, options);
-    if (cached) return { ...cached, cache: this.#count("blob", "hit") };
-    const cache = this.#count("blob", "miss");
+    if (cached) return { ...cached, cache: this.#count(namespace, "blob", "hit") };
+    const cache = this.#count(namespace, "blob", "miss");
     if (options.method === "HEAD") {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
@@ -620,7 +620,7 @@ export class Mirror {
       }
     };
     for (let attempt = 0; attempt < 3; attempt++) {
-      let download = await this.#downloads.join(digest, (from) => fetch(true, from));
+      let download = await this.#downloads.join(digest, (from) => fetch(true, from), namespace);
       // A download fetched for this same repository confirms it (or fails for all alike);
       // another repository's download, or a blob published meanwhile, does not.
       if (
@@ -633,7 +633,7 @@ export class Mirror {
         const published = await this.#cachedBlob(namespace, repository, digest, options);
         if (published) return { ...published, cache };
         // Storage said yes to stat and no to read: fetch anyway rather than ask it again.
-        download = await this.#downloads.join(digest, (from) => fetch(false, from));
+        download = await this.#downloads.join(digest, (from) => fetch(false, from), namespace);
       }
       if (!download) break;
       const followed = this.#follow(download, options);
@@ -709,8 +709,8 @@ export class Mirror {
   }
 
   /** Counts a lookup's result, and hands it back for the response to say (X-Cache). */
-  #count(kind: "manifest" | "blob", result: CacheResult): CacheResult {
-    this.#metrics.cache.inc({ kind, result });
+  #count(namespace: string, kind: "manifest" | "blob", result: CacheResult): CacheResult {
+    this.#metrics.cache.inc({ namespace: this.#metrics.namespaceLabel(namespace), kind, result });
     return result;
   }
 

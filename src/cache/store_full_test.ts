@@ -126,7 +126,7 @@ Deno.test({
       assertEquals(await storage.stat(blobKey(digest)), null, "nothing published");
       assertEquals(leftovers(storage), [], "spool removed");
       assertEquals(gauge(metrics), "1");
-      assertEquals(metrics.cache.get({ kind: "blob", result: "uncached" }), 1);
+      assertEquals(metrics.cache.get({ namespace: NS, kind: "blob", result: "uncached" }), 1);
       assertMatch(logs.join("\n"), /store full: blob sha256:\w+ passed through uncached/);
       assert(!logs.some((l) => /upstream/.test(l)), logs.join("\n"));
 
@@ -234,7 +234,7 @@ Deno.test({
       const fresh = upstream.addManifest("2", image("sha256:" + "b".repeat(64)));
       assertEquals((await mirror.getManifest(NS, REPO, "2", [])).digest, fresh);
       assertEquals(await storage.stat(manifestKey(fresh)), null, "passed through uncached");
-      assertEquals(metrics.cache.get({ kind: "manifest", result: "uncached" }), 1);
+      assertEquals(metrics.cache.get({ namespace: NS, kind: "manifest", result: "uncached" }), 1);
       assertEquals((await mirror.getManifest(NS, REPO, "2", [])).digest, fresh);
       assertEquals(upstream.count("manifest", "GET"), 3, "not cached, so fetched again");
 

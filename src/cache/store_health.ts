@@ -42,11 +42,22 @@ export class StoreHealth {
   }
 
   /**
-   * A write was refused for lack of space. `uncached` names the kind of content served without
-   * being stored (counted as cache result "uncached"); absent when cached content was served.
+   * A write was refused for lack of space. `uncached` names the kind (and namespace) of content
+   * served without being stored (counted as cache result "uncached"); absent when cached content
+   * was served.
    */
-  refused(what: string, error: RegistryError, uncached?: "manifest" | "blob"): void {
-    if (uncached) this.#metrics.cache.inc({ kind: uncached, result: "uncached" });
+  refused(
+    what: string,
+    error: RegistryError,
+    uncached?: { kind: "manifest" | "blob"; namespace: string },
+  ): void {
+    if (uncached) {
+      this.#metrics.cache.inc({
+        namespace: this.#metrics.namespaceLabel(uncached.namespace),
+        kind: uncached.kind,
+        result: "uncached",
+      });
+    }
     const first = this.#full === undefined;
     this.#full = error;
     const now = this.#now();

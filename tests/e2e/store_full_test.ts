@@ -72,9 +72,10 @@ Deno.test({
       assertEquals(await up.countBlobGets(big.digest), 1, "one upstream download for all four");
       await waitFor(
         async () =>
-          /^oci_registry_cache_requests_total\{kind="blob",result="uncached"\} 1$/m.test(
-            await (await mirror.fetch("/metrics")).text(),
-          ),
+          /^oci_registry_cache_requests_total\{namespace="registry\.test",kind="blob",result="uncached"\} 1$/m
+            .test(
+              await (await mirror.fetch("/metrics")).text(),
+            ),
         { message: "the blob counted as passed through uncached" },
       );
       assertEquals(await leftovers(`${disk}/cache`, big.sha256), [], "nothing partial left");
