@@ -37,7 +37,13 @@ import {
   pushImage,
 } from "../support/images.ts";
 import { startMirror } from "../support/mirror.ts";
-import { escapeRegExp, type MirrorRequest, mirrorRequests, show } from "../support/mirror_log.ts";
+import {
+  assertAllServed,
+  assertOnlyMirrorAskedUpstream,
+  escapeRegExp,
+  mirrorRequests,
+  show,
+} from "../support/mirror_log.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
 import { isListening, run, sha256File, tempDir } from "../support/tools.ts";
 
@@ -122,24 +128,6 @@ async function assertComplete(containerd: Containerd, ref: string) {
   assert(row, `ctr images check lists ${ref}:\n${checked.stdout}`);
   assertMatch(row, /\scomplete \((\d+)\/\1\)\s/, `image complete:\n${checked.stdout}`);
   assertMatch(row, /\strue\s*$/, `image unpacked:\n${checked.stdout}`);
-}
-
-/** Every request must have been answered 2xx and none may have been a write. */
-function assertAllServed(requests: MirrorRequest[]) {
-  assert(requests.length > 0, "the mirror served the pull");
-  for (const r of requests) {
-    assert(r.status >= 200 && r.status < 300, `mirror answered ${r.status}:\n${show(requests)}`);
-    assert(r.method === "GET" || r.method === "HEAD", `read-only:\n${show(requests)}`);
-  }
-}
-
-/** The upstream requests since the last clearLog all came from the mirror, not a client. */
-async function assertOnlyMirrorAskedUpstream(up: Upstream) {
-  await up.sync();
-  const requests = up.requests();
-  for (const r of requests) {
-    assertMatch(r.userAgent, MIRROR_USER_AGENT, `upstream request ${r.method} ${r.path}`);
-  }
 }
 
 /** skopeo wrote `dir:` with the image manifest and every blob byte for byte. */

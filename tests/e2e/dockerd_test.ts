@@ -29,27 +29,17 @@ import {
   pushImage,
 } from "../support/images.ts";
 import { startMirror } from "../support/mirror.ts";
-import { type MirrorRequest, mirrorRequests, show } from "../support/mirror_log.ts";
-import { startUpstream, type Upstream } from "../support/upstream.ts";
+import {
+  assertAllServed,
+  assertOnlyMirrorAskedUpstream,
+  type MirrorRequest,
+  mirrorRequests,
+  show,
+} from "../support/mirror_log.ts";
+import { startUpstream } from "../support/upstream.ts";
 import { isListening, run, sha256File, tempDir } from "../support/tools.ts";
 
 const NS = "registry.test";
-
-function assertAllServed(requests: MirrorRequest[]) {
-  assert(requests.length > 0, "the mirror served the pull");
-  for (const r of requests) {
-    assert(r.status >= 200 && r.status < 300, `mirror answered ${r.status}:\n${show(requests)}`);
-    assert(r.method === "GET" || r.method === "HEAD", `read-only:\n${show(requests)}`);
-  }
-}
-
-/** Every upstream request since the last clearLog came from the mirror, not from Docker. */
-async function assertOnlyMirrorAskedUpstream(up: Upstream) {
-  await up.sync();
-  for (const r of up.requests()) {
-    assertMatch(r.userAgent, /^oci-registry\//, `upstream request ${r.method} ${r.path}`);
-  }
-}
 
 Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub", async (t) => {
   // dockerd's proxy: nothing may listen there, so whatever dockerd sends past the mirror fails.

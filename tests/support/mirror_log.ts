@@ -6,7 +6,9 @@
  *   ... a client pulls ...
  *   const requests = await mirrorRequests(mirror);   // [{ method, path, status }, ...]
  */
+import { assert, assertMatch } from "./assert.ts";
 import type { Mirror } from "./mirror.ts";
+import type { Upstream } from "./upstream.ts";
 
 export interface MirrorRequest {
   method: string;
@@ -44,4 +46,21 @@ export function show(requests: MirrorRequest[]): string {
 
 export function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** Every request must have been answered 2xx and none may have been a write. */
+export function assertAllServed(requests: MirrorRequest[]): void {
+  assert(requests.length > 0, "the mirror served the pull");
+  for (const r of requests) {
+    assert(r.status >= 200 && r.status < 300, `mirror answered ${r.status}:\n${show(requests)}`);
+    assert(r.method === "GET" || r.method === "HEAD", `read-only:\n${show(requests)}`);
+  }
+}
+
+/** The upstream requests since the last clearLog all came from the mirror, not a client. */
+export async function assertOnlyMirrorAskedUpstream(up: Upstream): Promise<void> {
+  await up.sync();
+  for (const r of up.requests()) {
+    assertMatch(r.userAgent, /^oci-registry\//, `upstream request ${r.method} ${r.path}`);
+  }
 }
