@@ -17,19 +17,18 @@
  * targets (`GET http://other/metrics`, where request.url takes the target's authority), and
  * invented method tokens.
  */
-import { getBlob } from "./api/blobs.ts";
-import { getManifest } from "./api/manifests.ts";
-import { listTags } from "./api/tags.ts";
+import * as blobs from "./api/blobs.ts";
+import { listCatalog, listReferrers, listTags } from "./api/listings.ts";
+import * as manifests from "./api/manifests.ts";
+import * as uploads from "./api/uploads.ts";
 import type { Mirror } from "./cache/mirror.ts";
-import * as hostedBlobs from "./api/hosted/blobs.ts";
-import { listCatalog, listReferrers, listTags as listHostedTags } from "./api/hosted/listings.ts";
-import * as hostedManifests from "./api/hosted/manifests.ts";
+import { mirroredName, MirroredRegistry } from "./cache/mirrored_registry.ts";
 import type { Action, Resource } from "./config/access.ts";
 import { ANONYMOUS, type Auth } from "./http/auth.ts";
 import type { ClientLimits } from "./http/client_limits.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { hostedName, type ResolvedName, resolveName } from "./oci/namespace.ts";
-import type { ReferrerStore, Registry } from "./registry/registry.ts";
+import { hostedName, resolveName } from "./oci/namespace.ts";
+import type { Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./http/status_page.ts";
 import { methodLabel, type Metrics, statusLabel } from "./metrics.ts";
@@ -128,6 +127,11 @@ export function createHandler(options: ServerOptions): Handler {
   const accessLog = options.accessLog ?? ((entry) => log(accessText(entry)));
   options.metrics.nameNamespaces([options.defaultNamespace]);
   const hosted = new Set(options.hosted ?? []);
+  const registries: Registries = {
+    mirrored: new MirroredRegistry(options.mirror),
+    hosted: options.registry,
+    hostedNames: hosted,
+  };
   return async (request, info) => {
     const started = performance.now();
     const raw = rawTarget(request.url);
@@ -140,7 +144,7 @@ export function createHandler(options: ServerOptions): Handler {
       const address = clientAddress(info);
       response = await dispatch(
         options,
-        hosted,
+        registries,
         request,
         target,
         route,
@@ -257,9 +261,17 @@ function hostedResource(name: string): Resource {
     : { hosted: true, namespace: name.slice(0, slash), repository: name.slice(slash + 1) };
 }
 
+/** Where repository requests go: the hosted store, or the mirror for every other name. */
+interface Registries {
+  mirrored: Registry;
+  hosted?: Registry;
+  /** First path segments whose repositories are hosted. */
+  hostedNames: ReadonlySet<string>;
+}
+
 async function dispatch(
   options: ServerOptions,
-  hosted: ReadonlySet<string>,
+  registries: Registries,
   request: Request,
   target: Target,
   route: Route,
@@ -269,6 +281,7 @@ async function dispatch(
 ): Promise<Response> {
   const reading = request.method === "GET" || request.method === "HEAD";
   const auth = options.auth;
+  const hosted = registries.hostedNames;
   switch (route.endpoint) {
     case "root":
       if (!reading) throw unsupported(request);
@@ -314,41 +327,44 @@ async function dispatch(
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
       return await auth.token(request, address, target.query, (name) => {
-        const hostedRepository = options.registry ? hostedName(name, null, hosted) : null;
+        const hostedRepository = registries.hosted ? hostedName(name, null, hosted) : null;
         if (hostedRepository !== null) return hostedResource(hostedRepository);
         return { hosted: false, ...resolveName(name, null, options.defaultNamespace) };
       });
     case "catalog": {
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
-      if (!options.registry) return json({ repositories: [] });
+      if (!registries.hosted) return json({ repositories: [] });
       // Only the repositories this client may pull are named (a page may come out shorter).
       const identity = await auth?.identify(request, address);
       const visible = auth && identity
         ? (name: string) => auth.allows(identity, hostedResource(name), "pull")
         : undefined;
-      return await listCatalog(options.registry, target.query, visible);
+      return await listCatalog(registries.hosted, target.query, visible);
     }
     case "other":
       throw noSuchEndpoint(target.path);
   }
-  const { pathName, rest } = route;
-  const hostedRepository = options.registry
+  const { pathName } = route;
+  const hostedRepository = registries.hosted
     ? hostedName(pathName, target.query.get("ns"), hosted)
     : null;
   const action = actionOf(request.method, route.endpoint);
-  let name: ResolvedName | undefined;
-  let resource: Resource;
+  // The registry that answers, and the repository's name there (also the token scope's).
+  let registry: Registry;
   let scopeName: string;
+  let resource: Resource;
   if (hostedRepository !== null) {
+    registry = registries.hosted!;
+    scopeName = hostedRepository;
     seen.namespace = hostedRepository.split("/", 1)[0];
     resource = hostedResource(hostedRepository);
-    scopeName = hostedRepository;
   } else {
-    name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+    const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+    registry = registries.mirrored;
+    scopeName = mirroredName(name);
     seen.namespace = name.namespace;
     resource = { hosted: false, ...name };
-    scopeName = `${name.namespace}/${name.repository}`;
   }
   // Who asks, their budget, their rights: all before any lookup, so that a refusal does not
   // depend on what the repository holds.
@@ -369,50 +385,25 @@ async function dispatch(
   if (route.endpoint === "blobs" && request.method === "GET") {
     options.limits?.startDownload(client, sent);
   }
-  if (hostedRepository !== null) {
-    // A mount reads its source: only from a hosted repository this client may pull.
-    const mayMount = (from: string) => {
-      if (!auth) return true;
-      let source: string | null;
-      try {
-        source = hostedName(from, null, hosted);
-      } catch {
-        return false; // not a repository name: nothing to mount, a plain upload (202)
-      }
-      return source !== null && auth.allows(identity, hostedResource(source), "pull");
-    };
-    return await dispatchHosted(
-      options.registry!,
-      hostedRepository,
-      request,
-      target,
-      route,
-      mayMount,
-    );
-  }
-  name = name!;
-  if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
-  switch (route.endpoint) {
-    case "manifests":
-      return await getManifest(options.mirror, name, decodeSegment(rest), request);
-    case "blobs":
-      return await getBlob(options.mirror, name, decodeSegment(rest), request);
-    case "tags":
-      if (rest !== "list") throw noSuchEndpoint(target.path);
-      return await listTags(options.mirror, name, pathName, target.query);
-    case "referrers": {
-      const mirror = options.mirror;
-      const referrers: ReferrerStore = {
-        list: (_name, digest, artifactType) =>
-          mirror.listReferrers(name.namespace, name.repository, digest, artifactType),
-      };
-      return await listReferrers(referrers, pathName, decodeSegment(rest), target.query);
+  // A mount reads its source: only from a hosted repository this client may pull.
+  const mayMount = (from: string) => {
+    if (!auth) return true;
+    let source: string | null;
+    try {
+      source = hostedName(from, null, hosted);
+    } catch {
+      return false; // not a repository name: nothing to mount, a plain upload (202)
     }
-  }
+    return source !== null && auth.allows(identity, hostedResource(source), "pull");
+  };
+  return await dispatchRepository(registry, scopeName, request, target, route, mayMount);
 }
 
-/** A hosted repository: every endpoint, reads and writes, against the local registry. */
-async function dispatchHosted(
+/**
+ * Every repository endpoint against a registry: the hosted store, or the mirror's (which
+ * refuses writes with UNSUPPORTED).
+ */
+async function dispatchRepository(
   registry: Registry,
   name: string,
   request: Request,
@@ -436,36 +427,38 @@ async function dispatchHosted(
   };
   switch (route.endpoint) {
     case "manifests":
-      if (method === "GET") return await hostedManifests.getManifest(registry, name, rest, request);
+      if (method === "GET") return await manifests.getManifest(registry, name, rest, request);
       if (method === "PUT") {
-        return await hostedManifests.putManifest(registry, name, rest, request, query);
+        return await manifests.putManifest(registry, name, rest, request, query);
       }
-      if (method === "DELETE") return await hostedManifests.deleteManifest(registry, name, rest);
+      if (method === "DELETE") return await manifests.deleteManifest(registry, name, rest);
       throw await refused();
     case "blobs":
-      if (method === "GET") return await hostedBlobs.getBlob(registry, name, rest, request);
-      if (method === "DELETE") return await hostedBlobs.deleteBlob(registry, name, rest);
+      if (method === "GET") return await blobs.getBlob(registry, name, rest, request);
+      if (method === "DELETE") return await blobs.deleteBlob(registry, name, rest);
       throw await refused();
     case "uploads":
       if (rest === "") {
         if (request.method === "POST") {
-          return await hostedBlobs.startUpload(registry, name, request, query);
+          return await uploads.startUpload(registry, name, request, query);
         }
         throw await refused();
       }
-      if (method === "GET") return await hostedBlobs.uploadStatus(registry, name, rest);
-      if (method === "PATCH") return await hostedBlobs.patchUpload(registry, name, rest, request);
+      if (method === "GET") return await uploads.uploadStatus(registry, name, rest);
+      if (method === "PATCH") return await uploads.patchUpload(registry, name, rest, request);
       if (method === "PUT") {
-        return await hostedBlobs.putUpload(registry, name, rest, request, query);
+        return await uploads.putUpload(registry, name, rest, request, query);
       }
-      if (method === "DELETE") return await hostedBlobs.cancelUpload(registry, name, rest);
+      if (method === "DELETE") return await uploads.cancelUpload(registry, name, rest);
       throw await refused();
     case "tags":
       if (rest !== "list") throw noSuchEndpoint(target.path);
-      if (method === "GET") return await listHostedTags(registry, name, query);
+      if (method === "GET") {
+        return await listTags(registry, name, query, `/v2/${route.pathName}/tags/list`);
+      }
       throw await refused();
     case "referrers":
-      if (method === "GET") return await listReferrers(registry.referrers, name, rest, query);
+      if (method === "GET") return await listReferrers(registry, name, rest, query);
       throw await refused();
   }
 }
@@ -491,13 +484,6 @@ function decodeSegment(segment: string): string {
 
 function unsupported(request: Request): RegistryError {
   return new RegistryError("UNSUPPORTED", `${request.method} is not supported here`);
-}
-
-function mirroredWrite(namespace: string): RegistryError {
-  return new RegistryError(
-    "UNSUPPORTED",
-    `${namespace} is a mirrored registry: it is read-only here; push to the upstream instead`,
-  );
 }
 
 /** Probes and the root page: plain text, nothing for HEAD. */

@@ -1,37 +1,43 @@
-/** GET/HEAD /v2/<name>/blobs/<digest> */
+/** GET/HEAD/DELETE /v2/<name>/blobs/<digest> */
 import { blobHeaders } from "./responses.ts";
-import type { Mirror } from "../cache/mirror.ts";
 import { parseDigest } from "../digest.ts";
-import type { ResolvedName } from "../oci/namespace.ts";
-import type { ByteRange } from "../storage/storage.ts";
-import { parseRange } from "./range.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { contentRange, parseRangeHeader } from "../oci/range.ts";
+import type { Registry } from "../registry/registry.ts";
 
 export async function getBlob(
-  mirror: Mirror,
-  name: ResolvedName,
+  registry: Registry,
+  name: string,
   reference: string,
   request: Request,
 ): Promise<Response> {
   const digest = parseDigest(reference).toString();
-  const method = request.method === "HEAD" ? "HEAD" : "GET";
-  let range: ByteRange | undefined;
-  const rangeHeader = request.headers.get("range");
-  const blob = await mirror.getBlob(name.namespace, name.repository, digest, {
-    method,
-    // Only requests with a Range header need the size before the body is opened.
-    range: rangeHeader === null ? undefined : (size) => (range = parseRange(rangeHeader, size)),
+  const blob = await registry.blobs.get(name, digest, {
+    body: request.method !== "HEAD",
+    range: parseRangeHeader(request.headers.get("range")),
   });
+  if (!blob) throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is not in ${name}`);
   const headers = blobHeaders(digest);
   if (blob.cache) headers.set("x-cache", blob.cache);
   if (blob.redirect) {
     headers.set("location", blob.redirect);
     return new Response(null, { status: 307, headers });
   }
-  if (range && blob.size !== undefined) {
-    headers.set("content-range", `bytes ${range.start}-${range.end}/${blob.size}`);
-    headers.set("content-length", String(range.end - range.start + 1));
+  if (blob.range && blob.size !== undefined) {
+    headers.set("content-range", contentRange(blob.range, blob.size));
+    headers.set("content-length", String(blob.range.end - blob.range.start + 1));
     return new Response(blob.body ?? null, { status: 206, headers });
   }
   if (blob.size !== undefined) headers.set("content-length", String(blob.size));
   return new Response(blob.body ?? null, { status: 200, headers });
+}
+
+export async function deleteBlob(
+  registry: Registry,
+  name: string,
+  reference: string,
+): Promise<Response> {
+  const digest = parseDigest(reference).toString();
+  await registry.blobs.delete(name, digest);
+  return new Response(null, { status: 202, headers: { "content-length": "0" } });
 }

@@ -35,14 +35,22 @@ import {
   type TagLink,
   tagListKey,
 } from "../storage/layout.ts";
-import type { Descriptor } from "../registry/registry.ts";
-import type { ByteRange, Storage } from "../storage/storage.ts";
+import { resolveRange } from "../oci/range.ts";
+import type {
+  BlobAnswer,
+  BlobRequest,
+  CacheResult,
+  Descriptor,
+  Page,
+} from "../registry/registry.ts";
+import type { Storage } from "../storage/storage.ts";
 import type { CacheBound } from "./bound.ts";
 import { type Download, InflightDownloads } from "./inflight.ts";
 import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics, OTHER } from "../metrics.ts";
+import { SingleFlight } from "../single_flight.ts";
 
 /** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
 export interface Upstream {
@@ -86,34 +94,14 @@ export interface ManifestResult {
   cache?: CacheResult;
 }
 
-/** What the cache did for one lookup: the `result` label of the cache metric too. */
-export type CacheResult = "hit" | "miss" | "stale" | "revalidated";
-
 /** A manifest lookup: the manifest, and how the cache came by it. */
 interface Lookup {
   manifest: ManifestResult;
   cache: CacheResult;
 }
 
-export interface BlobResult {
-  /** Size of the whole blob, when known. */
-  size: number | undefined;
-  /** The bytes (of the range, when one was asked for); absent for HEAD. */
-  body?: ReadableStream<Uint8Array>;
-  /** A URL the client should fetch the bytes from instead (S3 --s3-redirect). */
-  redirect?: string;
-  /** What the cache did for this request. */
-  cache?: CacheResult;
-}
-
-export interface BlobRequest {
-  method: "GET" | "HEAD";
-  /**
-   * For requests with a Range header: turns the blob's size (once known; undefined when
-   * upstream did not say) into the range to serve, or undefined for the whole blob.
-   */
-  range?: (size: number | undefined) => ByteRange | undefined;
-}
+/** A blob as the mirror answers for it: see BlobAnswer. */
+export type BlobResult = Omit<BlobAnswer, "digest">;
 
 export interface MirrorOptions {
   storage: Storage;
@@ -166,8 +154,8 @@ export class Mirror {
   );
   /** Hot tag links by storage key (this process's view; storage stays the shared truth). */
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
-  /** One upstream manifest fetch per key at a time. */
-  readonly #manifestFlights = new Map<string, Promise<Lookup>>();
+  /** One manifest lookup (and upstream fetch) per reference at a time. */
+  readonly #manifestFlights = new SingleFlight<Lookup>();
   readonly #upstreamPolicy: UpstreamPolicy;
   /** Compiled filters of the configured namespaces that have one. */
   readonly #filters = new Map<string, Filter>();
@@ -247,7 +235,7 @@ export class Mirror {
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const refresh = options.refresh === true;
-    const { manifest, cache } = await this.#singleFlight(
+    const { manifest, cache } = await this.#manifestFlights.run(
       `${namespace}/${repository}/${reference}${refresh ? " refresh" : ""}`,
       () =>
         reference.includes(":")
@@ -519,14 +507,6 @@ export class Mirror {
     await this.#writeLink(namespace, repository, digest);
   }
 
-  #singleFlight(key: string, fetch: () => Promise<Lookup>): Promise<Lookup> {
-    const running = this.#manifestFlights.get(key);
-    if (running) return running;
-    const flight = fetch().finally(() => this.#manifestFlights.delete(key));
-    this.#manifestFlights.set(key, flight);
-    return flight;
-  }
-
   // ---- blobs -----------------------------------------------------------------------------
 
   /**
@@ -579,9 +559,9 @@ export class Mirror {
     const running = confirmByFetch
       ? null
       : await this.#downloads.running(digest)?.catch(() => null);
-    if (running && (options.method === "GET" || running.expectedSize !== undefined)) {
-      const followed = options.method === "HEAD"
-        ? { size: running.expectedSize }
+    if (running && (options.body || running.expectedSize !== undefined)) {
+      const followed = !options.body
+        ? { size: running.expectedSize, range: resolveRange(options.range, running.expectedSize) }
         : this.#follow(running, options);
       // Not stored yet: joins the one download.
       if (followed) return { ...followed, cache: this.#count(namespace, "blob", "miss") };
@@ -591,12 +571,13 @@ export class Mirror {
       : await this.#cachedBlob(namespace, repository, digest, options);
     if (cached) return { ...cached, cache: this.#count(namespace, "blob", "hit") };
     const cache = this.#count(namespace, "blob", "miss");
-    if (options.method === "HEAD") {
+    if (!options.body) {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
       await this.#hold(namespace, repository, digest);
       const length = response.headers.get("content-length");
-      return { size: length !== null ? Number(length) : undefined, cache };
+      const size = length !== null ? Number(length) : undefined;
+      return { size, range: resolveRange(options.range, size), cache };
     }
     // A pass-through download (store full) may have dropped the first bytes by the time this
     // request follows it; it is no longer joinable then, so the next join starts a fresh one.
@@ -647,9 +628,9 @@ export class Mirror {
    * when the download can no longer serve it.
    */
   #follow(download: Download, options: BlobRequest): BlobResult | null {
-    const range = options.range?.(download.expectedSize);
+    const range = resolveRange(options.range, download.expectedSize);
     const body = download.reader(range);
-    return body ? { size: download.expectedSize, body } : null;
+    return body ? { size: download.expectedSize, range, body } : null;
   }
 
   /** The stored blob as the request wants it, or null when it is not (or no longer) served. */
@@ -660,7 +641,7 @@ export class Mirror {
     options: BlobRequest,
   ): Promise<BlobResult | null> {
     const key = blobKey(digest);
-    if (options.method === "GET" && !options.range && !this.#storage.directUrl) {
+    if (options.body && !options.range && !this.#storage.directUrl) {
       // The common case, a whole-blob GET, opens the blob at once: size and age come with it,
       // so it costs one storage round trip instead of a stat (an S3 HEAD) plus a read.
       const object = await this.#storage.read(key);
@@ -674,12 +655,12 @@ export class Mirror {
     const info = await this.#storage.stat(key);
     if (!info) return null;
     if (!await this.#blobStillConfirmed(namespace, repository, digest, info.modified)) return null;
-    if (options.method === "HEAD") return { size: info.size };
-    const range = options.range?.(info.size);
+    const range = resolveRange(options.range, info.size);
+    if (!options.body) return { size: info.size, range };
     const redirect = range ? undefined : await this.#storage.directUrl?.(key);
     if (redirect) return { size: info.size, redirect };
     const object = await this.#storage.read(key, range);
-    return object ? { size: info.size, body: object.body } : null; // null: deleted meanwhile
+    return object ? { size: info.size, range, body: object.body } : null; // null: deleted meanwhile
   }
 
   /** Whether a cached blob may be served without asking upstream (blob_invalidation_time). */
@@ -725,7 +706,7 @@ export class Mirror {
       this.#bound?.index.touch(blobKey(digest));
       return 0;
     }
-    const blob = await this.getBlob(namespace, repository, digest, { method: "GET" });
+    const blob = await this.getBlob(namespace, repository, digest, { body: true });
     let bytes = 0;
     for await (const chunk of blob.body ?? []) bytes += chunk.byteLength;
     return bytes;
@@ -734,17 +715,20 @@ export class Mirror {
   // ---- tags ------------------------------------------------------------------------------
 
   /**
-   * The upstream's tag list, passed through (with `n` and `last`). A whole list (no `n`, no
-   * `last`) is also stored, and served stale when upstream is unreachable, refuses, or
-   * rate-limits.
+   * The upstream's tag list (with `n` and `last`), and where its next page starts. A whole
+   * list (no `n`, no `last`) is also stored, and served stale when upstream is unreachable,
+   * refuses, or rate-limits.
    */
   async listTags(
     namespace: string,
     repository: string,
-    query: URLSearchParams,
-  ): Promise<Response> {
+    options: { n?: number; last?: string },
+  ): Promise<Page & { name: string }> {
     this.#admit(namespace, repository);
-    const whole = !query.has("n") && !query.has("last");
+    const query = new URLSearchParams();
+    if (options.n !== undefined) query.set("n", String(options.n));
+    if (options.last !== undefined) query.set("last", options.last);
+    const whole = options.n === undefined && options.last === undefined;
     const key = tagListKey(namespace, repository);
     let response: Response;
     try {
@@ -753,17 +737,19 @@ export class Mirror {
       const cached = whole && servesStale(e) ? await this.#storage.readBytes(key) : null;
       if (!cached) throw e;
       this.#log(`serving stale tag list of ${namespace}/${repository}: ${describe(e)}`);
-      return new Response(cached as Uint8Array<ArrayBuffer>, {
-        headers: { "content-type": "application/json" },
-      });
+      return parseTagList(cached, repository, options.last);
     }
-    if (!whole) return response;
     const bytes = await readLimited(response, MAX_TAG_LIST_BYTES, `tags of ${repository}`);
-    await this.#store(
-      `tag list of ${namespace}/${repository} not recorded`,
-      () => this.#storage.write(key, bytes),
-    );
-    return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: response.headers });
+    const page = parseTagList(bytes, repository, options.last);
+    const next = nextLast(response.headers.get("link"));
+    if (next !== undefined) page.next = next;
+    if (whole) {
+      await this.#store(
+        `tag list of ${namespace}/${repository} not recorded`,
+        () => this.#storage.write(key, bytes),
+      );
+    }
+    return page;
   }
 
   /**
@@ -839,6 +825,35 @@ export class Mirror {
       throw e;
     }
   }
+}
+
+/**
+ * An upstream's tag list body. Some upstreams (distribution 2.8) ignore `last` without `n`:
+ * it is applied here as well.
+ */
+function parseTagList(
+  bytes: Uint8Array,
+  repository: string,
+  last: string | undefined,
+): Page & { name: string } {
+  let body: { name?: unknown; tags?: unknown };
+  try {
+    body = JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) {
+    throw new RegistryError("UPSTREAM_ERROR", "upstream's tag list is not JSON", { cause: e });
+  }
+  const tags = Array.isArray(body?.tags) ? body.tags.map(String) : [];
+  return {
+    name: typeof body?.name === "string" ? body.name : repository,
+    items: last === undefined ? tags : tags.filter((tag) => tag > last),
+  };
+}
+
+/** The `last` of upstream's `Link: </v2/repo/tags/list?last=x&n=y>; rel="next"`. */
+function nextLast(link: string | null): string | undefined {
+  const match = link ? /<([^>]*)>\s*;\s*rel="?next"?/.exec(link) : null;
+  if (!match) return undefined;
+  return new URL(match[1], "http://upstream").searchParams.get("last") ?? undefined;
 }
 
 /** The `manifests` of an image index, or null when `bytes` is no index. */

@@ -120,12 +120,12 @@ Deno.test("stale tags, digests and blobs are served when upstream is down or rat
       const blob = upstream.addBlob(randomBytes(1000));
       const digest = upstream.addManifest("1", image(blob));
       await mirror.getManifest(NS, REPO, "1", []);
-      await readAll((await mirror.getBlob(NS, REPO, blob, { method: "GET" })).body!);
+      await readAll((await mirror.getBlob(NS, REPO, blob, { body: true })).body!);
       upstream.failure = failure;
       clock.now += 2 * 3_600_000;
       assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, digest);
       assertEquals((await mirror.getManifest(NS, REPO, digest, [])).digest, digest);
-      const cached = await mirror.getBlob(NS, REPO, blob, { method: "GET" });
+      const cached = await mirror.getBlob(NS, REPO, blob, { body: true });
       assertEquals(digestOf(await readAll(cached.body!)), blob);
       // Never cached: the upstream's failure is the answer.
       const error = await assertRejects(() => mirror.getManifest(NS, REPO, "2", []), RegistryError);
@@ -139,13 +139,13 @@ Deno.test("while upstream quota is low, cached tags and blobs are served without
     const blob = upstream.addBlob(randomBytes(1000));
     const digest = upstream.addManifest("1", image(blob));
     await mirror.getManifest(NS, REPO, "1", []);
-    await readAll((await mirror.getBlob(NS, REPO, blob, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, blob, { body: true })).body!);
     const before = upstream.calls.length;
     upstream.quotaIsLow = true;
     clock.now += 2 * 3_600_000; // the tag is due for revalidation
     assertEquals((await mirror.getManifest(NS, REPO, "1", [])).digest, digest);
     clock.now += 60 * 86_400_000; // and the blob for confirmation
-    const cached = await mirror.getBlob(NS, REPO, blob, { method: "GET" });
+    const cached = await mirror.getBlob(NS, REPO, blob, { body: true });
     assertEquals(digestOf(await readAll(cached.body!)), blob);
     assertEquals(upstream.calls.length, before, "no HEAD spent on what is cached");
     // What is not cached still goes upstream: that is what the quota is kept for.
@@ -165,7 +165,7 @@ Deno.test("a download cut mid-way resumes with a Range request from its block, n
       const bytes = randomBytes(5 * 1024 * 1024 + 17);
       const digest = upstream.addBlob(bytes);
       upstream.breakAfter = 2.5 * 1024 * 1024; // in the third 1 MiB block
-      const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
       assertEquals(digestOf(await readAll(blob.body!)), digest, "the client gets every byte");
       assertEquals(upstream.ranges, ["", "bytes=2097152-"]);
       await mirror.settled();
@@ -184,7 +184,7 @@ Deno.test("a cut download whose upstream ignores Range fails cleanly: nothing st
     const digest = upstream.addBlob(bytes);
     upstream.breakAfter = 1.5 * 1024 * 1024;
     upstream.honoursRange = false; // answers the Range request with the whole blob (200)
-    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
     await assertRejects(() => readAll(blob.body!));
     await mirror.settled();
     assertEquals(await storage.stat(blobKey(digest)), null);
@@ -212,7 +212,7 @@ Deno.test("20 concurrent cold reads of one blob make ONE upstream GET and all ge
     const digest = upstream.addBlob(bytes);
     upstream.chunkDelayMs = 1;
     const bodies = await Promise.all(
-      Array.from({ length: 20 }, () => mirror.getBlob(NS, REPO, digest, { method: "GET" })),
+      Array.from({ length: 20 }, () => mirror.getBlob(NS, REPO, digest, { body: true })),
     );
     const results = await Promise.all(bodies.map((b) => readAll(b.body!)));
     for (const result of results) assertEquals(digestOf(result), digest);
@@ -220,7 +220,7 @@ Deno.test("20 concurrent cold reads of one blob make ONE upstream GET and all ge
     await mirror.settled();
     assertEquals((await storage.stat(blobKey(digest)))?.size, bytes.byteLength);
     // Now cached: no more upstream traffic.
-    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { body: true })).body!);
     assertEquals(upstream.count("blob"), 1);
   });
 });
@@ -228,20 +228,20 @@ Deno.test("20 concurrent cold reads of one blob make ONE upstream GET and all ge
 Deno.test("a warm whole-blob GET costs one storage read and no stat (one S3 request, not two)", async () => {
   await withMirror(async (mirror, upstream, storage) => {
     const digest = upstream.addBlob(randomBytes(10_000));
-    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { body: true })).body!);
     await mirror.settled();
     const calls: string[] = [];
     const stat = storage.stat.bind(storage);
     const read = storage.read.bind(storage);
     storage.stat = (key) => (calls.push("stat"), stat(key));
     storage.read = (key, range) => (calls.push("read"), read(key, range));
-    const warm = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const warm = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(warm.body!)), digest);
     assertEquals(calls, ["read"]);
     calls.length = 0;
     const ranged = await mirror.getBlob(NS, REPO, digest, {
-      method: "GET",
-      range: () => ({ start: 0, end: 9 }),
+      body: true,
+      range: { first: 0, last: 9 },
     });
     assertEquals((await readAll(ranged.body!)).byteLength, 10);
     assertEquals(calls, ["stat", "read"], "a range needs the size first");
@@ -254,7 +254,7 @@ Deno.test("storage that says yes to stat and no to read cannot make the mirror l
     const digest = upstream.addBlob(bytes);
     storage.stat = () => Promise.resolve({ size: bytes.byteLength, modified: new Date() });
     storage.read = () => Promise.resolve(null);
-    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(blob.body!)), digest);
     assertEquals(upstream.count("blob", "GET"), 1);
   });
@@ -268,7 +268,7 @@ for (const byteStreams of [false, true]) {
       upstream.byteStreams = byteStreams;
       upstream.chunkSize = 64 * 1024;
       upstream.chunkDelayMs = 20;
-      const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
       const reader = blob.body!.getReader();
       const first = await reader.read();
       assert(!first.done && first.value.byteLength > 0);
@@ -293,8 +293,8 @@ Deno.test("readers far behind the download read the spool; readers at the head t
     const digest = upstream.addBlob(bytes);
     upstream.byteStreams = true;
     upstream.chunkSize = 256 * 1024;
-    const slow = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
-    const fast = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const slow = await mirror.getBlob(NS, REPO, digest, { body: true });
+    const fast = await mirror.getBlob(NS, REPO, digest, { body: true });
     const slowReader = slow.body!.getReader();
     const first = await slowReader.read(); // then falls far behind
     const fastBytes = await readAll(fast.body!);
@@ -327,12 +327,12 @@ Deno.test("a GET or HEAD while a download is still publishing follows the downlo
       reads++;
       return read(...args);
     };
-    const first = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const first = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(first.body!)), digest);
     await publishing.promise;
     // The first GET (of a blob no manifest named for REPO) only asked storage whether it exists.
     assertEquals(reads, 0, "the first GET read nothing from storage");
-    const second = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const second = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(reads, 0, "the second GET did not ask storage");
     let stats = 0;
     const stat = storage.stat.bind(storage);
@@ -340,13 +340,13 @@ Deno.test("a GET or HEAD while a download is still publishing follows the downlo
       stats++;
       return stat(...args);
     };
-    const head = await mirror.getBlob(NS, REPO, digest, { method: "HEAD" });
+    const head = await mirror.getBlob(NS, REPO, digest, { body: false });
     assertEquals(head.size, bytes.byteLength);
     assertEquals(stats, 0, "nor did a HEAD");
     assertEquals(digestOf(await readAll(second.body!)), digest);
     release.resolve();
     await mirror.settled();
-    const third = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const third = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(third.body!)), digest);
     assertEquals(reads, 1, "once published, storage serves it");
     assertEquals(upstream.count("blob", "GET"), 1);
@@ -360,7 +360,7 @@ Deno.test("a lying blob upstream: readers are cut off, nothing is stored, a late
     const lie = bytes.slice();
     lie[1000] ^= 0xff;
     upstream.lie = lie;
-    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
     const error = await assertRejects(() => readAll(blob.body!));
     assert(error.message.includes("not cached") || error.message.includes("digest"), error.message);
     await mirror.settled();
@@ -371,7 +371,7 @@ Deno.test("a lying blob upstream: readers are cut off, nothing is stored, a late
     );
 
     upstream.lie = undefined;
-    const healed = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const healed = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(healed.body!)), digest);
     assertEquals(upstream.count("blob", "GET"), 2);
   });
@@ -382,7 +382,7 @@ Deno.test("a short upstream body fails the download and leaves nothing behind", 
     const bytes = randomBytes(100_000);
     const digest = upstream.addBlob(bytes);
     upstream.lie = bytes.slice(0, 50_000);
-    const blob = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const blob = await mirror.getBlob(NS, REPO, digest, { body: true });
     await assertRejects(() => readAll(blob.body!));
     assertEquals(await storage.stat(blobKey(digest)), null);
   });
@@ -393,27 +393,27 @@ Deno.test("past blob_invalidation_time a cached blob is confirmed upstream with 
     const bytes = randomBytes(10_000);
     const digest = upstream.addBlob(bytes);
     clock.now = Date.now();
-    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { body: true })).body!);
     await mirror.settled();
-    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { body: true })).body!);
     assertEquals(upstream.calls.length, 1, "fresh: served without asking");
 
     clock.now += 31 * 86_400_000; // past the 30d blob_invalidation_time
-    const old = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const old = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(old.body!)), digest);
     assertEquals(upstream.calls.map((c) => c.method), ["GET", "HEAD"]);
-    await readAll((await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(NS, REPO, digest, { body: true })).body!);
     assertEquals(upstream.calls.length, 2, "the confirmation is remembered");
 
     clock.now += 31 * 86_400_000;
     upstream.failure = new RegistryError("UNAVAILABLE", "down");
-    const stale = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+    const stale = await mirror.getBlob(NS, REPO, digest, { body: true });
     assertEquals(digestOf(await readAll(stale.body!)), digest, "upstream down: still served");
 
     upstream.failure = undefined;
     upstream.blobs.delete(digest);
     const error = await assertRejects(
-      () => mirror.getBlob(NS, REPO, digest, { method: "GET" }),
+      () => mirror.getBlob(NS, REPO, digest, { body: true }),
       RegistryError,
     );
     assertEquals(error.code, "BLOB_UNKNOWN", "upstream no longer has it for this repository");
@@ -425,8 +425,8 @@ Deno.test("ranges of a cold blob are served from the download", async () => {
     const bytes = randomBytes(1_000_000);
     const digest = upstream.addBlob(bytes);
     const blob = await mirror.getBlob(NS, REPO, digest, {
-      method: "GET",
-      range: (size) => size === undefined ? undefined : { start: 999_000, end: 999_999 },
+      body: true,
+      range: { first: 999_000 },
     });
     assertEquals(await readAll(blob.body!), bytes.slice(999_000));
   });
@@ -440,8 +440,8 @@ Deno.test("a cold range of a lying upstream's blob is cut short, never completed
     lie[10] ^= 0xff;
     upstream.lie = lie;
     const blob = await mirror.getBlob(NS, REPO, digest, {
-      method: "GET",
-      range: () => ({ start: 0, end: 99 }),
+      body: true,
+      range: { first: 0, last: 99 },
     });
     const reader = blob.body!.getReader();
     const got: Uint8Array[] = [];
@@ -464,8 +464,8 @@ Deno.test("a cold range streams at once; only its last byte waits for the whole 
     upstream.chunkDelayMs = 10;
     const started = performance.now();
     const blob = await mirror.getBlob(NS, REPO, digest, {
-      method: "GET",
-      range: () => ({ start: 0, end: 199_999 }),
+      body: true,
+      range: { first: 0, last: 199_999 },
     });
     const reader = blob.body!.getReader();
     const first = await reader.read();
@@ -594,12 +594,12 @@ Deno.test("referrers: upstream's API (cached, served stale), else the fallback t
 
 Deno.test("a whole tag list is stored and served stale when upstream is down", async () => {
   await withMirror(async (mirror, upstream) => {
-    const fresh = await mirror.listTags(NS, REPO, new URLSearchParams());
-    assertEquals((await fresh.json()).tags, ["1", "2", "3"]);
+    const fresh = await mirror.listTags(NS, REPO, {});
+    assertEquals(fresh.items, ["1", "2", "3"]);
     upstream.failure = new RegistryError("UNAVAILABLE", "upstream down");
-    const stale = await mirror.listTags(NS, REPO, new URLSearchParams());
-    assertEquals((await stale.json()).tags, ["1", "2", "3"]);
+    const stale = await mirror.listTags(NS, REPO, {});
+    assertEquals(stale.items, ["1", "2", "3"]);
     // A page is not stored: with upstream down it fails as before.
-    await assertRejects(() => mirror.listTags(NS, REPO, new URLSearchParams("n=1")), RegistryError);
+    await assertRejects(() => mirror.listTags(NS, REPO, { n: 1 }), RegistryError);
   });
 });

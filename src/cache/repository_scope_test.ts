@@ -64,14 +64,14 @@ Deno.test("a cached private blob or manifest is not served under another name", 
     const mirror = mirrorOver(storage, upstream);
     const { manifest, layer } = addImage(upstream);
     await mirror.getManifest(PRIVATE, APP, "1", [OCI_MANIFEST]);
-    const blob = await mirror.getBlob(PRIVATE, APP, layer, { method: "GET" });
+    const blob = await mirror.getBlob(PRIVATE, APP, layer, { body: true });
     assertEquals(digestOf(await readAll(blob.body!)), layer);
     await mirror.settled();
     for (
       const [ns, repo] of [[PRIVATE, "team/other"], ["169.254.169.254", "x"], ["docker.io", APP]]
     ) {
-      assertEquals(await code(mirror.getBlob(ns, repo, layer, { method: "GET" })), "BLOB_UNKNOWN");
-      assertEquals(await code(mirror.getBlob(ns, repo, layer, { method: "HEAD" })), "BLOB_UNKNOWN");
+      assertEquals(await code(mirror.getBlob(ns, repo, layer, { body: true })), "BLOB_UNKNOWN");
+      assertEquals(await code(mirror.getBlob(ns, repo, layer, { body: false })), "BLOB_UNKNOWN");
       assertEquals(
         await code(mirror.getManifest(ns, repo, manifest, [OCI_MANIFEST])),
         "MANIFEST_UNKNOWN",
@@ -80,11 +80,11 @@ Deno.test("a cached private blob or manifest is not served under another name", 
     // Upstream down: an unconfirmable name is refused too, never served from the cache.
     upstream.failure = new RegistryError("UNAVAILABLE", "down");
     assertEquals(
-      await code(mirror.getBlob("docker.io", "x", layer, { method: "GET" })),
+      await code(mirror.getBlob("docker.io", "x", layer, { body: true })),
       "UNAVAILABLE",
     );
     // The repository that holds it is served from the cache as before.
-    const again = await mirror.getBlob(PRIVATE, APP, layer, { method: "GET" });
+    const again = await mirror.getBlob(PRIVATE, APP, layer, { body: true });
     assertEquals(digestOf(await readAll(again.body!)), layer);
   });
 });
@@ -95,9 +95,9 @@ Deno.test("a download under way for one repository is not followed for another",
     const { layer } = addImage(upstream);
     upstream.chunkDelayMs = 5;
     upstream.chunkSize = 4096;
-    const first = await mirror.getBlob(PRIVATE, APP, layer, { method: "GET" });
+    const first = await mirror.getBlob(PRIVATE, APP, layer, { body: true });
     assertEquals(
-      await code(mirror.getBlob(PRIVATE, "other", layer, { method: "GET" })),
+      await code(mirror.getBlob(PRIVATE, "other", layer, { body: true })),
       "BLOB_UNKNOWN",
     );
     assertEquals(digestOf(await readAll(first.body!)), layer);
@@ -111,7 +111,7 @@ Deno.test("warm: no extra storage request; after a restart the links answer with
     const mirror = mirrorOver(storage, upstream);
     await mirror.getManifest(PRIVATE, APP, "1", [OCI_MANIFEST]);
     for (const digest of [config, layer]) {
-      await readAll((await mirror.getBlob(PRIVATE, APP, digest, { method: "GET" })).body!);
+      await readAll((await mirror.getBlob(PRIVATE, APP, digest, { body: true })).body!);
     }
     await mirror.settled();
     const calls: string[] = [];
@@ -122,7 +122,7 @@ Deno.test("warm: no extra storage request; after a restart the links answer with
         return original(...args);
       };
     }
-    await readAll((await mirror.getBlob(PRIVATE, APP, layer, { method: "GET" })).body!);
+    await readAll((await mirror.getBlob(PRIVATE, APP, layer, { body: true })).body!);
     assertEquals(calls, ["read"], "a warm blob GET is one storage read, as without scoping");
 
     // A new process over the same store, upstream unreachable: pulls by digest still work
@@ -134,11 +134,11 @@ Deno.test("warm: no extra storage request; after a restart the links answer with
       manifest,
     );
     for (const digest of [layer, config]) {
-      const blob = await restarted.getBlob(PRIVATE, APP, digest, { method: "GET" });
+      const blob = await restarted.getBlob(PRIVATE, APP, digest, { body: true });
       assertEquals(digestOf(await readAll(blob.body!)), digest);
     }
     assertEquals(
-      await code(restarted.getBlob(PRIVATE, "other", layer, { method: "GET" })),
+      await code(restarted.getBlob(PRIVATE, "other", layer, { body: true })),
       "UNAVAILABLE",
     );
     await restarted.settled();

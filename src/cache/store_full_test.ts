@@ -116,7 +116,7 @@ Deno.test({
       upstream.byteStreams = true;
       upstream.chunkSize = 256 * 1024;
       const blobs = await Promise.all(
-        Array.from({ length: 5 }, () => mirror.getBlob(NS, REPO, digest, { method: "GET" })),
+        Array.from({ length: 5 }, () => mirror.getBlob(NS, REPO, digest, { body: true })),
       );
       // Read together, as clients do: a pass-through goes at the pace of its slowest reader.
       const results = await Promise.all(blobs.map((blob) => readAll(blob.body!)));
@@ -131,14 +131,14 @@ Deno.test({
       assert(!logs.some((l) => /upstream/.test(l)), logs.join("\n"));
 
       // Not cached, so asked for again; a blob that fits is cached and clears the state.
-      const again = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      const again = await mirror.getBlob(NS, REPO, digest, { body: true });
       assertEquals(digestOf(await readAll(again.body!)), digest);
       assertEquals(upstream.count("blob", "GET"), 2);
       // Its refusal is recorded as the download ends, a moment after the client has the last
       // byte: let it end, so that the small blob's success below is the latest word.
       await mirror.settled();
       const small = upstream.addBlob(randomBytes(100_000));
-      await readAll((await mirror.getBlob(NS, REPO, small, { method: "GET" })).body!);
+      await readAll((await mirror.getBlob(NS, REPO, small, { body: true })).body!);
       await mirror.settled();
       assertEquals((await storage.stat(blobKey(small)))?.size, 100_000);
       assertEquals(gauge(metrics), "0");
@@ -156,8 +156,8 @@ Deno.test({
       const digest = upstream.addBlob(bytes);
       upstream.byteStreams = true;
       upstream.chunkSize = 256 * 1024;
-      const slow = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!.getReader();
-      const fast = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!.getReader();
+      const slow = (await mirror.getBlob(NS, REPO, digest, { body: true })).body!.getReader();
+      const fast = (await mirror.getBlob(NS, REPO, digest, { body: true })).body!.getReader();
       const first = await slow.read();
       let ahead = 0;
       const fastChunks: Uint8Array[] = [];
@@ -200,10 +200,10 @@ Deno.test({
       upstream.byteStreams = true;
       upstream.chunkSize = 256 * 1024;
       upstream.chunkDelayMs = 2;
-      const reader = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!.getReader();
+      const reader = (await mirror.getBlob(NS, REPO, digest, { body: true })).body!.getReader();
       let got = 0;
       while (got < 6 * MiB) got += (await reader.read()).value!.byteLength;
-      const late = await mirror.getBlob(NS, REPO, digest, { method: "GET" });
+      const late = await mirror.getBlob(NS, REPO, digest, { body: true });
       assertEquals(digestOf(await readAll(late.body!)), digest, "the late request");
       assertEquals(upstream.count("blob", "GET"), 2);
       for (let r = await reader.read(); !r.done; r = await reader.read()) got += r.value.byteLength;
@@ -260,8 +260,8 @@ Deno.test({
       upstream.chunkSize = 256 * 1024;
       // The block holding byte 99 leaves memory long before the blob verifies.
       const ranged = await mirror.getBlob(NS, REPO, digest, {
-        method: "GET",
-        range: () => ({ start: 0, end: 99 }),
+        body: true,
+        range: { first: 0, last: 99 },
       });
       assertEquals(await readAll(ranged.body!), bytes.slice(0, 100));
       assertEquals(upstream.count("blob", "GET"), 1);
@@ -278,9 +278,9 @@ Deno.test({
       const digest = upstream.addBlob(bytes);
       upstream.byteStreams = true;
       upstream.chunkSize = 256 * 1024;
-      const stalled = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!
+      const stalled = (await mirror.getBlob(NS, REPO, digest, { body: true })).body!
         .getReader();
-      const reading = (await mirror.getBlob(NS, REPO, digest, { method: "GET" })).body!;
+      const reading = (await mirror.getBlob(NS, REPO, digest, { body: true })).body!;
       await stalled.read(); // then nothing more: a client that stopped reading
       const started = performance.now();
       assertEquals(digestOf(await readAll(reading)), digest, "the reading client gets it all");

@@ -13,6 +13,7 @@ import { type BlockHasher, createBlockHasher } from "../background_hash.ts";
 import { digestOf, parseDigest } from "../digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
+import { resolveRange } from "../oci/range.ts";
 import { isTag } from "../oci/reference.ts";
 import {
   blobKey,
@@ -31,8 +32,9 @@ import {
 } from "../storage/layout.ts";
 import type { Storage } from "../storage/storage.ts";
 import type {
-  Blob,
+  BlobAnswer,
   BlobInfo,
+  BlobRequest,
   Descriptor,
   Manifest,
   Page,
@@ -97,9 +99,13 @@ export class LocalRegistry implements Registry {
   // ---- blobs ----
 
   readonly blobs = {
-    get: async (name: string, digest: string): Promise<Blob | null> => {
+    get: async (
+      name: string,
+      digest: string,
+      request: BlobRequest,
+    ): Promise<BlobAnswer | null> => {
       if (!await this.#storage.stat(blobLinkKey(name, digest))) return null;
-      return await this.#blob(digest);
+      return await this.#readBlob(digest, request);
     },
     delete: async (name: string, digest: string): Promise<void> => {
       const link = blobLinkKey(name, digest);
@@ -110,29 +116,32 @@ export class LocalRegistry implements Registry {
     },
     mount: async (name: string, digest: string, from?: string): Promise<BlobInfo | null> => {
       if (from !== undefined && !await this.#storage.stat(blobLinkKey(from, digest))) return null;
-      const blob = await this.#blob(digest);
-      if (!blob) return null;
+      const info = await this.#storage.stat(blobKey(digest));
+      if (!info) return null;
       await this.#storage.write(blobLinkKey(name, digest), EMPTY);
-      return { digest, size: blob.size };
+      return { digest, size: info.size };
     },
   };
 
-  async #blob(digest: string): Promise<Blob | null> {
+  async #readBlob(digest: string, request: BlobRequest): Promise<BlobAnswer | null> {
     const key = blobKey(digest);
-    const info = await this.#storage.stat(key);
-    if (!info) return null;
     const storage = this.#storage;
-    const blob: Blob = {
-      digest,
-      size: info.size,
-      async open(range) {
-        const object = await storage.read(key, range);
-        if (!object) throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is gone`);
-        return object.body;
-      },
-    };
-    if (storage.directUrl) blob.directUrl = () => storage.directUrl!(key);
-    return blob;
+    if (request.body && !request.range && !storage.directUrl) {
+      // A whole-blob GET opens it at once: one storage request, its size included.
+      const object = await storage.read(key);
+      return object && { digest, size: object.size, body: object.body };
+    }
+    const info = await storage.stat(key);
+    if (!info) return null;
+    const range = resolveRange(request.range, info.size);
+    // An empty blob has no range to read: answered without touching storage again.
+    if (!request.body || info.size === 0) return { digest, size: info.size, range };
+    if (!range && storage.directUrl) {
+      return { digest, size: info.size, redirect: await storage.directUrl(key) };
+    }
+    const object = await storage.read(key, range);
+    if (!object) throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is gone`);
+    return { digest, size: info.size, range, body: object.body };
   }
 
   // ---- manifests ----
@@ -280,14 +289,17 @@ export class LocalRegistry implements Registry {
   // ---- tags, referrers, catalog ----
 
   readonly tags = {
-    list: async (name: string, options: { n?: number; last?: string }): Promise<Page> => {
+    list: async (
+      name: string,
+      options: { n?: number; last?: string },
+    ): Promise<Page & { name: string }> => {
       const prefix = `${hostedPrefix(name)}_tags/`;
       const tags: string[] = [];
       for await (const key of this.#storage.list(prefix)) tags.push(key.slice(prefix.length));
       if (tags.length === 0 && !await this.#exists(name)) {
         throw new RegistryError("NAME_UNKNOWN", `repository ${name} is not known`);
       }
-      return paginate(tags, options);
+      return { name, ...paginate(tags, options) };
     },
   };
 

@@ -1,11 +1,14 @@
 /**
  * What a registry is to the HTTP layer: blobs, manifests, tags, uploads and referrers of named
- * repositories, plus the catalog. Handlers (src/api/hosted/) depend on these interfaces only;
- * local.ts implements them over a `Storage` for hosted repositories. Every method throws
- * RegistryError with the OCI code a client should see (BLOB_UNKNOWN, MANIFEST_INVALID, ...).
+ * repositories, plus the catalog. Handlers (src/api/) depend on these interfaces only; local.ts
+ * implements them over a `Storage` for hosted repositories, and cache/mirrored_registry.ts for
+ * mirrored namespaces (pull-through, read-only). Every method throws RegistryError with the OCI
+ * code a client should see (BLOB_UNKNOWN, MANIFEST_INVALID, UNSUPPORTED, ...).
  *
- * A repository name is the full validated OCI name (`myorg/app`), never a storage path.
+ * A repository name is the full validated OCI name (`myorg/app`, or `docker.io/library/alpine`
+ * for a mirrored one: its registry, then the repository there), never a storage path.
  */
+import type { RangeRequest } from "../oci/range.ts";
 import type { ByteRange } from "../storage/storage.ts";
 
 export interface Descriptor {
@@ -21,16 +24,33 @@ export interface BlobInfo {
   size: number;
 }
 
-export interface Blob extends BlobInfo {
-  /** The bytes, or only `range` of them (validated by the caller against `size`). */
-  open(range?: ByteRange): Promise<ReadableStream<Uint8Array>>;
-  /** A URL the client may fetch the bytes from directly (S3 --s3-redirect). */
-  directUrl?(): Promise<string>;
+/** What the cache did for a mirrored read (X-Cache, the cache metric); absent for hosted. */
+export type CacheResult = "hit" | "miss" | "stale" | "revalidated";
+
+/** How a blob is asked for: its bytes or only its size, all of them or a Range. */
+export interface BlobRequest {
+  body: boolean;
+  /** Resolved against the size by the store, which alone may learn it late (a mirror miss). */
+  range?: RangeRequest;
+}
+
+/** A blob as a store answers for it. */
+export interface BlobAnswer {
+  digest: string;
+  /** Of the whole blob; undefined only when a mirror's upstream did not say. */
+  size: number | undefined;
+  /** The bytes `body` holds when the request's range applies (else all of them). */
+  range?: ByteRange;
+  /** Absent when only the size was asked for, for a redirect, and for the empty blob. */
+  body?: ReadableStream<Uint8Array>;
+  /** A URL the client should fetch the bytes from instead (S3 --s3-redirect). */
+  redirect?: string;
+  cache?: CacheResult;
 }
 
 export interface BlobStore {
-  /** The blob if this repository may serve it, else null. */
-  get(name: string, digest: string): Promise<Blob | null>;
+  /** The blob as asked for if this repository may serve it, else null. */
+  get(name: string, digest: string, request: BlobRequest): Promise<BlobAnswer | null>;
   /** Unlinks the blob from this repository; BLOB_UNKNOWN when it was not linked. */
   delete(name: string, digest: string): Promise<void>;
   /**
@@ -44,6 +64,7 @@ export interface Manifest {
   digest: string;
   mediaType: string;
   bytes: Uint8Array;
+  cache?: CacheResult;
 }
 
 export interface PutManifestResult {
@@ -55,8 +76,12 @@ export interface PutManifestResult {
 }
 
 export interface ManifestStore {
-  /** By tag or digest; MANIFEST_UNKNOWN when absent. */
-  get(name: string, reference: string): Promise<Manifest>;
+  /**
+   * By tag or digest; MANIFEST_UNKNOWN when absent. `accept` (the client's Accept types) lets
+   * a mirror serve an index's linux/amd64 entry to a client that takes no index; hosted
+   * repositories serve what was pushed.
+   */
+  get(name: string, reference: string, accept?: string[]): Promise<Manifest>;
   /**
    * Validates and stores a manifest under a tag or its digest, and under `tags` too (the
    * `?tag=` parameters of a push by digest).
@@ -79,8 +104,11 @@ export interface Page {
 }
 
 export interface TagStore {
-  /** Tags sorted lexically, after `last`, at most `n`; NAME_UNKNOWN for no repository. */
-  list(name: string, options: { n?: number; last?: string }): Promise<Page>;
+  /**
+   * Tags after `last`, at most `n` (hosted: sorted lexically; mirrored: in upstream's order),
+   * and the repository's name as its registry calls it; NAME_UNKNOWN for no repository.
+   */
+  list(name: string, options: { n?: number; last?: string }): Promise<Page & { name: string }>;
 }
 
 export interface UploadState {

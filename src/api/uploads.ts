@@ -1,54 +1,14 @@
 /**
- * Blobs and uploads of hosted repositories:
- *   GET/HEAD/DELETE /v2/<name>/blobs/<digest>
+ * Blob uploads (hosted repositories; a mirror's registry refuses them):
  *   POST /v2/<name>/blobs/uploads/[?digest= | ?mount=&from=]
  *   GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
  */
-import { blobHeaders } from "../responses.ts";
-import { parseDigest } from "../../digest.ts";
-import { noteStreamed } from "../../memory.ts";
-import { RegistryError } from "../../oci/errors.ts";
-import { isValidRepository } from "../../oci/reference.ts";
-import { rangeHeader } from "../../registry/local.ts";
-import type { Registry, UploadState } from "../../registry/registry.ts";
-import { parseRange } from "../range.ts";
-
-export async function getBlob(
-  registry: Registry,
-  name: string,
-  reference: string,
-  request: Request,
-): Promise<Response> {
-  const digest = parseDigest(reference).toString();
-  const blob = await registry.blobs.get(name, digest);
-  if (!blob) throw new RegistryError("BLOB_UNKNOWN", `blob ${digest} is not in ${name}`);
-  const headers = blobHeaders(digest);
-  const range = parseRange(request.headers.get("range"), blob.size);
-  const head = request.method === "HEAD";
-  if (!head && blob.directUrl && !range) {
-    headers.set("location", await blob.directUrl());
-    return new Response(null, { status: 307, headers });
-  }
-  if (range) {
-    headers.set("content-range", `bytes ${range.start}-${range.end}/${blob.size}`);
-    headers.set("content-length", String(range.end - range.start + 1));
-    return new Response(head ? null : await blob.open(range), { status: 206, headers });
-  }
-  headers.set("content-length", String(blob.size));
-  // An empty blob has no range to read: answer it without touching storage.
-  const body = head || blob.size === 0 ? null : await blob.open();
-  return new Response(body, { status: 200, headers });
-}
-
-export async function deleteBlob(
-  registry: Registry,
-  name: string,
-  reference: string,
-): Promise<Response> {
-  const digest = parseDigest(reference).toString();
-  await registry.blobs.delete(name, digest);
-  return new Response(null, { status: 202, headers: { "content-length": "0" } });
-}
+import { parseDigest } from "../digest.ts";
+import { noteStreamed } from "../memory.ts";
+import { RegistryError } from "../oci/errors.ts";
+import { isValidRepository } from "../oci/reference.ts";
+import { rangeHeader } from "../registry/local.ts";
+import type { Registry, UploadState } from "../registry/registry.ts";
 
 export async function startUpload(
   registry: Registry,

@@ -1,5 +1,5 @@
 import { assertEquals, assertThrows } from "../../tests/support/assert.ts";
-import { RegistryError } from "../oci/errors.ts";
+import { RegistryError } from "./errors.ts";
 import { parseRange } from "./range.ts";
 
 Deno.test("single byte ranges", () => {
