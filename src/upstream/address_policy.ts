@@ -11,6 +11,7 @@
  */
 import { lookup } from "node:dns/promises";
 import { RegistryError } from "../oci/errors.ts";
+import { SingleFlight } from "../single_flight.ts";
 
 /** Resolves a host name to its IP addresses (v4 dotted quad or v6 text). */
 export type Resolver = (hostname: string) => Promise<string[]>;
@@ -46,7 +47,7 @@ export class AddressPolicy {
   readonly #resolve: Resolver;
   readonly #now: () => number;
   readonly #decisions = new Map<string, Decision>();
-  readonly #pending = new Map<string, Promise<Decision>>();
+  readonly #pending = new SingleFlight<Decision>();
 
   constructor(options: AddressPolicyOptions = {}) {
     this.#allowPrivate = options.allowPrivateAddresses ?? false;
@@ -68,12 +69,7 @@ export class AddressPolicy {
     if (cached && cached.expiresAt > this.#now()) {
       decision = cached;
     } else {
-      let pending = this.#pending.get(hostname);
-      if (!pending) {
-        pending = this.#decide(hostname).finally(() => this.#pending.delete(hostname));
-        this.#pending.set(hostname, pending);
-      }
-      decision = await pending;
+      decision = await this.#pending.run(hostname, () => this.#decide(hostname));
     }
     if (decision.refusal !== undefined) {
       throw new RegistryError(

@@ -3,6 +3,7 @@
  * single-flight token requests, and helpers for Basic credentials and token responses.
  * The HTTP round trips themselves live in client.ts.
  */
+import { SingleFlight } from "../single_flight.ts";
 
 /** One challenge of a WWW-Authenticate header. Scheme and parameter names are lower-cased. */
 export interface Challenge {
@@ -176,7 +177,7 @@ export class TokenCache {
   readonly #now: () => number;
   readonly #maxEntries: number;
   readonly #entries = new Map<string, CachedToken>();
-  readonly #pending = new Map<string, Promise<string>>();
+  readonly #pending = new SingleFlight<string>();
 
   constructor(options: TokenCacheOptions = {}) {
     this.#now = options.now ?? Date.now;
@@ -203,9 +204,7 @@ export class TokenCache {
     const cached = this.get(key);
     if (cached !== undefined && cached !== rejected) return Promise.resolve(cached);
     if (cached !== undefined) this.#entries.delete(key);
-    const pending = this.#pending.get(key);
-    if (pending) return pending;
-    const request = (async () => {
+    return this.#pending.run(key, async () => {
       const issued = await issue();
       const margin = Math.min(30_000, issued.lifetimeMs * 0.1);
       this.#store(key, {
@@ -213,9 +212,7 @@ export class TokenCache {
         expiresAt: this.#now() + issued.lifetimeMs - margin,
       });
       return issued.token;
-    })().finally(() => this.#pending.delete(key));
-    this.#pending.set(key, request);
-    return request;
+    });
   }
 
   /** Forgets `token` for `key` (upstream refused it). */
