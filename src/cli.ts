@@ -5,6 +5,7 @@
  * Every flag can also come from an environment variable; a flag wins over its variable.
  */
 import { ConfigError, parseDuration } from "./config.ts";
+import { checkHostedNames } from "./config/hosted.ts";
 import { parseSizeBound, type SizeBound } from "./config/size.ts";
 import type { ClientLimitSettings } from "./http/client_limits.ts";
 import type { UpstreamPolicy } from "./cache/filters.ts";
@@ -52,7 +53,7 @@ const GLOBAL_FLAGS: FlagSpec[] = [
   {
     name: "upstream-config-file",
     env: "UPSTREAM_CONFIG_FILE",
-    help: "YAML list of upstream registries",
+    help: "YAML: upstream registries, and optionally hosted namespaces (see README)",
   },
   {
     name: "auth-config",
@@ -196,7 +197,10 @@ export type StorageSettings =
 export interface Settings {
   listen: { kind: "tcp"; hostname: string; port: number } | { kind: "unix"; path: string };
   defaultNamespace: string;
-  /** First path segments whose repositories are hosted (src/registry/local.ts). */
+  /**
+   * First path segments whose repositories are hosted (src/registry/local.ts): from --hosted
+   * here; main.ts adds the upstream file's `hosted:` (config/hosted.ts).
+   */
   hosted: string[];
   uploadExpiryMs: number;
   /** Hosted: accept manifests whose layers or child manifests are absent. */
@@ -341,19 +345,14 @@ export function parseCommandLine(
   };
 }
 
-/** `myorg,internal`: each a valid first component of a repository name, lower case. */
+/**
+ * `myorg,internal`: each a valid first component of a repository name, lower case. The upstream
+ * file's `hosted:` adds to these (config/hosted.ts, once the file is read).
+ */
 function hostedNamespaces(value: string | undefined, defaultNamespace: string): string[] {
   if (value === undefined || value.trim() === "") return [];
   const names = value.split(",").map((name) => name.trim()).filter((name) => name !== "");
-  for (const name of names) {
-    if (!/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/.test(name)) {
-      throw new ConfigError(`--hosted: "${name}" is not a repository name component`);
-    }
-    if (name === defaultNamespace) {
-      throw new ConfigError(`--hosted: "${name}" is the default namespace, which is mirrored`);
-    }
-  }
-  return [...new Set(names)];
+  return checkHostedNames(names, "--hosted", defaultNamespace);
 }
 
 function cacheSize(value: string | undefined, kind: string): SizeBound | undefined {

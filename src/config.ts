@@ -216,21 +216,65 @@ const KNOWN_KEYS = new Set([
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
-/** Parses the upstream YAML (a list of entries). `source` names the file in messages. */
+/**
+ * What the upstream file holds: its upstream entries, and the hosted namespaces it names
+ * (`hosted:`, checked against the rest of the configuration by config/hosted.ts).
+ */
+export interface ConfigFile {
+  upstreams: UpstreamConfig[];
+  /** The file's `hosted:` list as written (empty when it has none). */
+  hosted: string[];
+}
+
+const TOP_LEVEL_KEYS = new Set(["upstreams", "hosted"]);
+
+/** The upstream entries of the file (either form, see parseConfigFile). */
 export function parseUpstreamYaml(text: string, source: string): UpstreamConfig[] {
+  return parseConfigFile(text, source).upstreams;
+}
+
+/**
+ * Parses the upstream YAML. `source` names the file in messages. Two forms: a bare list of
+ * upstream entries (the original's), or a mapping `{upstreams: [...], hosted: [...]}`.
+ */
+export function parseConfigFile(text: string, source: string): ConfigFile {
   let document: unknown;
   try {
     document = parseYaml(text);
   } catch (e) {
     throw new ConfigError(`${source}: invalid YAML: ${(e as Error).message.split("\n")[0]}`);
   }
-  if (document === null || document === undefined) return [];
-  if (!Array.isArray(document)) {
-    throw new ConfigError(`${source}: expected a list of upstream entries at the top level`);
+  if (document === null || document === undefined) return { upstreams: [], hosted: [] };
+  if (Array.isArray(document)) {
+    return { upstreams: parseUpstreamList(document, source, ""), hosted: [] };
   }
+  const expected = 'expected a list of upstream entries, or a mapping with "upstreams" and ' +
+    '"hosted", at the top level';
+  if (typeof document !== "object") throw new ConfigError(`${source}: ${expected}`);
+  const record = document as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    if (!TOP_LEVEL_KEYS.has(key)) {
+      throw new ConfigError(`${source}: unknown top-level key "${key}" (${expected})`);
+    }
+  }
+  const list = record.upstreams ?? [];
+  if (!Array.isArray(list)) {
+    throw new ConfigError(`${source}: key "upstreams" must be a list of upstream entries`);
+  }
+  const upstreams = parseUpstreamList(list, source, "upstreams: ");
+  const hosted = record.hosted ?? [];
+  if (!Array.isArray(hosted) || hosted.some((name) => typeof name !== "string")) {
+    throw new ConfigError(
+      `${source}: key "hosted" must be a list of first path segments such as [myorg, internal]`,
+    );
+  }
+  return { upstreams, hosted: hosted as string[] };
+}
+
+function parseUpstreamList(list: unknown[], source: string, prefix: string): UpstreamConfig[] {
   const seen = new Set<string>();
-  return document.map((entry, index) => {
-    const where = `${source}: entry ${index + 1}`;
+  return list.map((entry, index) => {
+    const where = `${source}: ${prefix}entry ${index + 1}`;
     if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
       throw new ConfigError(`${where}: expected a mapping with at least namespace and host`);
     }
@@ -545,12 +589,12 @@ export function mergeCredentials(upstreams: UpstreamConfig[], json: string): Ups
   return [...result.values()];
 }
 
-/** Reads the optional file and the optional credentials variable into an UpstreamRegistry. */
-export async function loadUpstreams(
+/** The optional file and credentials variable: the upstreams, and the file's hosted list. */
+export async function loadConfigFile(
   file: string | undefined,
   credentialsJson: string | undefined,
-): Promise<UpstreamRegistry> {
-  let upstreams: UpstreamConfig[] = [];
+): Promise<{ upstreams: UpstreamRegistry; hosted: string[] }> {
+  let parsed: ConfigFile = { upstreams: [], hosted: [] };
   if (file) {
     let text: string;
     try {
@@ -558,10 +602,11 @@ export async function loadUpstreams(
     } catch (e) {
       throw new ConfigError(`${file}: cannot read upstream config file: ${(e as Error).message}`);
     }
-    upstreams = parseUpstreamYaml(text, file);
+    parsed = parseConfigFile(text, file);
   }
+  let upstreams = parsed.upstreams;
   if (credentialsJson && credentialsJson.trim() !== "") {
     upstreams = mergeCredentials(upstreams, credentialsJson);
   }
-  return new UpstreamRegistry(upstreams);
+  return { upstreams: new UpstreamRegistry(upstreams), hosted: parsed.hosted };
 }

@@ -3,6 +3,7 @@ import {
   ConfigError,
   FETCH_BLOCKED_PORTS,
   mergeCredentials,
+  parseConfigFile,
   parseDuration,
   parseUpstreamYaml,
   UpstreamRegistry,
@@ -334,4 +335,39 @@ Deno.test("upstream bounds: concurrency, rate and queue timeout", () => {
     ConfigError,
     'key "queue_timeout" needs max_concurrent_requests or max_requests_per_second',
   );
+});
+
+Deno.test("the file as a list (the original's) or a mapping with upstreams and hosted", () => {
+  const list = parseConfigFile("- namespace: a.io\n  host: a.io\n", "f");
+  assertEquals([list.upstreams.map((u) => u.namespace), list.hosted], [["a.io"], []]);
+  const mapping = parseConfigFile(
+    "upstreams:\n  - namespace: a.io\n    host: mirror.a.io\nhosted: [myorg, internal]\n",
+    "f",
+  );
+  assertEquals(mapping.upstreams.map((u) => [u.namespace, u.host]), [["a.io", "mirror.a.io"]]);
+  assertEquals(mapping.hosted, ["myorg", "internal"]);
+  assertEquals(parseConfigFile("hosted:\n  - myorg\n", "f"), { upstreams: [], hosted: ["myorg"] });
+  assertEquals(parseConfigFile("upstreams: []\n", "f"), { upstreams: [], hosted: [] });
+  assertEquals(parseConfigFile("", "f"), { upstreams: [], hosted: [] });
+  // parseUpstreamYaml reads either form.
+  assertEquals(
+    parseUpstreamYaml("upstreams:\n  - namespace: a.io\n    host: a.io\n", "f").length,
+    1,
+  );
+
+  const cases: [string, string][] = [
+    ["hosted: myorg", 'f: key "hosted" must be a list of first path segments'],
+    ["hosted: [myorg, 3]", 'f: key "hosted" must be a list'],
+    ["upstreams: {namespace: a.io}", 'f: key "upstreams" must be a list of upstream entries'],
+    ["hosts: [myorg]", 'f: unknown top-level key "hosts"'],
+    ["just text", "f: expected a list of upstream entries, or a mapping"],
+    ["upstreams:\n  - namespace: a.io\n", 'f: upstreams: entry 1 (a.io): key "host" is required'],
+    [
+      "upstreams:\n  - namespace: a.io\n    host: a.io\n    colour: red\n",
+      'f: upstreams: entry 1: unknown key "colour"',
+    ],
+  ];
+  for (const [text, message] of cases) {
+    assertThrows(() => parseConfigFile(text, "f"), ConfigError, message);
+  }
 });

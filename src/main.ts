@@ -8,7 +8,8 @@ import { Mirror } from "./cache/mirror.ts";
 import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
 import { parseImageName } from "./oci/reference.ts";
 import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
-import { ConfigError, loadUpstreams } from "./config.ts";
+import { ConfigError, loadConfigFile } from "./config.ts";
+import { combineHosted } from "./config/hosted.ts";
 import { filesystemBytes } from "./config/size.ts";
 import { AccessControl } from "./config/access.ts";
 import { Auth } from "./http/auth.ts";
@@ -125,12 +126,25 @@ async function main(): Promise<number> {
     }
     if (parsed.kind === "warm") return await warmThroughMirror(parsed);
     settings = parsed.settings;
-    if (parsed.kind === "gc") return await gcCommand(settings, parsed.delete, parsed.minAgeMs);
-    log = createLog({ format: settings.logFormat, level: settings.logLevel });
-    upstreams = await loadUpstreams(
+    const file = await loadConfigFile(
       settings.upstreamConfigFile,
       Deno.env.get("UPSTREAM_CREDENTIALS"),
     );
+    upstreams = file.upstreams;
+    // The file's hosted names count for gc too: it must honour every hosted repository's links.
+    settings = {
+      ...settings,
+      hosted: combineHosted(
+        settings.hosted,
+        settings.upstreamConfigFile
+          ? { source: settings.upstreamConfigFile, names: file.hosted }
+          : undefined,
+        settings.defaultNamespace,
+        upstreams,
+      ),
+    };
+    if (parsed.kind === "gc") return await gcCommand(settings, parsed.delete, parsed.minAgeMs);
+    log = createLog({ format: settings.logFormat, level: settings.logLevel });
     if (settings.authConfigFile) {
       const configured = upstreams;
       access = await AccessControl.load(settings.authConfigFile, {

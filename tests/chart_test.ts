@@ -9,7 +9,8 @@
  *   official binary, see `helmBinary`): `helm lint`, then `helm template` with several value
  *   sets, and the rendered objects are fed to the program's own parsers: the container's args
  *   and env to `parseCommandLine`, the ConfigMap to `parseUpstreamYaml`, the Secret to
- *   `mergeCredentials`. Values that cannot work must fail rendering with a clear message.
+ *   `mergeCredentials`, the auth Secret's files to `AccessControl.load` and `tokenKey`. Values
+ *   that cannot work must fail rendering with a clear message.
  */
 import { inflateRawSync } from "node:zlib";
 // @ts-types="npm:@types/js-yaml@^4"
@@ -24,7 +25,10 @@ import { Ingress } from "kubernetes-models/networking.k8s.io/v1/Ingress";
 import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1/NetworkPolicy";
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
+import bcrypt from "bcryptjs";
 import { parseCommandLine, type Settings } from "../src/cli.ts";
+import { AccessControl } from "../src/config/access.ts";
+import { tokenKey } from "../src/http/token.ts";
 import { valueDocs, valuesTable } from "../scripts/chart_docs.ts";
 import { mergeCredentials, parseUpstreamYaml } from "../src/config.ts";
 import { VERSION } from "../src/main.ts";
@@ -675,6 +679,179 @@ Deno.test("helm: optional ServiceMonitor, extra args and env", async () => {
   assertEquals(rendered.one("PodDisruptionBudget").spec.minAvailable, 1);
 });
 
+Deno.test("helm: hosted, sparse manifests, cache bound and GC, client limits, connection guard and log values become the program's flags", async () => {
+  const defaults = programSettings(await renderOk());
+  const plain = parseCommandLine(["filesystem", "--root", "/data"], () => undefined);
+  assert(plain.kind === "run");
+  const { listen: _l, upstreamConfigFile: _u, ...rendered } = defaults.settings;
+  const { listen: _pl, upstreamConfigFile: _pu, ...program } = plain.settings;
+  assertEquals(rendered, program, "at defaults the chart leaves every one to the program");
+  assertEquals(defaults.container.args.length, 9, "no flag added at defaults");
+
+  const { settings } = programSettings(await renderOk(FLAG_VALUES));
+  assertEquals(settings.hosted, ["myorg", "team.a"]);
+  assertEquals(settings.sparseManifests, true);
+  assertEquals(settings.uploadExpiryMs, 2 * 3_600_000);
+  assertEquals(settings.maxCacheSize, { bytes: 50 * 2 ** 30 });
+  assertEquals(settings.evictionGraceMs, 5 * 60_000);
+  assertEquals(settings.gcIntervalMs, 6 * 3_600_000);
+  assertEquals(settings.clientLimits, { rate: 2.5, downloads: 4 });
+  assertEquals(settings.connections, {
+    maxConnections: 1_000_000, // a values file makes numbers floats: printed whole, not 1e+06
+    headerTimeoutMs: 5_000,
+    idleTimeoutMs: 30_000,
+  });
+  assertEquals([settings.logLevel, settings.logFormat], ["debug", "json"]);
+  assertEquals(settings.unguardedConnections, false);
+
+  const more = programSettings(
+    await renderOk({
+      hosted: { namespaces: ["myorg"], allowAnonymousPush: true },
+      cache: { maxSize: "80%", gcInterval: 0 },
+      connections: { unguarded: true },
+    }),
+  ).settings;
+  assertEquals(more.allowAnonymousPush, true);
+  assertEquals(more.maxCacheSize, { percent: 80 });
+  assertEquals(more.gcIntervalMs, 0, "a zero is passed on, not dropped");
+  assertEquals(more.unguardedConnections, true);
+  // extraArgs still come after, so they can override a value.
+  const overridden = programSettings(
+    await renderOk({ log: { level: "warn" }, extraArgs: ["--log-level", "error"] }),
+  ).settings;
+  assertEquals(overridden.logLevel, "error");
+});
+
+Deno.test("helm: auth from values is a Secret, mounted read-only, that the program loads", async () => {
+  const rendered = await renderOk({ hosted: { namespaces: ["myorg"] }, auth: AUTH_VALUES });
+  const { settings, container } = programSettings(rendered);
+  const file = settings.authConfigFile!;
+  assertEquals(file, "/etc/oci-registry-auth/auth.yaml");
+  const dir = file.slice(0, file.lastIndexOf("/"));
+  const mount = container.volumeMounts.find((m: Json) => m.mountPath === dir);
+  assert(mount, `${dir} is mounted`);
+  assertEquals(mount.readOnly, true);
+  assertEquals(mount.subPath, undefined, "no subPath: Secret updates reach the process");
+  const pod = rendered.one("Deployment").spec.template.spec;
+  const volume = pod.volumes.find((v: Json) => v.name === mount.name);
+  const secret = rendered.one("Secret");
+  assertEquals(volume.secret.secretName, secret.metadata.name);
+  assertEquals(volume.secret.defaultMode, 0o440);
+  assertEquals(Object.keys(secret.data).sort(), ["auth.yaml", "htpasswd", "token-key"]);
+
+  // The Secret's files, laid out as the volume has them, are what the program reads at start.
+  await using files = await tempDir("oci-chart-auth-");
+  for (const [key, value] of Object.entries(secret.data)) {
+    await Deno.writeTextFile(files.join(key), atob(value as string));
+  }
+  const access = await AccessControl.load(files.join("auth.yaml"), {
+    isPrivate: () => false,
+    log: () => {},
+  });
+  const policy = access.policy();
+  const myorg = (repository: string) => ({ hosted: true, namespace: "myorg", repository });
+  assert(policy.hasUser("alice") && policy.hasUser("bob"));
+  assert(policy.allows("alice", myorg("app"), "push"));
+  assert(policy.allows("bob", myorg("app"), "push"), "through the ci group");
+  assert(!policy.allows("bob", myorg("app"), "delete"));
+  assert(policy.allows(null, myorg("public/x"), "pull"));
+  assert(!policy.allows(null, { hosted: false, namespace: "docker.io", repository: "x" }, "pull"));
+  assertEquals(access.token.service, "mirror");
+  assertEquals(access.token.ttlMs, 600_000);
+  assertEquals(access.token.secretFile, files.join("token-key"));
+  assertEquals(new TextDecoder().decode(await tokenKey(access.token.secretFile)), "k".repeat(40));
+
+  // A token change rolls the pods; so does switching to an existing Secret.
+  const annotation = (r: Rendered) =>
+    r.one("Deployment").spec.template.metadata.annotations["checksum/auth-token"];
+  const otherKey = await renderOk({ auth: { ...AUTH_VALUES, tokenKey: "j".repeat(40) } });
+  assert(annotation(rendered) !== undefined);
+  assert(annotation(otherKey) !== annotation(rendered), "a new token key rolls the pods");
+  const newUsers = await renderOk({ auth: { ...AUTH_VALUES, htpasswd: "carol:$2y$04$x\n" } });
+  assertEquals(annotation(newUsers), annotation(rendered), "users reload live: no rollout");
+  assertEquals(annotation(await renderOk()), undefined);
+
+  // Without a token key the program makes one per process: no secret_file.
+  const noKey = await renderOk({ auth: { htpasswd: AUTH_VALUES.htpasswd } });
+  const noKeySecret = noKey.one("Secret");
+  assertEquals(Object.keys(noKeySecret.data).sort(), ["auth.yaml", "htpasswd"]);
+  assertEquals(parseYaml(atob(noKeySecret.data["auth.yaml"])), { htpasswd: "htpasswd" });
+
+  // An existing Secret: mounted whole, its key named by the flag, nothing rendered.
+  const existing = await renderOk({
+    auth: { existingSecret: "registry-auth", existingSecretKey: "config.yaml" },
+  });
+  assertEquals(existing.byKind("Secret"), []);
+  const fromExisting = programSettings(existing);
+  assertEquals(fromExisting.settings.authConfigFile, "/etc/oci-registry-auth/config.yaml");
+  const existingPod = existing.one("Deployment").spec.template.spec;
+  assertEquals(
+    existingPod.volumes.find((v: Json) => v.name === "auth").secret.secretName,
+    "registry-auth",
+  );
+  // No auth: no Secret, no volume, no flag.
+  const none = await renderOk();
+  assertEquals(programSettings(none).settings.authConfigFile, undefined);
+  assert(!none.one("Deployment").spec.template.spec.volumes.some((v: Json) => v.name === "auth"));
+});
+
+Deno.test("helm: hosted, auth and cache values that cannot work fail with a clear message", async () => {
+  const cases: [Json, RegExp][] = [
+    [
+      { hosted: { allowAnonymousPush: true }, auth: { existingSecret: "a" } },
+      /hosted\.allowAnonymousPush and auth exclude each other/,
+    ],
+    [{ auth: { config: { rules: [] } } }, /auth\.config and auth\.tokenKey need auth\.htpasswd/],
+    [
+      { auth: { existingSecret: "a", htpasswd: "alice:x" } },
+      /auth\.existingSecret holds the whole auth config/,
+    ],
+    [
+      { auth: { htpasswd: "alice:x", config: { htpasswd: "/etc/users" } } },
+      /auth\.config\.htpasswd: put the users file's content in auth\.htpasswd/,
+    ],
+    [
+      { auth: { htpasswd: "alice:x", tokenKey: "short" } },
+      /auth\.tokenKey needs at least 32 bytes \(got 5\)/,
+    ],
+    [
+      {
+        auth: {
+          htpasswd: "a:x",
+          tokenKey: "k".repeat(32),
+          config: { token: { secret_file: "f" } },
+        },
+      },
+      /auth\.config\.token\.secret_file: give the key in auth\.tokenKey/,
+    ],
+    [{ hosted: { namespaces: "myorg" } }, /hosted\.namespaces must be a list/],
+    [
+      { hosted: { namespaces: ["myorg", "My-Org"] } },
+      /hosted\.namespaces\[1\]: "My-Org" is not a repository name component/,
+    ],
+    [
+      { hosted: { namespaces: ["docker.io"] } },
+      /hosted\.namespaces\[0\]: "docker\.io" is the default namespace/,
+    ],
+    [
+      {
+        hosted: { namespaces: ["ghcr.io"] },
+        upstreams: [{ namespace: "ghcr.io", host: "ghcr.io" }],
+      },
+      /hosted\.namespaces\[0\]: "ghcr\.io" is also in upstreams/,
+    ],
+    [
+      { storage: { type: "s3", s3: { bucket: "b" } }, cache: { maxSize: "80%" } },
+      /cache\.maxSize: a percentage needs storage\.type=filesystem/,
+    ],
+  ];
+  for (const [values, message] of cases) {
+    const rendered = await render(values);
+    assert(!rendered.ok, `rendered ${JSON.stringify(values)}`);
+    assertMatch(rendered.error, message);
+  }
+});
+
 // ---------------------------------------------------------------------------------------------
 // Every variant against the Kubernetes API schemas
 
@@ -695,8 +872,34 @@ const MODELS: Record<string, Model> = {
   "monitoring.coreos.com/v1/ServiceMonitor": ServiceMonitor,
 };
 
+/** Every value that turns into a program flag, set (auth aside). */
+const FLAG_VALUES: Json = {
+  hosted: { namespaces: ["myorg", "team.a"], sparseManifests: true, uploadExpiry: "2h" },
+  cache: { maxSize: "50GiB", evictionGrace: "5m", gcInterval: "6h" },
+  clientLimits: { rate: 2.5, downloads: 4 },
+  connections: { maxConnections: 1_000_000, headerTimeout: "5s", idleTimeout: "30s" },
+  log: { level: "debug", format: "json" },
+};
+
+/** An auth config from values: users, rules, a token section and a shared token key. */
+const AUTH_VALUES: Json = {
+  htpasswd: `alice:${bcrypt.hashSync("wonderland", 4)}\nbob:${bcrypt.hashSync("builder", 4)}\n`,
+  config: {
+    anonymous_pull: false,
+    groups: { ci: ["bob"] },
+    rules: [
+      { namespace: "myorg", users: ["alice"], groups: ["ci"], actions: ["pull", "push"] },
+      { namespace: "myorg", repositories: ["public/*"], anonymous: true, actions: ["pull"] },
+    ],
+    token: { ttl: "10m", service: "mirror" },
+  },
+  tokenKey: "k".repeat(40),
+};
+
 /** Every template on at once, on top of the given values. */
 const EVERYTHING: Json = {
+  ...FLAG_VALUES,
+  auth: AUTH_VALUES,
   serviceMonitor: { enabled: true, labels: { release: "prom" } },
   ingress: {
     enabled: true,
@@ -741,6 +944,17 @@ const VARIANTS: [string, Json][] = [
     credentials: { existingSecret: "creds", existingSecretKey: "creds.json" },
   }],
   ["ServiceMonitor", { serviceMonitor: { enabled: true } }],
+  ["hosted, auth from values with a token key, every flag value", {
+    ...FLAG_VALUES,
+    auth: AUTH_VALUES,
+  }],
+  ["auth from an existing Secret, anonymous pushes elsewhere off", {
+    hosted: { namespaces: ["myorg"] },
+    auth: { existingSecret: "registry-auth" },
+  }],
+  ["hosted with anonymous pushes, no auth", {
+    hosted: { namespaces: ["myorg"], allowAnonymousPush: true },
+  }],
   ["Ingress", { ingress: { enabled: true } }],
   ["NetworkPolicy, ingress only", { networkPolicy: { enabled: true } }],
   ["everything, on s3", {

@@ -4,7 +4,12 @@
  */
 import { parseAuthConfig } from "../src/config/access.ts";
 import { assert, assertEquals } from "./support/assert.ts";
-import { mergeCredentials, parseDuration, parseUpstreamYaml } from "../src/config.ts";
+import {
+  mergeCredentials,
+  parseConfigFile,
+  parseDuration,
+  parseUpstreamYaml,
+} from "../src/config.ts";
 
 const EXAMPLE = new URL("../example.yaml", import.meta.url);
 
@@ -62,11 +67,26 @@ Deno.test("example.yaml: the commented private-registry entry is valid once unco
   assertEquals(entry.blobInvalidationMs, parseDuration("14d"));
 });
 
+Deno.test("example.yaml: the commented mapping form with hosted: is valid once uncommented", async () => {
+  const lines = (await Deno.readTextFile(EXAMPLE)).split("\n");
+  const start = lines.indexOf("# upstreams:");
+  assert(start > 0, "example.yaml shows the mapping form");
+  const block: string[] = [];
+  for (const line of lines.slice(start)) {
+    if (!line.startsWith("# ")) break;
+    block.push(line.slice(2));
+  }
+  const file = parseConfigFile(block.join("\n"), "example.yaml (mapping form)");
+  assertEquals(file.upstreams.map((u) => u.namespace), ["docker.io"]);
+  assertEquals(file.hosted, ["myorg", "internal"]);
+});
+
 Deno.test("README.md: its upstream YAML, auth config and UPSTREAM_CREDENTIALS examples are valid", async () => {
   const docs = await Deno.readTextFile(new URL("../README.md", import.meta.url));
   const yamlBlocks = [...docs.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]);
   assert(yamlBlocks.length >= 1, "README.md shows the upstream YAML");
   let authConfigs = 0;
+  const hostedBlocks: string[][] = [];
   for (const block of yamlBlocks) {
     // Two kinds of file: the upstream list, and the --auth-config mapping.
     if (/^htpasswd:/m.test(block)) {
@@ -76,7 +96,9 @@ Deno.test("README.md: its upstream YAML, auth config and UPSTREAM_CREDENTIALS ex
     }
     const upstreams = parseUpstreamYaml(block, "README.md");
     assert(upstreams.length >= 1);
+    if (/^hosted:/m.test(block)) hostedBlocks.push(parseConfigFile(block, "README.md").hosted);
   }
+  assertEquals(hostedBlocks, [["myorg", "internal"]], "README.md shows the hosted: mapping form");
   assert(authConfigs >= 1, "README.md shows an --auth-config file");
   const credentials = /UPSTREAM_CREDENTIALS='([^']+)'/.exec(docs);
   assert(credentials, "README.md shows UPSTREAM_CREDENTIALS");

@@ -1,12 +1,13 @@
 /**
  * Start-up and configuration as an operator meets them: mistakes stop the process with one
  * clear line (never a stack trace, never a secret), TLS options per upstream, the private
- * address guard, and the Unix socket listener.
+ * address guard, the Unix socket listener, and hosted namespaces named in the upstream file.
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { buildImage, pushImage, pushRandomBlob, skopeoPullDir } from "../support/images.ts";
 import { digestOf } from "../../src/digest.ts";
 import { startMirror } from "../support/mirror.ts";
+import { RegistryClient } from "../support/registry_client.ts";
 import { startUpstream } from "../support/upstream.ts";
 import { sha256File, tempDir } from "../support/tools.ts";
 
@@ -201,4 +202,60 @@ Deno.test("--log-format json: every line of a real process is a JSON object; the
   assertEquals(request.status, response.status);
   assertEquals(request.namespace, "registry.test");
   assertEquals(typeof request.durationMs, "number");
+});
+
+Deno.test("a namespace hosted only by the upstream file's hosted: takes pushes, is never fetched upstream", async () => {
+  await using up = await startUpstream();
+  // The same repository upstream: a mirrored read of it would show in the upstream's log.
+  await pushImage(up, "myorg/app", "1", buildImage());
+  const yaml = `upstreams:\n  - namespace: ${NS}\n    host: ${up.host}\n    tls: false\n` +
+    "hosted: [myorg]\n";
+  await using mirror = await startMirror({
+    upstreamConfigYaml: yaml,
+    defaultNamespace: NS,
+    extraArgs: ["--allow-anonymous-push"],
+  });
+  assertMatch(mirror.logs(), /hosted: myorg/);
+  await up.sync();
+  const before = up.requests().length;
+
+  const image = await pushImage(
+    new RegistryClient({ url: mirror.url }),
+    "myorg/app",
+    "2",
+    buildImage(),
+  );
+  const manifest = await mirror.fetch("/v2/myorg/app/manifests/2");
+  assertEquals(manifest.status, 200);
+  assertEquals(digestOf(new Uint8Array(await manifest.arrayBuffer())), image.digest);
+  // Tag 1 exists upstream only: a hosted name answers from its own store, so it is unknown here.
+  const upstreamOnly = await mirror.fetch("/v2/myorg/app/manifests/1");
+  assertEquals(upstreamOnly.status, 404);
+  assertEquals((await upstreamOnly.json()).errors[0].code, "MANIFEST_UNKNOWN");
+  // Other names of the same default namespace are still mirrored from it.
+  await pushImage(up, "library/mirrored", "1", buildImage());
+  const mirrored = await mirror.fetch("/v2/library/mirrored/manifests/1");
+  assertEquals(mirrored.status, 200);
+  await mirrored.body?.cancel();
+
+  await up.sync();
+  const asked = up.requests().slice(before).map((r) => `${r.method} ${r.path}`);
+  assert(asked.some((line) => line.includes("/library/mirrored/")), asked.join("\n"));
+  assertEquals(asked.filter((line) => line.includes("myorg")), [], "myorg never asked upstream");
+});
+
+Deno.test("a hosted: name in the file that cannot be hosted stops start-up naming file and key", async () => {
+  const output = await failedStart({
+    upstreamConfigYaml:
+      `upstreams:\n  - namespace: ghcr.io\n    host: ghcr.io\nhosted: [ghcr.io]\n`,
+  });
+  assertMatch(
+    output,
+    /upstreams\.yaml: key "hosted": "ghcr\.io" is also a configured upstream namespace/,
+  );
+  const component = await failedStart({ upstreamConfigYaml: "hosted: [My-Org]\n" });
+  assertMatch(
+    component,
+    /upstreams\.yaml: key "hosted": "My-Org" is not a repository name component/,
+  );
 });

@@ -157,3 +157,37 @@ for (const [kind, makeBackend] of Object.entries(BACKENDS)) {
     }
   });
 }
+
+Deno.test("oci-registry gc: a namespace hosted only by the upstream file's hosted: keeps its links", async () => {
+  await using dir = await tempDir();
+  const root = dir.join("root");
+  const storage = new FilesystemStorage(root);
+  const bytes = encoder.encode("pushed to a file-hosted namespace, no manifest yet");
+  const digest = digestOf(bytes);
+  await storage.write(blobKey(digest), bytes, { digest });
+  await storage.write(blobLinkKey("internal/app", digest), new Uint8Array());
+  await storage.close?.();
+  const file = dir.join("upstreams.yaml");
+  await Deno.writeTextFile(file, "upstreams: []\nhosted: [internal]\n");
+  const dryRun = async (...flags: string[]) => {
+    const result = await run(Deno.execPath(), [
+      "run",
+      "-A",
+      `${REPO_ROOT}/src/main.ts`,
+      "gc",
+      "--min-age",
+      "0s",
+      ...flags,
+      "filesystem",
+      "--root",
+      root,
+    ], { check: true, timeoutMs: 60_000 });
+    return result.stdout;
+  };
+  // Without the file the blob is an orphan (the control); with it, a hosted repository's.
+  const without = await dryRun();
+  assert(without.includes(blobKey(digest)), without);
+  const withFile = await dryRun("--upstream-config-file", file);
+  assert(!withFile.includes(blobKey(digest)), withFile);
+  assert(withFile.trim().split("\n").pop()!.startsWith("0 object(s)"), withFile);
+});

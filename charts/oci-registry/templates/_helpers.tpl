@@ -51,6 +51,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /etc/oci-registry/upstreams.yaml
 {{- end }}
 
+{{/* Name of the Secret holding the auth config, or "" when auth is off. */}}
+{{- define "oci-registry.authSecret" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else if .Values.auth.htpasswd }}
+{{- printf "%s-auth" (include "oci-registry.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Where the auth Secret is mounted (its own directory: the config names files beside it). */}}
+{{- define "oci-registry.authDir" -}}
+/etc/oci-registry-auth
+{{- end }}
+
+{{/*
+A value as one command-line argument: values files turn numbers into floats, which would print
+as 1e+06; whole numbers are printed as integers.
+*/}}
+{{- define "oci-registry.flagValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) }}
+{{- int64 . }}
+{{- else }}
+{{- . }}
+{{- end }}
+{{- end }}
+
 {{/*
 Refuses values that cannot work, with a message saying what to change. Included by the
 Deployment, so `helm install/template` stops before anything is applied.
@@ -75,6 +101,43 @@ Deployment, so `helm install/template` stops before anything is applied.
 {{- fail (printf "ingress.hosts[%d] needs host and paths" $i) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- if and .Values.hosted.allowAnonymousPush (include "oci-registry.authSecret" .) }}
+{{- fail "hosted.allowAnonymousPush and auth exclude each other: with auth, grant anonymous pushes in a rule (anonymous: true, actions: [push])" }}
+{{- end }}
+{{- if and (not .Values.auth.htpasswd) (not .Values.auth.existingSecret) (or .Values.auth.config .Values.auth.tokenKey) }}
+{{- fail "auth.config and auth.tokenKey need auth.htpasswd (the users), or auth.existingSecret" }}
+{{- end }}
+{{- if and .Values.auth.existingSecret (or .Values.auth.htpasswd .Values.auth.config .Values.auth.tokenKey) }}
+{{- fail "auth.existingSecret holds the whole auth config: leave auth.htpasswd, auth.config and auth.tokenKey empty" }}
+{{- end }}
+{{- if hasKey .Values.auth.config "htpasswd" }}
+{{- fail "auth.config.htpasswd: put the users file's content in auth.htpasswd (the chart writes the path)" }}
+{{- end }}
+{{- if and .Values.auth.tokenKey (lt (len .Values.auth.tokenKey) 32) }}
+{{- fail (printf "auth.tokenKey needs at least 32 bytes (got %d)" (len .Values.auth.tokenKey)) }}
+{{- end }}
+{{- if and .Values.auth.tokenKey (hasKey (get .Values.auth.config "token" | default dict) "secret_file") }}
+{{- fail "auth.config.token.secret_file: give the key in auth.tokenKey (the chart writes the path)" }}
+{{- end }}
+{{- if not (kindIs "slice" .Values.hosted.namespaces) }}
+{{- fail "hosted.namespaces must be a list such as [myorg, internal]" }}
+{{- end }}
+{{- range $i, $name := .Values.hosted.namespaces }}
+{{- if not (regexMatch "^[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*$" (toString $name)) }}
+{{- fail (printf "hosted.namespaces[%d]: %q is not a repository name component (lower case, e.g. myorg)" $i (toString $name)) }}
+{{- end }}
+{{- if eq (toString $name) $.Values.defaultNamespace }}
+{{- fail (printf "hosted.namespaces[%d]: %q is the default namespace, which is mirrored" $i (toString $name)) }}
+{{- end }}
+{{- range $.Values.upstreams }}
+{{- if and (kindIs "map" .) (eq (toString .namespace) (toString $name)) }}
+{{- fail (printf "hosted.namespaces[%d]: %q is also in upstreams; hosted names are never mirrored, so choose one" $i (toString $name)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and (eq $type "s3") (hasSuffix "%" (toString .Values.cache.maxSize)) }}
+{{- fail "cache.maxSize: a percentage needs storage.type=filesystem; give a size such as 50GiB" }}
 {{- end }}
 {{- $known := list "namespace" "host" "hosts" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" "rate_limit_reserve" "forward_ns" "failover_backoff" "max_concurrent_requests" "max_requests_per_second" "queue_timeout" "repositories" "exclude_repositories" "tags" "exclude_tags" "refusal_status" "warm" "warm_interval" }}
 {{- range $i, $upstream := .Values.upstreams }}
