@@ -13,6 +13,7 @@ import { filesystemBytes } from "./config/size.ts";
 import { AccessControl } from "./config/access.ts";
 import { Auth } from "./http/auth.ts";
 import { ClientLimits } from "./http/client_limits.ts";
+import { PassthroughGate } from "./http/passthrough.ts";
 import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
@@ -247,8 +248,16 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
-  const auth = access && signingKey
-    ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
+  const signer = access && signingKey ? new TokenSigner(signingKey, access.token.ttlMs) : undefined;
+  const auth = access && signer ? new Auth({ access, signer, metrics }) : undefined;
+  const passthrough = upstreams.configured().some((u) => u.auth === "passthrough")
+    ? new PassthroughGate({
+      upstreams,
+      checker: upstream,
+      verifyToken: signer && ((token) => signer.verify(token)),
+      onCheck: (namespace, result) =>
+        metrics.passthroughChecks.inc({ namespace: metrics.namespaceLabel(namespace), result }),
+    })
     : undefined;
   const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
@@ -301,6 +310,7 @@ async function main(): Promise<number> {
     auth,
     allowAnonymousPush: settings.allowAnonymousPush,
     limits,
+    passthrough,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).

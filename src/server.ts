@@ -27,6 +27,7 @@ import * as hostedManifests from "./api/hosted/manifests.ts";
 import type { Action, Resource } from "./config/access.ts";
 import { ANONYMOUS, type Auth } from "./http/auth.ts";
 import type { ClientLimits } from "./http/client_limits.ts";
+import { type AccessProbe, BASIC_CHALLENGE, type PassthroughGate } from "./http/passthrough.ts";
 import { RegistryError } from "./oci/errors.ts";
 import { hostedName, type ResolvedName, resolveName } from "./oci/namespace.ts";
 import type { ReferrerStore, Registry } from "./registry/registry.ts";
@@ -60,6 +61,8 @@ export interface ServerOptions {
   allowAnonymousPush?: boolean;
   /** --client-rate, --client-downloads: per-client limits (src/http/client_limits.ts). */
   limits?: ClientLimits;
+  /** Namespaces with `auth: passthrough`: the client's upstream credentials decide. */
+  passthrough?: PassthroughGate;
 }
 
 type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
@@ -276,7 +279,8 @@ async function dispatch(
         return new Response(
           request.method === "HEAD" ? null : renderStatusPage({
             ...options.status(),
-            repositoriesHidden: options.auth !== undefined,
+            // Names of private repositories are for those the rules (or the upstream) allow.
+            repositoriesHidden: options.auth !== undefined || options.passthrough?.active === true,
           }),
           {
             headers: {
@@ -308,6 +312,13 @@ async function dispatch(
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
       await auth?.ping(request, address);
+      // Clients that were not challenged here never send credentials (containers/image,
+      // dockerd): with passthrough namespaces, ask for them as a registry with users does.
+      if (!auth && options.passthrough?.active && !request.headers.has("authorization")) {
+        throw new RegistryError("UNAUTHORIZED", "authentication required", {
+          headers: BASIC_CHALLENGE,
+        });
+      }
       return json({});
     case "token":
       if (!auth) throw noSuchEndpoint(target.path);
@@ -352,14 +363,30 @@ async function dispatch(
   }
   // Who asks, their budget, their rights: all before any lookup, so that a refusal does not
   // depend on what the repository holds.
-  const identity = auth
-    ? await auth.identify(request, address, `repository:${scopeName}:pull`)
-    : ANONYMOUS;
-  if (identity.user) seen.user = identity.user;
-  const client = identity.user ? `user:${identity.user}` : `address:${address}`;
-  options.limits?.admit(client);
-  if (auth) auth.require(identity, request, resource, action, scopeName);
-  else if (hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
+  let identity = ANONYMOUS;
+  let client = `address:${address}`;
+  if (name && options.passthrough?.covers(name.namespace)) {
+    // The upstream is the authority here, not the mirror's rules (README, Pass-through).
+    options.limits?.admit(client);
+    if (!reading || route.endpoint === "uploads") throw mirroredWrite(name.namespace);
+    const user = await options.passthrough.admit(
+      request,
+      name.namespace,
+      name.repository,
+      probeOf(route.endpoint, decodeSegment(rest)),
+      auth ? auth.challenge(request, `repository:${scopeName}:pull`) : BASIC_CHALLENGE,
+    );
+    if (user) seen.user = user;
+  } else {
+    identity = auth
+      ? await auth.identify(request, address, `repository:${scopeName}:pull`)
+      : ANONYMOUS;
+    if (identity.user) seen.user = identity.user;
+    if (identity.user) client = `user:${identity.user}`;
+    options.limits?.admit(client);
+    if (auth) auth.require(identity, request, resource, action, scopeName);
+  }
+  if (!auth && hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
     await request.body?.cancel();
     throw new RegistryError(
       "DENIED",
@@ -409,6 +436,13 @@ async function dispatch(
       return await listReferrers(referrers, pathName, decodeSegment(rest), target.query);
     }
   }
+}
+
+/** What a pass-through check asks upstream for a request to `endpoint`. */
+function probeOf(endpoint: Endpoint, rest: string): AccessProbe {
+  if (endpoint === "blobs") return { kind: "blob", digest: rest };
+  if (endpoint === "tags") return { kind: "tags" };
+  return { kind: "manifest", reference: rest };
 }
 
 /** A hosted repository: every endpoint, reads and writes, against the local registry. */
