@@ -249,7 +249,6 @@ async function main(): Promise<number> {
   );
   if (uploadSweep !== undefined) expireUploads();
   const signer = access && signingKey ? new TokenSigner(signingKey, access.token.ttlMs) : undefined;
-  const auth = access && signer ? new Auth({ access, signer, metrics }) : undefined;
   const passthrough = upstreams.configured().some((u) => u.auth === "passthrough")
     ? new PassthroughGate({
       upstreams,
@@ -259,6 +258,7 @@ async function main(): Promise<number> {
         metrics.passthroughChecks.inc({ namespace: metrics.namespaceLabel(namespace), result }),
     })
     : undefined;
+  const auth = access && signer ? new Auth({ access, signer, metrics, passthrough }) : undefined;
   const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const gcStats = { runs: 0, failures: 0, objects: 0, bytes: 0 };
