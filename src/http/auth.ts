@@ -57,6 +57,8 @@ const LOGIN_CACHE_ENTRIES = 1000;
 /** Bounds on what is decoded at all: longer credentials are malformed, not checked. */
 const MAX_BASIC_CHARS = 4096;
 const MAX_SCOPES = 20;
+/** The refusal of a password that is no mirror user's (told apart from malformed input). */
+const INVALID_LOGIN = "invalid username or password";
 
 export class Auth {
   readonly #access: AccessControl;
@@ -325,7 +327,7 @@ export class Auth {
     }
     if (!valid) {
       this.#limiter.failed(keys);
-      throw this.#refuse(request, "bad_credentials", "invalid username or password", scope);
+      throw this.#refuse(request, "bad_credentials", INVALID_LOGIN, scope);
     }
     this.#limiter.succeeded([keys[0]]);
     this.#logins.set(cacheKey, { user, until: this.#now() + LOGIN_CACHE_MS });
@@ -342,7 +344,7 @@ export class Auth {
 
 function isBadCredentials(e: unknown): boolean {
   return e instanceof RegistryError && e.code === "UNAUTHORIZED" &&
-    e.message === "invalid username or password";
+    e.message === INVALID_LOGIN;
 }
 
 /** `user:password` from a Basic payload, or null when it is not one. */
