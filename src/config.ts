@@ -51,6 +51,14 @@ export interface UpstreamConfig {
    * private addresses. Implicit upstreams (any namespace a client names) may not.
    */
   configured: boolean;
+  /**
+   * `auth: passthrough`: the client's own credentials must pass a check against this upstream
+   * (http/passthrough.ts) before anything of the namespace is served to it, cached or not. The
+   * configured credentials above still fetch the content.
+   */
+  auth?: "passthrough";
+  /** How long a passed (or failed) pass-through check is remembered; default 60 s. */
+  passthroughTtlMs?: number;
 }
 
 /** One image of a warm list. */
@@ -213,6 +221,8 @@ const KNOWN_KEYS = new Set([
   "max_concurrent_requests",
   "max_requests_per_second",
   "queue_timeout",
+  "auth",
+  "passthrough_ttl",
 ]);
 const ENDPOINT_KEYS = new Set(["host", "tls", "accept_invalid_certs", "username", "password"]);
 
@@ -320,6 +330,11 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
   const warmIntervalMs = optionalDuration(record, "warm_interval", where);
   const forwardNamespace = optionalBoolean(record, "forward_ns", where);
   const limits = parseLimits(record, where);
+  const auth = parseAuth(record, where);
+  const passthroughTtlMs = optionalDuration(record, "passthrough_ttl", where);
+  if (passthroughTtlMs !== undefined && auth === undefined) {
+    throw new ConfigError(`${where}: key "passthrough_ttl" needs auth: passthrough`);
+  }
   return {
     namespace,
     host: first.host,
@@ -340,8 +355,22 @@ function parseEntry(record: Record<string, unknown>, where: string): UpstreamCon
     ...(warmIntervalMs === undefined ? {} : { warmIntervalMs }),
     ...(forwardNamespace ? { forwardNamespace } : {}),
     ...(limits === undefined ? {} : { limits }),
+    ...(auth === undefined ? {} : { auth }),
+    ...(passthroughTtlMs === undefined ? {} : { passthroughTtlMs }),
     configured: true,
   };
+}
+
+/** `auth:` absent, or `passthrough` (the only mode there is besides the default). */
+function parseAuth(record: Record<string, unknown>, where: string): "passthrough" | undefined {
+  const value = record.auth;
+  if (value === undefined || value === null) return undefined;
+  if (value !== "passthrough") {
+    throw new ConfigError(
+      `${where}: key "auth" must be "passthrough" (or absent: the mirror's own access rules)`,
+    );
+  }
+  return value;
 }
 
 /** `hosts:` as a list of `host[:port]` strings or mappings with their own TLS and credentials. */

@@ -371,3 +371,33 @@ Deno.test("the file as a list (the original's) or a mapping with upstreams and h
     assertThrows(() => parseConfigFile(text, "f"), ConfigError, message);
   }
 });
+
+Deno.test("auth: passthrough, its cache time, and mistakes named by file and key", () => {
+  const [gated, ttl, plain] = parseUpstreamYaml(
+    [
+      "- namespace: a.io",
+      "  host: a.io",
+      "  auth: passthrough",
+      "- namespace: b.io",
+      "  host: b.io",
+      "  auth: passthrough",
+      "  passthrough_ttl: 2m",
+      "- namespace: c.io",
+      "  host: c.io",
+    ].join("\n"),
+    "f",
+  );
+  assertEquals([gated.auth, gated.passthroughTtlMs], ["passthrough", undefined]);
+  assertEquals([ttl.auth, ttl.passthroughTtlMs], ["passthrough", 120_000]);
+  assertEquals([plain.auth, plain.passthroughTtlMs], [undefined, undefined]);
+  const bad = (lines: string, message: string) =>
+    assertThrows(
+      () => parseUpstreamYaml(`- namespace: a.io\n  host: a.io\n${lines}`, "up.yaml"),
+      ConfigError,
+      message,
+    );
+  bad("  auth: basic", 'up.yaml: entry 1 (a.io): key "auth" must be "passthrough"');
+  bad("  auth: true", 'key "auth" must be "passthrough"');
+  bad("  passthrough_ttl: 1m", 'key "passthrough_ttl" needs auth: passthrough');
+  bad("  auth: passthrough\n  passthrough_ttl: soon", 'key "passthrough_ttl": invalid duration');
+});

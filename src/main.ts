@@ -14,6 +14,7 @@ import { filesystemBytes } from "./config/size.ts";
 import { AccessControl } from "./config/access.ts";
 import { Auth } from "./http/auth.ts";
 import { ClientLimits } from "./http/client_limits.ts";
+import { PassthroughGate } from "./http/passthrough.ts";
 import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
@@ -261,9 +262,17 @@ async function main(): Promise<number> {
     Math.min(settings.uploadExpiryMs, 10 * 60_000),
   );
   if (uploadSweep !== undefined) expireUploads();
-  const auth = access && signingKey
-    ? new Auth({ access, signer: new TokenSigner(signingKey, access.token.ttlMs), metrics })
+  const signer = access && signingKey ? new TokenSigner(signingKey, access.token.ttlMs) : undefined;
+  const passthrough = upstreams.configured().some((u) => u.auth === "passthrough")
+    ? new PassthroughGate({
+      upstreams,
+      checker: upstream,
+      verifyToken: signer && ((token) => signer.verify(token)),
+      onCheck: (namespace, result) =>
+        metrics.passthroughChecks.inc({ namespace: metrics.namespaceLabel(namespace), result }),
+    })
     : undefined;
+  const auth = access && signer ? new Auth({ access, signer, metrics, passthrough }) : undefined;
   const warming = startWarming(mirror, upstreams.configured(), log);
   const ready = readiness(storage);
   const gcStats = { runs: 0, failures: 0, objects: 0, bytes: 0 };
@@ -315,6 +324,7 @@ async function main(): Promise<number> {
     auth,
     allowAnonymousPush: settings.allowAnonymousPush,
     limits,
+    passthrough,
   });
 
   // Off-thread hashing and the malloc tuning need --allow-ffi (both start with the first blob).

@@ -89,6 +89,10 @@ export class Metrics {
     "oci_registry_auth_failures_total",
     "Refused authentications, by reason (bad_credentials, locked, bad_token, malformed).",
   );
+  readonly passthroughChecks = new Counter(
+    "oci_registry_passthrough_checks_total",
+    "Checks of a client's own credentials against an auth: passthrough upstream, by namespace and result (allowed, unauthorized, denied; stale: upstream down, a recent pass honoured; unavailable: refused with 503).",
+  );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();
   readonly #labelled: { name: string; help: string; read: () => [Labels, number][] }[] = [];
@@ -144,6 +148,7 @@ export class Metrics {
       this.servedBytes.render(),
       this.upstreamErrors.render(),
       this.authFailures.render(),
+      this.passthroughChecks.render(),
       ...sampled,
       ...this.#labelled.map(({ name, help, read }) =>
         [

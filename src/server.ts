@@ -26,8 +26,9 @@ import { mirroredName, MirroredRegistry } from "./cache/mirrored_registry.ts";
 import type { Action, Resource } from "./config/access.ts";
 import { ANONYMOUS, type Auth } from "./http/auth.ts";
 import type { ClientLimits } from "./http/client_limits.ts";
+import { type AccessProbe, BASIC_CHALLENGE, type PassthroughGate } from "./http/passthrough.ts";
 import { RegistryError } from "./oci/errors.ts";
-import { hostedName, resolveName } from "./oci/namespace.ts";
+import { hostedName, type ResolvedName, resolveName } from "./oci/namespace.ts";
 import type { Registry } from "./registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "./log.ts";
 import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./http/status_page.ts";
@@ -59,6 +60,8 @@ export interface ServerOptions {
   allowAnonymousPush?: boolean;
   /** --client-rate, --client-downloads: per-client limits (src/http/client_limits.ts). */
   limits?: ClientLimits;
+  /** Namespaces with `auth: passthrough`: the client's upstream credentials decide. */
+  passthrough?: PassthroughGate;
 }
 
 type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
@@ -289,7 +292,8 @@ async function dispatch(
         return new Response(
           request.method === "HEAD" ? null : renderStatusPage({
             ...options.status(),
-            repositoriesHidden: options.auth !== undefined,
+            // Names of private repositories are for those the rules (or the upstream) allow.
+            repositoriesHidden: options.auth !== undefined || options.passthrough?.active === true,
           }),
           {
             headers: {
@@ -321,6 +325,13 @@ async function dispatch(
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
       await auth?.ping(request, address);
+      // Clients that were not challenged here never send credentials (containers/image,
+      // dockerd): with passthrough namespaces, ask for them as a registry with users does.
+      if (!auth && options.passthrough?.active && !request.headers.has("authorization")) {
+        throw new RegistryError("UNAUTHORIZED", "authentication required", {
+          headers: BASIC_CHALLENGE,
+        });
+      }
       return json({});
     case "token":
       if (!auth) throw noSuchEndpoint(target.path);
@@ -354,28 +365,47 @@ async function dispatch(
   let registry: Registry;
   let scopeName: string;
   let resource: Resource;
+  let mirrored: ResolvedName | undefined;
   if (hostedRepository !== null) {
     registry = registries.hosted!;
     scopeName = hostedRepository;
     seen.namespace = hostedRepository.split("/", 1)[0];
     resource = hostedResource(hostedRepository);
   } else {
-    const name = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
+    mirrored = resolveName(pathName, target.query.get("ns"), options.defaultNamespace);
     registry = registries.mirrored;
-    scopeName = mirroredName(name);
-    seen.namespace = name.namespace;
-    resource = { hosted: false, ...name };
+    scopeName = mirroredName(mirrored);
+    seen.namespace = mirrored.namespace;
+    resource = { hosted: false, ...mirrored };
   }
   // Who asks, their budget, their rights: all before any lookup, so that a refusal does not
   // depend on what the repository holds.
-  const identity = auth
-    ? await auth.identify(request, address, `repository:${scopeName}:pull`)
-    : ANONYMOUS;
-  if (identity.user) seen.user = identity.user;
-  const client = identity.user ? `user:${identity.user}` : `address:${address}`;
-  options.limits?.admit(client);
-  if (auth) auth.require(identity, request, resource, action, scopeName);
-  else if (hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
+  let identity = ANONYMOUS;
+  let client = `address:${address}`;
+  if (mirrored && options.passthrough?.covers(mirrored.namespace)) {
+    // The upstream is the authority here, not the mirror's rules (README, Pass-through).
+    options.limits?.admit(client);
+    // Writes are refused (405) by the mirrored registry, without asking upstream.
+    if (reading && route.endpoint !== "uploads") {
+      const user = await options.passthrough.admit(
+        request,
+        mirrored.namespace,
+        mirrored.repository,
+        probeOf(route.endpoint, decodeSegment(route.rest)),
+        auth ? auth.challenge(request, `repository:${scopeName}:pull`) : BASIC_CHALLENGE,
+      );
+      if (user) seen.user = user;
+    }
+  } else {
+    identity = auth
+      ? await auth.identify(request, address, `repository:${scopeName}:pull`)
+      : ANONYMOUS;
+    if (identity.user) seen.user = identity.user;
+    if (identity.user) client = `user:${identity.user}`;
+    options.limits?.admit(client);
+    if (auth) auth.require(identity, request, resource, action, scopeName);
+  }
+  if (!auth && hostedRepository !== null && action !== "pull" && !options.allowAnonymousPush) {
     await request.body?.cancel();
     throw new RegistryError(
       "DENIED",
@@ -397,6 +427,13 @@ async function dispatch(
     return source !== null && auth.allows(identity, hostedResource(source), "pull");
   };
   return await dispatchRepository(registry, scopeName, request, target, route, mayMount);
+}
+
+/** What a pass-through check asks upstream for a request to `endpoint`. */
+function probeOf(endpoint: Endpoint, rest: string): AccessProbe {
+  if (endpoint === "blobs") return { kind: "blob", digest: rest };
+  if (endpoint === "tags") return { kind: "tags" };
+  return { kind: "manifest", reference: rest };
 }
 
 /**

@@ -22,6 +22,11 @@ import { LruCache } from "../cache/lru.ts";
 import type { Metrics } from "../metrics.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { LoginLimiter } from "./login_limiter.ts";
+import {
+  decodeBasic as decodeClientBasic,
+  type PassthroughGate,
+  passthroughKey,
+} from "./passthrough.ts";
 import { type TokenClaims, TokenSigner } from "./token.ts";
 
 export interface Identity {
@@ -42,6 +47,8 @@ export interface AuthOptions {
   signer: TokenSigner;
   metrics: Metrics;
   now?: () => number;
+  /** `auth: passthrough` namespaces: their scopes are checked against upstream, not the rules. */
+  passthrough?: Pick<PassthroughGate, "covers" | "check" | "active">;
 }
 
 /** A verified login is trusted again without bcrypt for this long (until a reload). */
@@ -50,6 +57,8 @@ const LOGIN_CACHE_ENTRIES = 1000;
 /** Bounds on what is decoded at all: longer credentials are malformed, not checked. */
 const MAX_BASIC_CHARS = 4096;
 const MAX_SCOPES = 20;
+/** The refusal of a password that is no mirror user's (told apart from malformed input). */
+const INVALID_LOGIN = "invalid username or password";
 
 export class Auth {
   readonly #access: AccessControl;
@@ -57,6 +66,7 @@ export class Auth {
   readonly #metrics: Metrics;
   readonly #now: () => number;
   readonly #limiter: LoginLimiter;
+  readonly #passthrough?: Pick<PassthroughGate, "covers" | "check" | "active">;
   /** Keyed by an HMAC of generation, user and password under a per-process key. */
   readonly #logins = new LruCache<{ user: string; until: number }>(LOGIN_CACHE_ENTRIES);
   readonly #cacheKey = crypto.getRandomValues(new Uint8Array(32));
@@ -67,6 +77,7 @@ export class Auth {
     this.#metrics = options.metrics;
     this.#now = options.now ?? Date.now;
     this.#limiter = new LoginLimiter(this.#now);
+    this.#passthrough = options.passthrough;
   }
 
   /**
@@ -170,14 +181,30 @@ export class Auth {
     if (request.headers.get("authorization")?.toLowerCase().startsWith("bearer")) {
       throw this.#refuse(request, "malformed", "the token endpoint takes Basic credentials");
     }
-    const { user } = await this.identify(request, address);
-    const policy = this.#access.policy();
     const scopes = query.getAll("scope").flatMap((s) => s.split(" ")).filter((s) => s !== "");
     if (scopes.length > MAX_SCOPES) {
       throw new RegistryError("BAD_REQUEST", `at most ${MAX_SCOPES} scopes per token`);
     }
     const access: Record<string, Action[]> = {};
-    for (const scope of scopes) grant(policy, user, scope, resolve, access);
+    let user: string | null = null;
+    const gated = this.#gatedScopes(scopes, resolve);
+    if (gated) {
+      // Only passthrough repositories asked for: the credentials are the client's upstream
+      // ones, checked there (README, Pass-through); the mirror's users and rules play no part.
+      await this.#grantPassthrough(request, gated, access);
+    } else {
+      try {
+        ({ user } = await this.identify(request, address));
+      } catch (e) {
+        // `podman login` / `docker login` ask a token for no repository: with passthrough
+        // namespaces, credentials that are no mirror user's may be upstream ones, checked at
+        // the first pull. Still counted as a failure, so guessing mirror passwords stays slow.
+        const loginOnly = scopes.every((scope) => !scope.startsWith("repository"));
+        if (!(loginOnly && this.#passthrough?.active && isBadCredentials(e))) throw e;
+      }
+      const policy = this.#access.policy();
+      for (const scope of scopes) grant(policy, user, scope, resolve, access);
+    }
     const { token, claims } = this.#signer.issue(user ?? "", access);
     const body = JSON.stringify({
       token,
@@ -188,6 +215,65 @@ export class Auth {
     return new Response(request.method === "HEAD" ? null : body, {
       headers: { "content-type": "application/json", "cache-control": "no-store" },
     });
+  }
+
+  /** The passthrough resources of `scopes` when every repository scope names one, else null. */
+  #gatedScopes(
+    scopes: string[],
+    resolve: (name: string) => Resource | null,
+  ): { resource: Resource; actions: string[] }[] | null {
+    if (!this.#passthrough) return null;
+    const gated: { resource: Resource; actions: string[] }[] = [];
+    for (const scope of scopes) {
+      const first = scope.indexOf(":");
+      const last = scope.lastIndexOf(":");
+      if (first < 0 || last <= first || scope.slice(0, first) !== "repository") continue;
+      let resource: Resource | null;
+      try {
+        resource = resolve(scope.slice(first + 1, last));
+      } catch {
+        return null;
+      }
+      if (!resource || resource.hosted || !this.#passthrough.covers(resource.namespace)) {
+        return null;
+      }
+      gated.push({ resource, actions: scope.slice(last + 1).split(",") });
+    }
+    return gated.length > 0 ? gated : null;
+  }
+
+  /**
+   * Records upstream's verdict per passthrough scope in the token: pull granted, or an empty
+   * list (checked and denied: requests get 403). Credentials upstream rejects get 401 here.
+   */
+  async #grantPassthrough(
+    request: Request,
+    gated: { resource: Resource; actions: string[] }[],
+    access: Record<string, Action[]>,
+  ): Promise<void> {
+    const match = /^basic +([^ ]+) *$/i.exec(request.headers.get("authorization") ?? "");
+    if (!match) return; // anonymous: a token that grants nothing
+    const credentials = decodeClientBasic(match[1]);
+    if (!credentials) throw this.#refuse(request, "malformed", "malformed credentials");
+    for (const { resource, actions } of gated) {
+      if (!actions.includes("pull") && !actions.includes("*")) continue;
+      const verdict = await this.#passthrough!.check(
+        credentials,
+        resource.namespace,
+        resource.repository,
+        { kind: "tags" },
+      );
+      if (verdict === "unauthorized") {
+        throw this.#refuse(
+          request,
+          "bad_credentials",
+          "the upstream did not accept these credentials",
+        );
+      }
+      access[passthroughKey(resource.namespace, resource.repository)] = verdict === "allowed"
+        ? ["pull"]
+        : [];
+    }
   }
 
   /** The WWW-Authenticate header that sends a client to the token endpoint. */
@@ -241,7 +327,7 @@ export class Auth {
     }
     if (!valid) {
       this.#limiter.failed(keys);
-      throw this.#refuse(request, "bad_credentials", "invalid username or password", scope);
+      throw this.#refuse(request, "bad_credentials", INVALID_LOGIN, scope);
     }
     this.#limiter.succeeded([keys[0]]);
     this.#logins.set(cacheKey, { user, until: this.#now() + LOGIN_CACHE_MS });
@@ -254,6 +340,11 @@ export class Auth {
       headers: this.challenge(request, scope, reason === "bad_token" ? "invalid_token" : undefined),
     });
   }
+}
+
+function isBadCredentials(e: unknown): boolean {
+  return e instanceof RegistryError && e.code === "UNAUTHORIZED" &&
+    e.message === INVALID_LOGIN;
 }
 
 /** `user:password` from a Basic payload, or null when it is not one. */

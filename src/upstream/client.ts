@@ -29,6 +29,7 @@ import {
 } from "../config.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
+import { ALL_MANIFEST_TYPES } from "../oci/media_types.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
@@ -95,6 +96,24 @@ interface Target {
   /** Error code for 404, and what was asked for (for messages). */
   notFound: ErrorCode;
   what: string;
+}
+
+/** What a pass-through check asks upstream for, with the client's own credentials. */
+export type AccessProbe =
+  | { kind: "manifest"; reference: string }
+  | { kind: "blob"; digest: string }
+  | { kind: "tags" };
+
+/**
+ * What upstream said of a client's credentials for a repository: they may pull, they are not
+ * valid (401), or they are valid but lack access (403, a token without the scope, or 404).
+ */
+export type AccessVerdict = "allowed" | "unauthorized" | "denied";
+
+/** A client's own upstream credentials (never logged, never cached as such). */
+export interface ClientCredentials {
+  username: string;
+  password: string;
 }
 
 export class UpstreamClient {
@@ -277,6 +296,160 @@ export class UpstreamClient {
       notFound: "MANIFEST_UNKNOWN",
       what: `referrers of ${digest} in ${repository}`,
     });
+  }
+
+  /**
+   * Asks upstream whether `credentials` (a client's, not the configured ones) may pull from
+   * `repository`: a HEAD of the manifest or blob the client wants (or a one-entry tag list),
+   * answering the upstream's Basic or Bearer challenge with those credentials. A token obtained
+   * here is used once and never enters the shared token cache, and nothing of it is logged.
+   * A 404 for the object asks the tag list once more: distribution answers 404 for a deleted
+   * tag to a client that may read the repository, other registries 404 for "not yours".
+   * Unreachable or failing upstreams throw (UNAVAILABLE, UPSTREAM_ERROR, TOOMANYREQUESTS), with
+   * no retries: the caller decides what an unanswered check means.
+   */
+  async checkAccess(
+    namespace: string,
+    repository: string,
+    probe: AccessProbe,
+    credentials: ClientCredentials,
+    signal?: AbortSignal,
+  ): Promise<AccessVerdict> {
+    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
+    if (!isValidRepository(repository)) {
+      throw new RegistryError(
+        "NAME_INVALID",
+        `invalid repository name ${JSON.stringify(repository)}`,
+      );
+    }
+    if (probe.kind === "manifest") assertManifestReference(probe.reference);
+    if (probe.kind === "blob" && !isDigest(probe.digest)) {
+      throw new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(probe.digest)}`);
+    }
+    const configured = this.#upstreams.get(namespace);
+    const release = await this.#limiterOf(configured)?.acquire(signal);
+    try {
+      const endpoint = this.#health.pick(
+        endpointsOf(configured),
+        (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0,
+      );
+      const waitMs = this.rateLimits.waitMs(rateLimitKey(endpoint));
+      if (waitMs > 0) throw throttled(endpoint, waitMs);
+      // The endpoint as configured, but with the client's credentials: they alone are sent.
+      const upstream = { ...endpoint, ...credentials };
+      const path = probe.kind === "manifest"
+        ? `manifests/${probe.reference}`
+        : probe.kind === "blob"
+        ? `blobs/${probe.digest}`
+        : TAG_PROBE;
+      const method = probe.kind === "tags" ? "GET" : "HEAD";
+      let verdict = await this.#probeAccess(upstream, repository, path, method, signal);
+      if (verdict === "not_found" && probe.kind !== "tags") {
+        verdict = await this.#probeAccess(upstream, repository, TAG_PROBE, "GET", signal);
+      }
+      return verdict === "not_found" ? "denied" : verdict;
+    } finally {
+      release?.();
+    }
+  }
+
+  /** One probe, and the one re-send its 401 challenge calls for. */
+  async #probeAccess(
+    upstream: UpstreamConfig,
+    repository: string,
+    path: string,
+    method: "GET" | "HEAD",
+    signal: AbortSignal | undefined,
+  ): Promise<AccessVerdict | "not_found"> {
+    const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${path}`);
+    if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
+    let authorization = this.#basicUpstreams.has(upstream.namespace)
+      ? basicAuthorization(upstream.username!, upstream.password!)
+      : undefined;
+    let tokenAccepted = false;
+    for (let attempt = 0;; attempt++) {
+      const headers = new Headers({
+        "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
+        "accept-encoding": "identity",
+        accept: path.startsWith("manifests/") ? ALL_MANIFEST_TYPES.join(", ") : "*/*",
+      });
+      if (authorization) headers.set("authorization", authorization);
+      const { response, url: finalUrl } = await this.#follow(
+        upstream,
+        url,
+        method,
+        headers,
+        signal,
+      );
+      const status = response.status;
+      if (status === 401 && attempt === 0 && finalUrl.host === url.host) {
+        const challenges = parseWwwAuthenticate(response.headers.get("www-authenticate") ?? "");
+        await discard(response);
+        const bearer = challenges.find((c) => c.scheme === "bearer");
+        if (bearer) {
+          const token = await this.#clientToken(upstream, repository, bearer, signal);
+          if (token === "unauthorized" || token === "denied") return token;
+          authorization = `Bearer ${token}`;
+          tokenAccepted = true;
+          continue;
+        }
+        if (challenges.some((c) => c.scheme === "basic")) {
+          if (authorization?.startsWith("Basic ")) return "unauthorized";
+          this.#basicUpstreams.add(upstream.namespace);
+          authorization = basicAuthorization(upstream.username!, upstream.password!);
+          continue;
+        }
+        throw new RegistryError(
+          "UPSTREAM_ERROR",
+          `upstream ${upstream.host} answered 401 without a usable WWW-Authenticate challenge`,
+        );
+      }
+      if (response.ok) {
+        await discard(response);
+        return "allowed";
+      }
+      const summary = await errorSummary(response, secretsOf(upstream));
+      const fromUpstream = finalUrl.host === upstreamHost(upstream);
+      // A token the token server issued, refused anyway: valid credentials without the scope.
+      if (status === 401 && fromUpstream) return tokenAccepted ? "denied" : "unauthorized";
+      if (status === 403 && fromUpstream) return "denied";
+      if (status === 404) return "not_found";
+      const where = describeHost(finalUrl, upstream);
+      if (status === 429) throw tooManyRequests(where, response, summary);
+      throw new RegistryError(
+        status >= 500 ? "UNAVAILABLE" : "UPSTREAM_ERROR",
+        `${where} answered ${status} to a pass-through check of ${repository}${summary}`,
+      );
+    }
+  }
+
+  /** A token for the client's credentials alone, or what the token server said of them. */
+  async #clientToken(
+    upstream: UpstreamConfig,
+    repository: string,
+    challenge: Challenge,
+    signal: AbortSignal | undefined,
+  ): Promise<string | "unauthorized" | "denied"> {
+    const realm = tokenRealm(upstream, challenge, pullScope(repository));
+    if (realm.protocol !== "https:" && upstream.tls) {
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.host} sent a plain-http token realm: client credentials are not ` +
+          `sent there`,
+      );
+    }
+    const headers = new Headers({
+      "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
+      accept: "application/json",
+      "accept-encoding": "identity",
+      authorization: basicAuthorization(upstream.username!, upstream.password!),
+    });
+    const { response } = await this.#follow(upstream, realm, "GET", headers, signal);
+    if (response.status === 401 || response.status === 403) {
+      await discard(response);
+      return response.status === 401 ? "unauthorized" : "denied";
+    }
+    return (await this.#readToken(response, upstream, realm)).token;
   }
 
   /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */
@@ -463,24 +636,7 @@ export class UpstreamClient {
     challenge: Challenge,
   ): Promise<IssuedToken> {
     const scope = pullScope(repository);
-    let realm: URL;
-    try {
-      realm = new URL(challenge.params.realm ?? "");
-    } catch {
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `upstream ${upstream.host} sent a Bearer challenge without a valid realm`,
-      );
-    }
-    if (realm.protocol !== "https:" && realm.protocol !== "http:") {
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `upstream ${upstream.host} sent a token realm that is not http(s)`,
-      );
-    }
-    realm.hash = "";
-    if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
-    realm.searchParams.set("scope", scope);
+    const realm = tokenRealm(upstream, challenge, scope);
     const headers = new Headers({
       "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
       accept: "application/json",
@@ -513,6 +669,25 @@ export class UpstreamClient {
       }
       throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
     }
+    const issued = await this.#readToken(response, upstream, realm);
+    this.#log(
+      `upstream ${upstream.namespace}: got ${
+        withCredentials ? "an authenticated" : "an anonymous"
+      } token for ${scope} (expires in ${Math.round(issued.lifetimeMs / 1000)}s)`,
+      "debug",
+    );
+    return issued;
+  }
+
+  /** The token in a token server's 2xx answer; anything else is UPSTREAM_ERROR (or 429). */
+  async #readToken(response: Response, upstream: UpstreamConfig, realm: URL): Promise<IssuedToken> {
+    if (!response.ok) {
+      const status = response.status;
+      const summary = await errorSummary(response, secretsOf(upstream));
+      const where = `token server ${realm.host} for upstream ${upstream.host}`;
+      if (status === 429) throw tooManyRequests(where, response, summary);
+      throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
+    }
     const text = !response.body ? "" : await readText(
       this.#guard(response, upstream, realm, undefined),
       MAX_TOKEN_RESPONSE_BYTES,
@@ -535,12 +710,6 @@ export class UpstreamClient {
         `token server ${realm.host} for upstream ${upstream.host} answered without a token`,
       );
     }
-    this.#log(
-      `upstream ${upstream.namespace}: got ${
-        withCredentials ? "an authenticated" : "an anonymous"
-      } token for ${scope} (expires in ${Math.round(issued.lifetimeMs / 1000)}s)`,
-      "debug",
-    );
     return issued;
   }
 
@@ -736,6 +905,32 @@ export class UpstreamClient {
     }
     return new RegistryError("UPSTREAM_ERROR", `${where} answered ${status} for ${what}${summary}`);
   }
+}
+
+/** The repository-level pass-through probe: one tag is enough to prove pull rights. */
+const TAG_PROBE = "tags/list?n=1";
+
+/** realm?service=..&scope=.. from a Bearer challenge (an http(s) realm, else UPSTREAM_ERROR). */
+function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: string): URL {
+  let realm: URL;
+  try {
+    realm = new URL(challenge.params.realm ?? "");
+  } catch {
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream ${upstream.host} sent a Bearer challenge without a valid realm`,
+    );
+  }
+  if (realm.protocol !== "https:" && realm.protocol !== "http:") {
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream ${upstream.host} sent a token realm that is not http(s)`,
+    );
+  }
+  realm.hash = "";
+  if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
+  realm.searchParams.set("scope", scope);
+  return realm;
 }
 
 function upstreamOrigin(upstream: UpstreamConfig): string {

@@ -28,6 +28,15 @@ export interface TokenServerOptions {
   allowAnonymous?: boolean;
   /** Token lifetime in seconds (`expires_in`). Default 300. */
   expiresIn?: number;
+  /** More accounts besides `username`, each limited to `repositories` when given. */
+  users?: TokenUser[];
+}
+
+/** An account of the token server; `repositories` are name prefixes (default: everything). */
+export interface TokenUser {
+  username: string;
+  password: string;
+  repositories?: string[];
 }
 
 /** One request the token server answered. */
@@ -118,11 +127,15 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
 
     const challenge = { "WWW-Authenticate": `Basic realm="${service}"` };
     let pullOnly = false;
+    const accounts: TokenUser[] = [
+      ...(opts.username === undefined
+        ? []
+        : [{ username: opts.username, password: opts.password ?? "" }]),
+      ...(opts.users ?? []),
+    ];
+    const account = accounts.find((a) => a.username === username && a.password === password);
     if (username !== undefined) {
-      if (
-        opts.username !== undefined &&
-        (username !== opts.username || password !== opts.password)
-      ) {
+      if (accounts.length > 0 && !account) {
         return answer(401, { errors: [{ code: "UNAUTHORIZED", message: "bad credentials" }] }, {
           ...challenge,
         });
@@ -140,6 +153,10 @@ export async function startTokenServer(opts: TokenServerOptions = {}): Promise<T
       const parsed = parseScope(scope);
       if (!parsed) return [];
       const actions = pullOnly ? parsed.actions.filter((a) => a === "pull") : parsed.actions;
+      const limits = account?.repositories;
+      if (limits && !limits.some((prefix) => parsed.name.startsWith(prefix))) {
+        return [{ ...parsed, actions: [] }];
+      }
       return [{ ...parsed, actions }];
     });
     const issuedAt = new Date();

@@ -11,7 +11,12 @@
  */
 import { type TlsCert, tlsCert } from "./certs.ts";
 import { RegistryClient } from "./registry_client.ts";
-import { startTokenServer, type TokenServer, type TokenServerOptions } from "./token_server.ts";
+import {
+  startTokenServer,
+  type TokenServer,
+  type TokenServerOptions,
+  type TokenUser,
+} from "./token_server.ts";
 import {
   ChildProcess,
   freePort,
@@ -32,6 +37,11 @@ export interface UpstreamOptions {
   /** Credentials for basic/token auth. Default "testuser" / "testpass". */
   username?: string;
   password?: string;
+  /**
+   * More accounts. Basic: each may read and write everything (distribution's htpasswd has no
+   * per-repository rights). Token: each gets what its `repositories` allow.
+   */
+  users?: TokenUser[];
   /** Serve HTTPS with a self-signed certificate (valid for 127.0.0.1 and the *.test names). */
   tls?: boolean;
   /** Token mode: options for the token server (service, issuer, allowAnonymous, expiresIn). */
@@ -180,11 +190,15 @@ export async function startUpstream(opts: UpstreamOptions = {}): Promise<Upstrea
       httpClient = Deno.createHttpClient({ caCerts: [cert.caPem] });
     }
     if (auth === "basic") {
-      const htpasswd = await run("htpasswd", ["-Bbn", username!, password!], {
-        check: true,
-        timeoutMs: 30_000,
-      });
-      await Deno.writeTextFile(dir.join("htpasswd"), htpasswd.stdout.trim() + "\n");
+      const lines: string[] = [];
+      for (const user of [{ username: username!, password: password! }, ...opts.users ?? []]) {
+        const htpasswd = await run("htpasswd", ["-Bbn", user.username, user.password], {
+          check: true,
+          timeoutMs: 30_000,
+        });
+        lines.push(htpasswd.stdout.trim());
+      }
+      await Deno.writeTextFile(dir.join("htpasswd"), lines.join("\n") + "\n");
       yaml.push(
         "auth:",
         "  htpasswd:",
@@ -192,7 +206,12 @@ export async function startUpstream(opts: UpstreamOptions = {}): Promise<Upstrea
         `    path: ${JSON.stringify(dir.join("htpasswd"))}`,
       );
     } else if (auth === "token") {
-      tokenServer = await startTokenServer({ ...opts.token, username, password });
+      tokenServer = await startTokenServer({
+        ...opts.token,
+        username,
+        password,
+        users: opts.users,
+      });
       await Deno.writeTextFile(dir.join("token-cert.pem"), tokenServer.certPem);
       yaml.push(
         "auth:",

@@ -139,7 +139,7 @@ Deployment, so `helm install/template` stops before anything is applied.
 {{- if and (eq $type "s3") (hasSuffix "%" (toString .Values.cache.maxSize)) }}
 {{- fail "cache.maxSize: a percentage needs storage.type=filesystem; give a size such as 50GiB" }}
 {{- end }}
-{{- $known := list "namespace" "host" "hosts" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" "rate_limit_reserve" "forward_ns" "failover_backoff" "max_concurrent_requests" "max_requests_per_second" "queue_timeout" "repositories" "exclude_repositories" "tags" "exclude_tags" "refusal_status" "warm" "warm_interval" }}
+{{- $known := list "namespace" "host" "hosts" "tls" "accept_invalid_certs" "user_agent" "manifest_invalidation_time" "blob_invalidation_time" "rate_limit_reserve" "forward_ns" "failover_backoff" "max_concurrent_requests" "max_requests_per_second" "queue_timeout" "repositories" "exclude_repositories" "tags" "exclude_tags" "refusal_status" "warm" "warm_interval" "auth" "passthrough_ttl" }}
 {{- range $i, $upstream := .Values.upstreams }}
 {{- if not (kindIs "map" $upstream) }}
 {{- fail (printf "upstreams[%d] must be a mapping with at least namespace and host" $i) }}

@@ -1,0 +1,215 @@
+/**
+ * Credential pass-through (`auth: passthrough` on an upstream): before anything of such a
+ * namespace is served, cached or not, the client's own Basic credentials are checked against
+ * the upstream for that repository (UpstreamClient.checkAccess), so the mirror never lets
+ * anyone read more of a private registry than the registry itself would.
+ *
+ * - No credentials: 401 with a challenge (Basic, or the mirror's Bearer one with --auth-config).
+ *   Credentials upstream rejects: 401. Valid ones without access (403, a token without the
+ *   scope, 404 for the repository): 403 DENIED.
+ * - Answers are remembered per (credentials, namespace, repository): a pass for the upstream's
+ *   `passthrough_ttl` (60 s by default), a refusal for 5 s at most; concurrent checks for one
+ *   key share one upstream request. Keys hold a SHA-256 of user and password under a random
+ *   per-process salt, never the password.
+ * - Upstream unreachable (or failing, or rate limiting): fail closed with 503 UNAVAILABLE,
+ *   except that a pass for the same credentials and repository no older than STALE_GRACE_MS
+ *   is still honoured, as cached content is served stale while upstream is down. A refusal
+ *   is never turned into a pass.
+ * - With --auth-config, the mirror's token endpoint checks passthrough scopes the same way and
+ *   records the verdict in the token (see `passthroughKey`); a request bearing such a token is
+ *   admitted for the token's lifetime without asking upstream again.
+ *
+ * Nothing here logs or puts into an error a password, a token or a credential hash.
+ */
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
+import { LruCache } from "../cache/lru.ts";
+import type { UpstreamRegistry } from "../config.ts";
+import { isUnavailable, RegistryError } from "../oci/errors.ts";
+import type {
+  AccessProbe,
+  AccessVerdict,
+  ClientCredentials,
+  UpstreamClient,
+} from "../upstream/client.ts";
+import type { TokenClaims } from "./token.ts";
+
+export type { AccessProbe, AccessVerdict, ClientCredentials };
+
+export const DEFAULT_PASSTHROUGH_TTL_MS = 60_000;
+/** Refusals are remembered this long at most, so a fixed password works again soon. */
+export const NEGATIVE_TTL_MS = 5_000;
+/** A pass this recent still admits while upstream cannot be asked. */
+export const STALE_GRACE_MS = 5 * 60_000;
+const MAX_ENTRIES = 10_000;
+const MAX_BASIC_CHARS = 4096;
+
+/** The challenge a client answers with Basic credentials (skopeo, podman, ctr, docker). */
+export const BASIC_CHALLENGE = { "www-authenticate": 'Basic realm="oci-registry"' };
+
+/** How a token records a passthrough verdict: a key no access rule ever grants. */
+export function passthroughKey(namespace: string, repository: string): string {
+  return `passthrough:${namespace}/${repository}`;
+}
+
+export interface PassthroughOptions {
+  upstreams: UpstreamRegistry;
+  checker: Pick<UpstreamClient, "checkAccess">;
+  /** Clock (tests). */
+  now?: () => number;
+  /** The mirror's token check, with --auth-config (tokens carrying passthrough verdicts). */
+  verifyToken?: (token: string) => TokenClaims | null;
+  /** Each check's outcome (allowed, unauthorized, denied, stale, unavailable), for metrics. */
+  onCheck?: (namespace: string, result: string) => void;
+}
+
+interface Entry {
+  verdict: AccessVerdict;
+  at: number;
+}
+
+export class PassthroughGate {
+  readonly #upstreams: UpstreamRegistry;
+  readonly #checker: Pick<UpstreamClient, "checkAccess">;
+  readonly #now: () => number;
+  readonly #verifyToken?: (token: string) => TokenClaims | null;
+  readonly #onCheck: (namespace: string, result: string) => void;
+  readonly #salt = crypto.getRandomValues(new Uint8Array(32));
+  readonly #entries = new LruCache<Entry>(MAX_ENTRIES);
+  readonly #pending = new Map<string, Promise<AccessVerdict>>();
+
+  constructor(options: PassthroughOptions) {
+    this.#upstreams = options.upstreams;
+    this.#checker = options.checker;
+    this.#now = options.now ?? Date.now;
+    this.#verifyToken = options.verifyToken;
+    this.#onCheck = options.onCheck ?? (() => {});
+  }
+
+  /** Whether requests for `namespace` pass through this gate. */
+  covers(namespace: string): boolean {
+    return this.#upstreams.get(namespace).auth === "passthrough";
+  }
+
+  /** Whether any configured namespace is gated (the ping then asks for credentials). */
+  get active(): boolean {
+    return this.#upstreams.configured().some((u) => u.auth === "passthrough");
+  }
+
+  /**
+   * Admits the request or throws 401 (with `challenge`), 403 or 503. Returns the user name
+   * the client gave (for the access log and per-client limits), or "" for a token's holder.
+   */
+  async admit(
+    request: Request,
+    namespace: string,
+    repository: string,
+    probe: AccessProbe,
+    challenge: Record<string, string>,
+  ): Promise<string> {
+    const header = request.headers.get("authorization");
+    const match = header === null ? null : /^([A-Za-z]+) +([^ ]+) *$/.exec(header);
+    const scheme = match?.[1].toLowerCase();
+    if (scheme === "bearer" && this.#verifyToken) {
+      const claims = this.#verifyToken(match![2]);
+      const granted = claims?.access[passthroughKey(namespace, repository)];
+      if (granted?.includes("pull")) return claims!.sub;
+      if (granted) throw denied(namespace, repository);
+      throw new RegistryError("UNAUTHORIZED", "credentials for the upstream are required", {
+        headers: challenge,
+      });
+    }
+    const credentials = scheme === "basic" ? decodeBasic(match![2]) : null;
+    if (!credentials) {
+      throw new RegistryError(
+        "UNAUTHORIZED",
+        `${namespace} passes credentials through: log in with your credentials for it`,
+        { headers: challenge },
+      );
+    }
+    const verdict = await this.check(credentials, namespace, repository, probe);
+    if (verdict === "allowed") return credentials.username;
+    if (verdict === "unauthorized") {
+      throw new RegistryError(
+        "UNAUTHORIZED",
+        `upstream ${namespace} did not accept these credentials`,
+        { headers: challenge },
+      );
+    }
+    throw denied(namespace, repository);
+  }
+
+  /**
+   * What upstream says of `credentials` for the repository, remembered as described above;
+   * throws UNAVAILABLE (or TOOMANYREQUESTS) when upstream cannot answer and no recent pass is
+   * known.
+   */
+  async check(
+    credentials: ClientCredentials,
+    namespace: string,
+    repository: string,
+    probe: AccessProbe,
+  ): Promise<AccessVerdict> {
+    const key = this.#key(credentials, namespace, repository);
+    const now = this.#now();
+    const entry = this.#entries.get(key);
+    if (entry && now - entry.at < this.#ttl(namespace, entry.verdict)) return entry.verdict;
+    let pending = this.#pending.get(key);
+    if (!pending) {
+      pending = this.#checker.checkAccess(namespace, repository, probe, credentials)
+        .then((verdict) => {
+          this.#entries.set(key, { verdict, at: this.#now() });
+          this.#onCheck(namespace, verdict);
+          return verdict;
+        })
+        .finally(() => this.#pending.delete(key));
+      this.#pending.set(key, pending);
+    }
+    try {
+      return await pending;
+    } catch (e) {
+      if (!isUnavailable(e)) throw e;
+      const known = this.#entries.get(key);
+      if (known?.verdict === "allowed" && this.#now() - known.at < STALE_GRACE_MS) {
+        this.#onCheck(namespace, "stale");
+        return "allowed";
+      }
+      this.#onCheck(namespace, "unavailable");
+      const error = e as RegistryError;
+      throw new RegistryError(
+        error.code === "TOOMANYREQUESTS" ? "TOOMANYREQUESTS" : "UNAVAILABLE",
+        `cannot check the client's credentials with upstream ${namespace}: ${error.message}`,
+        { headers: error.headers },
+      );
+    }
+  }
+
+  #ttl(namespace: string, verdict: AccessVerdict): number {
+    const ttl = this.#upstreams.get(namespace).passthroughTtlMs ?? DEFAULT_PASSTHROUGH_TTL_MS;
+    return verdict === "allowed" ? ttl : Math.min(ttl, NEGATIVE_TTL_MS);
+  }
+
+  #key(credentials: ClientCredentials, namespace: string, repository: string): string {
+    const hash = createHash("sha256")
+      .update(this.#salt)
+      .update(`${credentials.username}\0${credentials.password}`)
+      .digest("base64");
+    return `${hash}\n${namespace}\n${repository}`;
+  }
+}
+
+function denied(namespace: string, repository: string): RegistryError {
+  return new RegistryError(
+    "DENIED",
+    `upstream ${namespace} does not let these credentials pull ${repository}`,
+  );
+}
+
+/** `user:password` from a Basic payload, or null when it is not one. */
+export function decodeBasic(payload: string): ClientCredentials | null {
+  if (payload.length > MAX_BASIC_CHARS || !/^[A-Za-z0-9+/]+={0,2}$/.test(payload)) return null;
+  const text = Buffer.from(payload, "base64").toString("utf8");
+  const colon = text.indexOf(":");
+  if (colon <= 0) return null;
+  return { username: text.slice(0, colon), password: text.slice(colon + 1) };
+}
