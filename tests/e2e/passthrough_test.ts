@@ -67,6 +67,37 @@ function passthroughMirror(up: Upstream, extra: Record<string, unknown> = {}) {
   });
 }
 
+/**
+ * `podman login` as alice, then a pull of REPO:1 whose digest must be the image's; returns the
+ * podman command bound to that login's auth file.
+ */
+async function podmanLoginAndPull(
+  podman: Awaited<ReturnType<typeof podmanClient>>,
+  authFile: string,
+  mirror: Mirror,
+  image: Image,
+) {
+  const env = { REGISTRY_AUTH_FILE: authFile };
+  const pm = (args: string[], check = false) => podman.podman(args, { env, check });
+  const login = await pm([
+    "login",
+    "--tls-verify=false",
+    "-u",
+    ALICE.username,
+    "-p",
+    ALICE.password,
+    mirror.host,
+  ]);
+  assertEquals(login.code, 0, login.stderr);
+  await pm(["pull", "--tls-verify=false", `${mirror.host}/${REPO}:1`], true);
+  const inspected = await pm(
+    ["image", "inspect", "--format", "{{.Digest}}", `${mirror.host}/${REPO}:1`],
+    true,
+  );
+  assertEquals(inspected.stdout.trim(), image.digest);
+  return pm;
+}
+
 function assertNoSecrets(mirror: Mirror, up: Upstream) {
   const logs = mirror.logs();
   for (const secret of [ALICE.password, BOB.password, WRONG.password, up.password!]) {
@@ -140,27 +171,7 @@ Deno.test("passthrough (htpasswd upstream): cached content only for clients upst
 
   await t.step("podman login, then pull; podman with a wrong password is refused", async () => {
     await using podman = await podmanClient();
-    const env = { REGISTRY_AUTH_FILE: dir.join("podman-auth.json") };
-    const pm = (args: string[], check = false) => podman.podman(args, { env, check });
-    const login = await pm([
-      "login",
-      "--tls-verify=false",
-      "-u",
-      ALICE.username,
-      "-p",
-      ALICE.password,
-      mirror.host,
-    ]);
-    assertEquals(login.code, 0, login.stderr);
-    await pm(["pull", "--tls-verify=false", `${mirror.host}/${REPO}:1`], true);
-    const inspected = await pm([
-      "image",
-      "inspect",
-      "--format",
-      "{{.Digest}}",
-      `${mirror.host}/${REPO}:1`,
-    ], true);
-    assertEquals(inspected.stdout.trim(), image.digest);
+    const pm = await podmanLoginAndPull(podman, dir.join("podman-auth.json"), mirror, image);
     await pm(["logout", mirror.host], true);
     await pm(["rmi", "-a"], true);
     const refused = await pm([
@@ -318,24 +329,7 @@ Deno.test("passthrough with --auth-config: the token endpoint asks the upstream"
     ).then(() => undefined, (e: Error) => e.message);
     assert(skopeo !== undefined, "bob pulled with skopeo");
     await using podman = await podmanClient();
-    const env = { REGISTRY_AUTH_FILE: dir.join("podman-auth.json") };
-    const pm = (args: string[], check = false) => podman.podman(args, { env, check });
-    const login = await pm([
-      "login",
-      "--tls-verify=false",
-      "-u",
-      ALICE.username,
-      "-p",
-      ALICE.password,
-      mirror.host,
-    ]);
-    assertEquals(login.code, 0, login.stderr);
-    await pm(["pull", "--tls-verify=false", `${mirror.host}/${REPO}:1`], true);
-    const inspected = await pm(
-      ["image", "inspect", "--format", "{{.Digest}}", `${mirror.host}/${REPO}:1`],
-      true,
-    );
-    assertEquals(inspected.stdout.trim(), image.digest);
+    await podmanLoginAndPull(podman, dir.join("podman-auth.json"), mirror, image);
   });
   assertNoSecrets(mirror, up);
   assert(!mirror.logs().includes(carol.password));
