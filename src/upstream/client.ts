@@ -38,8 +38,11 @@ import { parseRetryAfter, RateLimits, type RateLimitState } from "./rate_limits.
 import {
   DEFAULT_RETRY_POLICY,
   isRetryableStatus,
+  markTransient,
   retryDelayMs,
   type RetryPolicy,
+  sleep,
+  transientHint,
 } from "./retry.ts";
 import type { InsecureTransport } from "./insecure_transport.ts";
 import {
@@ -65,12 +68,6 @@ export interface UpstreamClientOptions {
   /** Retries of transient failures; default DEFAULT_RETRY_POLICY. */
   retry?: RetryPolicy;
 }
-
-/**
- * Why a failure may be cured by trying again (set where the failure is made): a connection
- * error, or a retryable status with the Retry-After upstream sent.
- */
-const transient = new WeakMap<RegistryError, { retryAfterMs?: number }>();
 
 export const DEFAULT_USER_AGENT = "oci-registry/0.1";
 const MAX_REDIRECTS = 5;
@@ -514,7 +511,7 @@ export class UpstreamClient {
         this.#health.succeeded(endpoint);
         return response;
       } catch (e) {
-        const hint = e instanceof RegistryError ? transient.get(e) : undefined;
+        const hint = e instanceof RegistryError ? transientHint(e) : undefined;
         if (!hint || request.signal?.aborted) throw e;
         if (endpoints.length > 1) {
           this.#health.failed(endpoint, (e as Error).message);
@@ -786,7 +783,7 @@ export class UpstreamClient {
           `cannot reach ${where}: no response within ${this.#connectTimeoutMs / 1000}s`,
         )
         : new RegistryError("UNAVAILABLE", `cannot reach ${where}: ${networkReason(e)}`);
-      transient.set(error, {});
+      markTransient(error);
       throw error;
     } finally {
       clearTimeout(timer);
@@ -863,9 +860,7 @@ export class UpstreamClient {
     const summary = await errorSummary(response, secretsOf(target.upstream));
     const error = this.#classify(response, target, url, authorized, summary);
     if (isRetryableStatus(response.status)) {
-      transient.set(error, {
-        retryAfterMs: parseRetryAfter(response.headers.get("retry-after"), Date.now()),
-      });
+      markTransient(error, parseRetryAfter(response.headers.get("retry-after"), Date.now()));
     }
     return error;
   }
@@ -952,21 +947,6 @@ function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
     `upstream ${upstream.host} is rate limiting the mirror; retry in ${seconds} s`,
     { headers: { "Retry-After": String(seconds) } },
   );
-}
-
-/** Waits `ms`, or rejects with the signal's reason once it aborts. */
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", abort);
-      resolve();
-    }, ms);
-    const abort = () => {
-      clearTimeout(timer);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener("abort", abort, { once: true });
-  });
 }
 
 function tokenCacheKey(upstream: UpstreamConfig, repository: string): string {

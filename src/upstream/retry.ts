@@ -6,7 +6,12 @@
  * Delays grow exponentially with full jitter, so that many mirrors do not retry in step, and
  * the whole sequence fits in a time budget: a client waiting on a pull should get an answer,
  * even a 503, rather than hang.
+ *
+ * Which failure is transient is known where it is made (a connection error in transport.ts, a
+ * retryable status in errors.ts), so it is marked there (`markTransient`) and read by the retry
+ * loop (`transientHint`), without another error type.
  */
+import type { RegistryError } from "../oci/errors.ts";
 
 export interface RetryPolicy {
   /** Tries after the first. */
@@ -49,4 +54,35 @@ export function retryDelayMs(
   const backoff = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (retry - 1));
   const delay = retryAfterMs ?? Math.floor(random() * backoff);
   return elapsedMs + delay > policy.budgetMs ? undefined : delay;
+}
+
+/**
+ * Why a failure may be cured by trying again (set where the failure is made): a connection
+ * error, or a retryable status with the Retry-After upstream sent.
+ */
+const transient = new WeakMap<RegistryError, { retryAfterMs?: number }>();
+
+/** Marks `error` as one a second try may cure, with the Retry-After upstream sent, if any. */
+export function markTransient(error: RegistryError, retryAfterMs?: number): void {
+  transient.set(error, { retryAfterMs });
+}
+
+/** What `markTransient` recorded for `error`; undefined when it is not worth another try. */
+export function transientHint(error: RegistryError): { retryAfterMs?: number } | undefined {
+  return transient.get(error);
+}
+
+/** Waits `ms`, or rejects with the signal's reason once it aborts. */
+export function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", abort);
+      resolve();
+    }, ms);
+    const abort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", abort, { once: true });
+  });
 }
