@@ -34,7 +34,13 @@ import { assertManifestReference, isUpstreamHost, isValidRepository } from "../o
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
 import { Limiter } from "./limits.ts";
-import { parseRetryAfter, RateLimits, type RateLimitState } from "./rate_limits.ts";
+import {
+  parseRetryAfter,
+  rateLimitKey,
+  rateLimitKeyOwner,
+  RateLimits,
+  type RateLimitState,
+} from "./rate_limits.ts";
 import {
   DEFAULT_RETRY_POLICY,
   isRetryableStatus,
@@ -163,10 +169,7 @@ export class UpstreamClient {
     credential: "configured" | "anonymous";
     state: RateLimitState;
   }[] {
-    return this.rateLimits.entries().map(([key, state]) => {
-      const [namespace, _host, user] = key.split(" ", 3);
-      return { namespace, credential: user === "anonymous" ? "anonymous" : "configured", state };
-    });
+    return this.rateLimits.entries().map(([key, state]) => ({ ...rateLimitKeyOwner(key), state }));
   }
 
   /**
@@ -930,13 +933,6 @@ function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: strin
 
 function upstreamOrigin(upstream: UpstreamConfig): string {
   return `${upstream.tls ? "https" : "http"}://${upstream.host}`;
-}
-
-/** Rate limits are per upstream and per credential (Docker Hub counts per account or address). */
-function rateLimitKey(upstream: UpstreamConfig): string {
-  // The user only tells credentials apart; a space cannot occur in a namespace or host.
-  const credential = upstream.username === undefined ? "anonymous" : `user:${upstream.username}`;
-  return `${upstream.namespace} ${upstream.host} ${credential}`;
 }
 
 /** Upstream asked not to be called for `waitMs` more: say so without calling it. */

@@ -5,6 +5,7 @@
  * quota on revalidation when little is left, and to answer 429 itself, with a correct
  * Retry-After, instead of sending requests that upstream will refuse.
  */
+import type { UpstreamConfig } from "../config.ts";
 
 /** The last known state for one upstream and credential. */
 export interface RateLimitState {
@@ -82,6 +83,21 @@ export class RateLimits {
   entries(): [string, RateLimitState][] {
     return [...this.#states];
   }
+}
+
+/** Rate limits are per upstream and per credential (Docker Hub counts per account or address). */
+export function rateLimitKey(upstream: UpstreamConfig): string {
+  // The user only tells credentials apart; a space cannot occur in a namespace or host.
+  const credential = upstream.username === undefined ? "anonymous" : `user:${upstream.username}`;
+  return `${upstream.namespace} ${upstream.host} ${credential}`;
+}
+
+/** Whose limit a `rateLimitKey` is, for metrics: the namespace, and no user name, only its kind. */
+export function rateLimitKeyOwner(
+  key: string,
+): { namespace: string; credential: "configured" | "anonymous" } {
+  const [namespace, _host, user] = key.split(" ", 3);
+  return { namespace, credential: user === "anonymous" ? "anonymous" : "configured" };
 }
 
 /** `100`, `100;w=21600` or `100, 100;w=21600` (the first number counts). */

@@ -1,5 +1,12 @@
 import { assert, assertEquals } from "../../tests/support/assert.ts";
-import { parseQuota, parseRetryAfter, RateLimits } from "./rate_limits.ts";
+import { defaultUpstream } from "../config.ts";
+import {
+  parseQuota,
+  parseRetryAfter,
+  rateLimitKey,
+  rateLimitKeyOwner,
+  RateLimits,
+} from "./rate_limits.ts";
 
 const headers = (init: Record<string, string>) => new Headers(init);
 
@@ -59,4 +66,14 @@ Deno.test("rate limits: header forms and garbage", () => {
   assertEquals(parseRetryAfter("Tue, 01 Dec 2026 11:00:00 GMT", now), 0);
   assertEquals(parseRetryAfter("99999999", now), 6 * 3_600_000, "capped");
   assertEquals(parseRetryAfter("soon", now), undefined);
+});
+
+Deno.test("rate limits: keyed per upstream and credential; metrics see no user name", () => {
+  const hub = defaultUpstream("docker.io");
+  const anonymous = rateLimitKey(hub);
+  const alice = rateLimitKey({ ...hub, username: "alice", password: "secret" });
+  assert(anonymous !== alice, "each credential has its own count");
+  assertEquals(rateLimitKeyOwner(anonymous), { namespace: "docker.io", credential: "anonymous" });
+  assertEquals(rateLimitKeyOwner(alice), { namespace: "docker.io", credential: "configured" });
+  assert(!alice.includes("secret"), "no password in a key");
 });
