@@ -13,13 +13,6 @@
  * Every returned Response is 2xx with its body untouched and streaming (wrapped only to detect
  * stalls). Everything else becomes a RegistryError; bodies of responses not returned are always
  * cancelled. Credentials and tokens never appear in messages or logs.
- *
- * TLS: `Deno.createHttpClient` (Deno 2.9) has no option to skip certificate verification (unknown
- * options are silently ignored, and `caCerts` cannot pin a typical self-signed certificate: rustls
- * rejects a CA:TRUE certificate used as the server's own, `CaUsedAsEndEntity`). The
- * process-wide `--unsafely-ignore-certificate-errors` flag is not per upstream. So upstreams with
- * `accept_invalid_certs: true` are fetched through node:https with `rejectUnauthorized: false`,
- * which Deno implements for real; everything else uses fetch with full verification.
  */
 import type { LogFn } from "../log.ts";
 import {
@@ -50,7 +43,15 @@ import {
   sleep,
   transientHint,
 } from "./retry.ts";
-import type { InsecureTransport } from "./insecure_transport.ts";
+import {
+  DEFAULT_USER_AGENT,
+  describeHost,
+  discard,
+  readText,
+  Transport,
+  upstreamHost,
+  upstreamOrigin,
+} from "./transport.ts";
 import {
   basicAuthorization,
   type Challenge,
@@ -75,14 +76,8 @@ export interface UpstreamClientOptions {
   retry?: RetryPolicy;
 }
 
-export const DEFAULT_USER_AGENT = "oci-registry/0.1";
-const MAX_REDIRECTS = 5;
 const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
 const MAX_ERROR_BODY_BYTES = 16 << 10;
-
-interface Transport {
-  (url: URL, init: { method: string; headers: Headers; signal: AbortSignal }): Promise<Response>;
-}
 
 interface Target {
   upstream: UpstreamConfig;
@@ -119,12 +114,13 @@ export interface ClientCredentials {
   password: string;
 }
 
+export { DEFAULT_USER_AGENT, withIdleTimeout } from "./transport.ts";
+
 export class UpstreamClient {
   readonly #upstreams: UpstreamRegistry;
-  readonly #connectTimeoutMs: number;
-  readonly #idleTimeoutMs: number;
   readonly #log: LogFn;
-  readonly #policy: Pick<AddressPolicy, "check">;
+  /** One HTTP exchange with an upstream: redirects, deadlines, TLS choice. */
+  readonly #transport: Transport;
   readonly #tokens = new TokenCache();
   readonly #retry: RetryPolicy;
   /** Which endpoints of failover namespaces are skipped for now. */
@@ -135,19 +131,18 @@ export class UpstreamClient {
   readonly rateLimits: RateLimits;
   /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
   readonly #basicUpstreams = new Set<string>();
-  #http: Deno.HttpClient | undefined;
-  /** Loaded on first use: node:https is only needed for accept_invalid_certs upstreams. */
-  #insecure: Promise<InsecureTransport> | undefined;
-  readonly #insecureLogged = new Set<string>();
   #closed = false;
 
   constructor(upstreams: UpstreamRegistry, options: UpstreamClientOptions = {}) {
     this.#upstreams = upstreams;
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-    this.#idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
     this.#log = options.log ?? (() => {});
-    this.#policy = options.addressPolicy ??
-      new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses });
+    this.#transport = new Transport({
+      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+      idleTimeoutMs: options.idleTimeoutMs ?? 30_000,
+      log: this.#log,
+      policy: options.addressPolicy ??
+        new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses }),
+    });
     this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
     this.#health = new EndpointHealth(this.#log);
     this.rateLimits = new RateLimits();
@@ -374,7 +369,7 @@ export class UpstreamClient {
         accept: path.startsWith("manifests/") ? ALL_MANIFEST_TYPES.join(", ") : "*/*",
       });
       if (authorization) headers.set("authorization", authorization);
-      const { response, url: finalUrl } = await this.#follow(
+      const { response, url: finalUrl } = await this.#transport.follow(
         upstream,
         url,
         method,
@@ -444,7 +439,7 @@ export class UpstreamClient {
       "accept-encoding": "identity",
       authorization: basicAuthorization(upstream.username!, upstream.password!),
     });
-    const { response } = await this.#follow(upstream, realm, "GET", headers, signal);
+    const { response } = await this.#transport.follow(upstream, realm, "GET", headers, signal);
     if (response.status === 401 || response.status === 403) {
       await discard(response);
       return response.status === 401 ? "unauthorized" : "denied";
@@ -455,10 +450,7 @@ export class UpstreamClient {
   /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */
   close(): void {
     this.#closed = true;
-    this.#http?.close();
-    this.#http = undefined;
-    this.#insecure?.then((transport) => transport.close(), () => {});
-    this.#insecure = undefined;
+    this.#transport.close();
     this.#tokens.clear();
   }
 
@@ -559,7 +551,7 @@ export class UpstreamClient {
       // Fetch would otherwise negotiate gzip/br and decompress: digests are over the exact bytes.
       headers.set("accept-encoding", "identity");
       if (authorization) headers.set("authorization", authorization);
-      const { response, url: finalUrl } = await this.#follow(
+      const { response, url: finalUrl } = await this.#transport.follow(
         upstream,
         url,
         request.method,
@@ -568,7 +560,13 @@ export class UpstreamClient {
       );
       this.rateLimits.observe(limitKey, response.status, response.headers);
       if (response.ok) {
-        return this.#deliver(response, upstream, finalUrl, request.signal, request.onBodyEnd);
+        return this.#transport.deliver(
+          response,
+          upstream,
+          finalUrl,
+          request.signal,
+          request.onBodyEnd,
+        );
       }
       if (response.status === 401 && attempt === 0 && finalUrl.host === url.host) {
         const challenge = response.headers.get("www-authenticate") ?? "";
@@ -653,7 +651,7 @@ export class UpstreamClient {
       );
     }
     // Not tied to any caller's signal: concurrent callers share this request.
-    const { response } = await this.#follow(upstream, realm, "GET", headers, undefined);
+    const { response } = await this.#transport.follow(upstream, realm, "GET", headers, undefined);
     if (!response.ok) {
       const status = response.status;
       const summary = await errorSummary(response, secretsOf(upstream));
@@ -689,7 +687,7 @@ export class UpstreamClient {
       throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
     }
     const text = !response.body ? "" : await readText(
-      this.#guard(response, upstream, realm, undefined),
+      this.#transport.guard(response, upstream, realm, undefined),
       MAX_TOKEN_RESPONSE_BYTES,
     ).catch((e) => {
       if (e instanceof RegistryError) throw e;
@@ -711,147 +709,6 @@ export class UpstreamClient {
       );
     }
     return issued;
-  }
-
-  /**
-   * Sends a request and follows up to 5 redirects by hand: relative Locations are resolved,
-   * Authorization is dropped as soon as the host changes or the scheme downgrades to http,
-   * and every hop of an implicit upstream passes the address policy.
-   */
-  async #follow(
-    upstream: UpstreamConfig,
-    start: URL,
-    method: "GET" | "HEAD",
-    headers: Headers,
-    signal: AbortSignal | undefined,
-  ): Promise<{ response: Response; url: URL }> {
-    let url = start;
-    for (let hop = 0;; hop++) {
-      if (!upstream.configured) await this.#policy.check(url);
-      const response = await this.#send(upstream, url, method, headers, signal);
-      if (![301, 302, 303, 307, 308].includes(response.status)) return { response, url };
-      const location = response.headers.get("location");
-      await discard(response);
-      const from = describeHost(url, upstream);
-      if (!location) {
-        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected without a Location`);
-      }
-      if (hop >= MAX_REDIRECTS) {
-        throw new RegistryError("UPSTREAM_ERROR", `${from}: more than ${MAX_REDIRECTS} redirects`);
-      }
-      let next: URL;
-      try {
-        next = new URL(location, url);
-      } catch {
-        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected to an invalid Location`);
-      }
-      if (next.protocol !== "https:" && next.protocol !== "http:") {
-        throw new RegistryError("UPSTREAM_ERROR", `${from} redirected to a non-http(s) URL`);
-      }
-      next.hash = "";
-      // Userinfo in a Location is never used (fetch refuses it; it would be a credential).
-      next.username = "";
-      next.password = "";
-      if (
-        headers.has("authorization") &&
-        (next.host !== url.host || (url.protocol === "https:" && next.protocol === "http:"))
-      ) {
-        headers = new Headers(headers);
-        headers.delete("authorization");
-      }
-      url = next;
-    }
-  }
-
-  /** One request with a connect/headers deadline; network failures become UNAVAILABLE. */
-  async #send(
-    upstream: UpstreamConfig,
-    url: URL,
-    method: string,
-    headers: Headers,
-    signal: AbortSignal | undefined,
-  ): Promise<Response> {
-    signal?.throwIfAborted();
-    const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(), this.#connectTimeoutMs);
-    const combined = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
-    try {
-      return await this.#transport(upstream, url)(url, { method, headers, signal: combined });
-    } catch (e) {
-      if (signal?.aborted) throw signal.reason;
-      const where = describeHost(url, upstream);
-      const error = deadline.signal.aborted
-        ? new RegistryError(
-          "UNAVAILABLE",
-          `cannot reach ${where}: no response within ${this.#connectTimeoutMs / 1000}s`,
-        )
-        : new RegistryError("UNAVAILABLE", `cannot reach ${where}: ${networkReason(e)}`);
-      markTransient(error);
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  #transport(upstream: UpstreamConfig, url: URL): Transport {
-    if (upstream.acceptInvalidCerts && url.protocol === "https:") {
-      const insecure = this.#insecure ??= import("./insecure_transport.ts").then((module) =>
-        module.createInsecureTransport()
-      );
-      if (!this.#insecureLogged.has(upstream.namespace)) {
-        this.#insecureLogged.add(upstream.namespace);
-        this.#log(
-          `upstream ${upstream.namespace}: TLS certificate verification is disabled`,
-          "warn",
-        );
-      }
-      return async (target, init) => (await insecure).fetch(target, init);
-    }
-    this.#http ??= Deno.createHttpClient({});
-    const client = this.#http;
-    return (target, init) =>
-      fetch(target, {
-        method: init.method,
-        headers: init.headers,
-        signal: init.signal,
-        redirect: "manual",
-        client,
-      });
-  }
-
-  /** The 2xx response handed to the caller: same status and headers, stall-guarded body. */
-  #deliver(
-    response: Response,
-    upstream: UpstreamConfig,
-    url: URL,
-    signal: AbortSignal | undefined,
-    onEnd?: () => void,
-  ): Response {
-    if (!response.body) {
-      onEnd?.();
-      return response;
-    }
-    return new Response(this.#guard(response, upstream, url, signal, onEnd), {
-      status: response.status,
-      statusText: response.statusText,
-      headers: response.headers,
-    });
-  }
-
-  #guard(
-    response: Response,
-    upstream: UpstreamConfig,
-    url: URL,
-    signal: AbortSignal | undefined,
-    onEnd?: () => void,
-  ): ReadableStream<Uint8Array> {
-    return withIdleTimeout(
-      response.body!,
-      this.#idleTimeoutMs,
-      describeHost(url, upstream),
-      signal,
-      onEnd,
-    );
   }
 
   async #failure(
@@ -931,10 +788,6 @@ function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: strin
   return realm;
 }
 
-function upstreamOrigin(upstream: UpstreamConfig): string {
-  return `${upstream.tls ? "https" : "http"}://${upstream.host}`;
-}
-
 /** Upstream asked not to be called for `waitMs` more: say so without calling it. */
 function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
   const seconds = Math.max(1, Math.ceil(waitMs / 1000));
@@ -957,18 +810,6 @@ function secretsOf(upstream: UpstreamConfig): string[] {
   return upstream.password ? [upstream.password] : [];
 }
 
-/** host[:port] as URLs spell it (lower case, default port dropped). */
-function upstreamHost(upstream: UpstreamConfig): string {
-  return new URL(upstreamOrigin(upstream)).host;
-}
-
-/** "upstream HOST", or "OTHER (for upstream HOST)" for redirect targets and token servers. */
-function describeHost(url: URL, upstream: UpstreamConfig): string {
-  return url.host === upstreamHost(upstream)
-    ? `upstream ${url.host}`
-    : `${url.host} (for upstream ${upstream.host})`;
-}
-
 function rejectedCredentials(upstream: UpstreamConfig, repository: string): RegistryError {
   return new RegistryError(
     "UPSTREAM_ERROR",
@@ -982,15 +823,6 @@ function tooManyRequests(where: string, response: Response, summary: string): Re
   return new RegistryError("TOOMANYREQUESTS", `${where} is rate limiting the mirror${summary}`, {
     headers: retryAfter ? { "Retry-After": retryAfter } : {},
   });
-}
-
-/** Cancels a body we do not hand on (frees the connection; keeps the resource sanitizer calm). */
-async function discard(response: Response): Promise<void> {
-  try {
-    await response.body?.cancel();
-  } catch {
-    // already errored or closed
-  }
 }
 
 /**
@@ -1022,135 +854,6 @@ async function errorSummary(response: Response, secrets: string[]): Promise<stri
   return message ? `: ${message}` : "";
 }
 
-/** Reads a stream as UTF-8, up to `limit` bytes; beyond it throws, or truncates if `truncate`. */
-async function readText(
-  body: ReadableStream<Uint8Array>,
-  limit: number,
-  truncate = false,
-): Promise<string> {
-  const reader = body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  try {
-    while (true) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      size += value.byteLength;
-      if (size > limit) {
-        if (truncate) break;
-        throw new RegistryError("UPSTREAM_ERROR", `upstream answer larger than ${limit} bytes`);
-      }
-    }
-  } finally {
-    await reader.cancel().catch(() => {});
-  }
-  const all = new Uint8Array(Math.min(size, limit));
-  let offset = 0;
-  for (const chunk of chunks) {
-    const part = chunk.subarray(0, all.byteLength - offset);
-    all.set(part, offset);
-    offset += part.byteLength;
-    if (offset >= all.byteLength) break;
-  }
-  return new TextDecoder().decode(all);
-}
-
-/**
- * Wraps a body so it errors with RegistryError UNAVAILABLE when no chunk arrives within
- * `idleMs` while the consumer is waiting. The timer only runs during a pending upstream read
- * (highWaterMark 0: no read-ahead), so a slow consumer never trips it. Mid-body network errors
- * become UNAVAILABLE too; an abort by the caller's signal surfaces as its reason.
- *
- * The result is a byte stream: a consumer's BYOB reads go straight through to the network
- * body when it is a byte stream too (Deno's fetch bodies are), so the bytes land in the
- * consumer's own buffer with no copy and no per-chunk allocation.
- */
-export function withIdleTimeout(
-  body: ReadableStream<Uint8Array>,
-  idleMs: number,
-  where: string,
-  signal?: AbortSignal,
-  onEnd?: () => void,
-): ReadableStream<Uint8Array> {
-  let ended = false;
-  const end = () => {
-    if (ended) return;
-    ended = true;
-    onEnd?.();
-  };
-  let byob: ReadableStreamBYOBReader | undefined;
-  let plain: ReadableStreamDefaultReader<Uint8Array> | undefined;
-  try {
-    byob = body.getReader({ mode: "byob" });
-  } catch {
-    plain = body.getReader(); // e.g. node:https bodies (accept_invalid_certs)
-  }
-  const reader = (byob ?? plain)!;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const stalledError = () =>
-    new RegistryError("UNAVAILABLE", `${where} stalled: no data for ${idleMs / 1000}s`);
-  return new ReadableStream({
-    type: "bytes",
-    autoAllocateChunkSize: 64 * 1024,
-    async pull(controller: ReadableByteStreamController) {
-      let stalled = false;
-      timer = setTimeout(() => {
-        stalled = true;
-        reader.cancel().catch(() => {});
-      }, idleMs);
-      try {
-        // autoAllocateChunkSize guarantees a request, whatever kind of reader the consumer has.
-        const request = controller.byobRequest!;
-        if (byob) {
-          const { done, value } = await byob.read(request.view as Uint8Array);
-          if (stalled) throw stalledError();
-          if (done) {
-            end();
-            controller.close();
-            if (value) request.respondWithNewView(value);
-          } else {
-            request.respondWithNewView(value);
-          }
-        } else {
-          const { done, value } = await plain!.read();
-          if (stalled) throw stalledError();
-          if (done) {
-            end();
-            controller.close();
-            request.respond(0);
-          } else {
-            controller.enqueue(value);
-          }
-        }
-      } catch (e) {
-        end();
-        if (signal?.aborted) controller.error(signal.reason);
-        else if (stalled) controller.error(stalledError());
-        else if (e instanceof RegistryError) controller.error(e);
-        else {
-          controller.error(
-            new RegistryError(
-              "UNAVAILABLE",
-              `connection to ${where} failed mid-body: ${networkReason(e)}`,
-              { cause: e },
-            ),
-          );
-        }
-      } finally {
-        clearTimeout(timer);
-        timer = undefined;
-      }
-    },
-    cancel(reason) {
-      clearTimeout(timer);
-      timer = undefined;
-      end();
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-}
-
 /** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */
 function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!signal) return promise;
@@ -1160,37 +863,4 @@ function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pr
     signal.addEventListener("abort", onAbort, { once: true });
     promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
-}
-
-/**
- * A short, credential-free reason for a network failure. Raw messages are not passed on: they
- * can contain full URLs (a redirect's presigned query string, for instance).
- */
-function networkReason(error: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = error, depth = 0; e && depth < 5; depth++) {
-    const record = e as { message?: unknown; code?: unknown; cause?: unknown };
-    if (typeof record.message === "string") parts.push(record.message);
-    if (typeof record.code === "string") parts.push(record.code);
-    e = record.cause;
-  }
-  const text = parts.join(" ");
-  // A port fetch refuses (config load rejects these; a client can still name one in `?ns=`).
-  const blocked = /Requests to port (\d+) are blocked/.exec(text);
-  if (blocked) return `port ${blocked[1]} is one that fetch refuses to connect to ("bad port")`;
-  if (
-    /certificate|UnknownIssuer|CaUsedAsEndEntity|self[- ]signed|CERT_|NotValidForName/i.test(text)
-  ) {
-    return "TLS certificate verification failed (accept_invalid_certs: true skips it for a configured upstream)";
-  }
-  if (/tls|handshake|ssl/i.test(text)) return "TLS handshake failed";
-  if (/refused|ECONNREFUSED/i.test(text)) return "connection refused";
-  if (/dns error|ENOTFOUND|EAI_AGAIN|failed to lookup|Name or service not known/i.test(text)) {
-    return "DNS lookup failed";
-  }
-  if (/reset|ECONNRESET|broken pipe|EPIPE/i.test(text)) return "connection reset";
-  if (/timed? ?out|ETIMEDOUT/i.test(text)) return "timed out";
-  if (/unreachable|EHOSTUNREACH|ENETUNREACH/i.test(text)) return "host unreachable";
-  if (/closed|incomplete|unexpected end|EOF/i.test(text)) return "connection closed unexpectedly";
-  return "connection failed";
 }
