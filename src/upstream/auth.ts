@@ -1,8 +1,10 @@
 /**
  * Upstream authentication pieces: the WWW-Authenticate parser, the per-scope token cache with
- * single-flight token requests, and helpers for Basic credentials and token responses.
- * The HTTP round trips themselves live in client.ts.
+ * single-flight token requests, and helpers for Basic credentials, token realms and token
+ * responses. No I/O here: the HTTP round trips themselves live in client.ts.
  */
+import type { UpstreamConfig } from "../config.ts";
+import { RegistryError } from "../oci/errors.ts";
 import { SingleFlight } from "../single_flight.ts";
 
 /** One challenge of a WWW-Authenticate header. Scheme and parameter names are lower-cased. */
@@ -129,6 +131,39 @@ export function basicAuthorization(username: string, password: string): string {
 /** The pull scope for a repository, as registries expect it in token requests. */
 export function pullScope(repository: string): string {
   return `repository:${repository}:pull`;
+}
+
+/** Whether the upstream has credentials configured (user name and password). */
+export function hasCredentials(upstream: UpstreamConfig): boolean {
+  return upstream.username !== undefined && upstream.password !== undefined;
+}
+
+/** realm?service=..&scope=.. from a Bearer challenge (an http(s) realm, else UPSTREAM_ERROR). */
+export function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: string): URL {
+  let realm: URL;
+  try {
+    realm = new URL(challenge.params.realm ?? "");
+  } catch {
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream ${upstream.host} sent a Bearer challenge without a valid realm`,
+    );
+  }
+  if (realm.protocol !== "https:" && realm.protocol !== "http:") {
+    throw new RegistryError(
+      "UPSTREAM_ERROR",
+      `upstream ${upstream.host} sent a token realm that is not http(s)`,
+    );
+  }
+  realm.hash = "";
+  if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
+  realm.searchParams.set("scope", scope);
+  return realm;
+}
+
+/** The token cache's key: a token is good for one upstream endpoint and one pull scope. */
+export function tokenCacheKey(upstream: UpstreamConfig, repository: string): string {
+  return `${upstream.namespace}\n${upstream.host}\n${pullScope(repository)}`;
 }
 
 export interface IssuedToken {

@@ -1,11 +1,16 @@
 import assert from "node:assert/strict";
+import { defaultUpstream } from "../config.ts";
+import { RegistryError } from "../oci/errors.ts";
 import {
   basicAuthorization,
+  hasCredentials,
   type IssuedToken,
   parseTokenResponse,
   parseWwwAuthenticate,
   pullScope,
   TokenCache,
+  tokenCacheKey,
+  tokenRealm,
 } from "./auth.ts";
 
 Deno.test("WWW-Authenticate: Docker Hub style Bearer challenge", () => {
@@ -83,6 +88,40 @@ Deno.test("basicAuthorization encodes UTF-8 and pullScope names the repository",
   assert.equal(basicAuthorization("Aladdin", "open sesame"), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
   assert.equal(basicAuthorization("test", "123£"), "Basic dGVzdDoxMjPCow==");
   assert.equal(pullScope("library/alpine"), "repository:library/alpine:pull");
+});
+
+Deno.test("tokenRealm: service and pull scope added to an http(s) realm; anything else refused", () => {
+  const upstream = defaultUpstream("docker.io");
+  const realm = tokenRealm(upstream, {
+    scheme: "bearer",
+    params: { realm: "https://auth.docker.io/token?x=1#frag", service: "registry.docker.io" },
+  }, pullScope("library/alpine"));
+  assert.equal(
+    realm.href,
+    "https://auth.docker.io/token?x=1&service=registry.docker.io" +
+      "&scope=repository%3Alibrary%2Falpine%3Apull",
+  );
+  for (const bad of [undefined, "not a url", "ftp://auth.example/token", "file:///etc/passwd"]) {
+    assert.throws(
+      () => tokenRealm(upstream, { scheme: "bearer", params: bad ? { realm: bad } : {} }, "scope"),
+      (e) => e instanceof RegistryError && e.code === "UPSTREAM_ERROR",
+      String(bad),
+    );
+  }
+});
+
+Deno.test("tokenCacheKey: one token per upstream endpoint and repository; hasCredentials", () => {
+  const hub = defaultUpstream("docker.io");
+  const keys = new Set([
+    tokenCacheKey(hub, "library/alpine"),
+    tokenCacheKey(hub, "library/debian"),
+    tokenCacheKey({ ...hub, host: "mirror.example" }, "library/alpine"),
+    tokenCacheKey({ ...defaultUpstream("quay.io"), host: hub.host }, "library/alpine"),
+  ]);
+  assert.equal(keys.size, 4);
+  assert.equal(hasCredentials(hub), false);
+  assert.equal(hasCredentials({ ...hub, username: "u" }), false);
+  assert.equal(hasCredentials({ ...hub, username: "u", password: "" }), true);
 });
 
 Deno.test("parseTokenResponse: token or access_token, expires_in default 60 s", () => {

@@ -55,11 +55,14 @@ import {
 import {
   basicAuthorization,
   type Challenge,
+  hasCredentials,
   type IssuedToken,
   parseTokenResponse,
   parseWwwAuthenticate,
   pullScope,
   TokenCache,
+  tokenCacheKey,
+  tokenRealm,
 } from "./auth.ts";
 
 export interface UpstreamClientOptions {
@@ -765,29 +768,6 @@ export class UpstreamClient {
 /** The repository-level pass-through probe: one tag is enough to prove pull rights. */
 const TAG_PROBE = "tags/list?n=1";
 
-/** realm?service=..&scope=.. from a Bearer challenge (an http(s) realm, else UPSTREAM_ERROR). */
-function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: string): URL {
-  let realm: URL;
-  try {
-    realm = new URL(challenge.params.realm ?? "");
-  } catch {
-    throw new RegistryError(
-      "UPSTREAM_ERROR",
-      `upstream ${upstream.host} sent a Bearer challenge without a valid realm`,
-    );
-  }
-  if (realm.protocol !== "https:" && realm.protocol !== "http:") {
-    throw new RegistryError(
-      "UPSTREAM_ERROR",
-      `upstream ${upstream.host} sent a token realm that is not http(s)`,
-    );
-  }
-  realm.hash = "";
-  if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
-  realm.searchParams.set("scope", scope);
-  return realm;
-}
-
 /** Upstream asked not to be called for `waitMs` more: say so without calling it. */
 function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
   const seconds = Math.max(1, Math.ceil(waitMs / 1000));
@@ -796,14 +776,6 @@ function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
     `upstream ${upstream.host} is rate limiting the mirror; retry in ${seconds} s`,
     { headers: { "Retry-After": String(seconds) } },
   );
-}
-
-function tokenCacheKey(upstream: UpstreamConfig, repository: string): string {
-  return `${upstream.namespace}\n${upstream.host}\n${pullScope(repository)}`;
-}
-
-function hasCredentials(upstream: UpstreamConfig): boolean {
-  return upstream.username !== undefined && upstream.password !== undefined;
 }
 
 function secretsOf(upstream: UpstreamConfig): string[] {
