@@ -20,24 +20,16 @@ import {
   type UpstreamConfig,
   type UpstreamRegistry,
 } from "../config.ts";
-import { type ErrorCode, RegistryError } from "../oci/errors.ts";
+import { RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
 import { ALL_MANIFEST_TYPES } from "../oci/media_types.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
 import { Limiter } from "./limits.ts";
-import {
-  parseRetryAfter,
-  rateLimitKey,
-  rateLimitKeyOwner,
-  RateLimits,
-  type RateLimitState,
-} from "./rate_limits.ts";
+import { rateLimitKey, rateLimitKeyOwner, RateLimits, type RateLimitState } from "./rate_limits.ts";
 import {
   DEFAULT_RETRY_POLICY,
-  isRetryableStatus,
-  markTransient,
   retryDelayMs,
   type RetryPolicy,
   sleep,
@@ -52,6 +44,15 @@ import {
   upstreamHost,
   upstreamOrigin,
 } from "./transport.ts";
+import {
+  errorSummary,
+  type FailedRequest,
+  rejectedCredentials,
+  responseError,
+  secretsOf,
+  throttled,
+  tooManyRequests,
+} from "./errors.ts";
 import {
   basicAuthorization,
   type Challenge,
@@ -80,11 +81,9 @@ export interface UpstreamClientOptions {
 }
 
 const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
-const MAX_ERROR_BODY_BYTES = 16 << 10;
 
-interface Target {
-  upstream: UpstreamConfig;
-  repository: string;
+/** One request for `what` (upstream, repository, 404 code: see FailedRequest). */
+interface Target extends FailedRequest {
   /** Path after `/v2/<repository>/`, with query. */
   path: string;
   method: "GET" | "HEAD";
@@ -94,9 +93,6 @@ interface Target {
   retry?: boolean;
   /** Called once when the returned body has been read, cancelled or has failed. */
   onBodyEnd?: () => void;
-  /** Error code for 404, and what was asked for (for messages). */
-  notFound: ErrorCode;
-  what: string;
 }
 
 /** What a pass-through check asks upstream for, with the client's own credentials. */
@@ -577,7 +573,7 @@ export class UpstreamClient {
         authorization = await this.#authorize(target, tokenKey, challenge, authorization);
         continue;
       }
-      throw await this.#failure(response, target, finalUrl, authorization !== undefined);
+      throw await responseError(response, target, finalUrl, authorization !== undefined);
     }
   }
 
@@ -713,118 +709,10 @@ export class UpstreamClient {
     }
     return issued;
   }
-
-  async #failure(
-    response: Response,
-    target: Target,
-    url: URL,
-    authorized: boolean,
-  ): Promise<RegistryError> {
-    const summary = await errorSummary(response, secretsOf(target.upstream));
-    const error = this.#classify(response, target, url, authorized, summary);
-    if (isRetryableStatus(response.status)) {
-      markTransient(error, parseRetryAfter(response.headers.get("retry-after"), Date.now()));
-    }
-    return error;
-  }
-
-  #classify(
-    response: Response,
-    target: Target,
-    url: URL,
-    authorized: boolean,
-    summary: string,
-  ): RegistryError {
-    const { upstream, repository, what } = target;
-    const status = response.status;
-    const fromUpstream = url.host === upstreamHost(upstream);
-    const where = describeHost(url, upstream);
-    if (status === 404) {
-      return new RegistryError(target.notFound, `${where} says ${what} is unknown${summary}`);
-    }
-    if (status === 429) return tooManyRequests(where, response, summary);
-    if (status === 416) {
-      const contentRange = response.headers.get("content-range");
-      return new RegistryError("RANGE_INVALID", `${where}: requested range not satisfiable`, {
-        headers: contentRange ? { "Content-Range": contentRange } : {},
-      });
-    }
-    if (fromUpstream && status === 401) {
-      return authorized && hasCredentials(upstream)
-        ? rejectedCredentials(upstream, repository)
-        : new RegistryError(
-          "UPSTREAM_ERROR",
-          `upstream ${upstream.host} refused the mirror access to ${repository} (401): the ` +
-            `repository may not exist, or the mirror needs credentials for it${summary}`,
-        );
-    }
-    if (fromUpstream && status === 403) {
-      return new RegistryError("DENIED", `${where} denied access to ${repository}${summary}`);
-    }
-    return new RegistryError("UPSTREAM_ERROR", `${where} answered ${status} for ${what}${summary}`);
-  }
 }
 
 /** The repository-level pass-through probe: one tag is enough to prove pull rights. */
 const TAG_PROBE = "tags/list?n=1";
-
-/** Upstream asked not to be called for `waitMs` more: say so without calling it. */
-function throttled(upstream: UpstreamConfig, waitMs: number): RegistryError {
-  const seconds = Math.max(1, Math.ceil(waitMs / 1000));
-  return new RegistryError(
-    "TOOMANYREQUESTS",
-    `upstream ${upstream.host} is rate limiting the mirror; retry in ${seconds} s`,
-    { headers: { "Retry-After": String(seconds) } },
-  );
-}
-
-function secretsOf(upstream: UpstreamConfig): string[] {
-  return upstream.password ? [upstream.password] : [];
-}
-
-function rejectedCredentials(upstream: UpstreamConfig, repository: string): RegistryError {
-  return new RegistryError(
-    "UPSTREAM_ERROR",
-    `upstream ${upstream.host} rejected the mirror's credentials for ${repository} ` +
-      `(namespace ${upstream.namespace})`,
-  );
-}
-
-function tooManyRequests(where: string, response: Response, summary: string): RegistryError {
-  const retryAfter = response.headers.get("retry-after");
-  return new RegistryError("TOOMANYREQUESTS", `${where} is rate limiting the mirror${summary}`, {
-    headers: retryAfter ? { "Retry-After": retryAfter } : {},
-  });
-}
-
-/**
- * Reads at most 16 KiB of an error body and returns `: <first OCI error message>` (or ""),
- * with control characters removed, capped, and any secret we hold scrubbed out.
- */
-async function errorSummary(response: Response, secrets: string[]): Promise<string> {
-  if (!response.body) return "";
-  let text: string;
-  try {
-    text = await readText(response.body, MAX_ERROR_BODY_BYTES, true);
-  } catch {
-    return "";
-  }
-  let message: string | undefined;
-  try {
-    const parsed = JSON.parse(text) as { errors?: { message?: unknown; code?: unknown }[] };
-    const first = parsed.errors?.[0];
-    if (first && typeof first.message === "string" && first.message !== "") {
-      message = first.message;
-    } else if (first && typeof first.code === "string") message = first.code;
-  } catch {
-    message = undefined;
-  }
-  if (!message) return "";
-  for (const secret of secrets) message = message.split(secret).join("***");
-  // deno-lint-ignore no-control-regex
-  message = message.replace(/[\u0000-\u001f\u007f]+/g, " ").trim().slice(0, 200);
-  return message ? `: ${message}` : "";
-}
 
 /** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */
 function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
