@@ -1,7 +1,7 @@
 /**
  * Upstream authentication pieces: the WWW-Authenticate parser, the per-scope token cache with
  * single-flight token requests, and helpers for Basic credentials, token realms and token
- * responses. No I/O here: the HTTP round trips themselves live in client.ts.
+ * responses. No I/O here: the HTTP round trips themselves live in authorizer.ts.
  */
 import type { UpstreamConfig } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";

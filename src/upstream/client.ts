@@ -39,7 +39,6 @@ import {
   DEFAULT_USER_AGENT,
   describeHost,
   discard,
-  readText,
   Transport,
   upstreamHost,
   upstreamOrigin,
@@ -47,24 +46,13 @@ import {
 import {
   errorSummary,
   type FailedRequest,
-  rejectedCredentials,
   responseError,
   secretsOf,
   throttled,
   tooManyRequests,
 } from "./errors.ts";
-import {
-  basicAuthorization,
-  type Challenge,
-  hasCredentials,
-  type IssuedToken,
-  parseTokenResponse,
-  parseWwwAuthenticate,
-  pullScope,
-  TokenCache,
-  tokenCacheKey,
-  tokenRealm,
-} from "./auth.ts";
+import { basicAuthorization, parseWwwAuthenticate, tokenCacheKey } from "./auth.ts";
+import { Authorizer } from "./authorizer.ts";
 
 export interface UpstreamClientOptions {
   /** Time allowed for connecting and receiving response headers, per hop. Default 10 s. */
@@ -79,8 +67,6 @@ export interface UpstreamClientOptions {
   /** Retries of transient failures; default DEFAULT_RETRY_POLICY. */
   retry?: RetryPolicy;
 }
-
-const MAX_TOKEN_RESPONSE_BYTES = 1 << 20;
 
 /** One request for `what` (upstream, repository, 404 code: see FailedRequest). */
 interface Target extends FailedRequest {
@@ -120,7 +106,8 @@ export class UpstreamClient {
   readonly #log: LogFn;
   /** One HTTP exchange with an upstream: redirects, deadlines, TLS choice. */
   readonly #transport: Transport;
-  readonly #tokens = new TokenCache();
+  /** The mirror's own credentials and tokens: what to send, how to answer a 401. */
+  readonly #auth: Authorizer;
   readonly #retry: RetryPolicy;
   /** Which endpoints of failover namespaces are skipped for now. */
   readonly #health: EndpointHealth;
@@ -128,7 +115,6 @@ export class UpstreamClient {
   readonly #limiters = new Map<string, Limiter>();
   /** Upstream rate limits, by namespace and credential (see `rateLimitKey`). */
   readonly rateLimits: RateLimits;
-  /** Upstreams (by namespace) that asked for Basic: credentials are sent up front next time. */
   readonly #basicUpstreams = new Set<string>();
   #closed = false;
 
@@ -143,6 +129,7 @@ export class UpstreamClient {
         new AddressPolicy({ allowPrivateAddresses: options.allowPrivateAddresses }),
     });
     this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
+    this.#auth = new Authorizer(this.#transport, this.#log);
     this.#health = new EndpointHealth(this.#log);
     this.rateLimits = new RateLimits();
   }
@@ -357,7 +344,7 @@ export class UpstreamClient {
   ): Promise<AccessVerdict | "not_found"> {
     const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${path}`);
     if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
-    let authorization = this.#basicUpstreams.has(upstream.namespace)
+    let authorization = this.#auth.wantsBasic(upstream.namespace)
       ? basicAuthorization(upstream.username!, upstream.password!)
       : undefined;
     let tokenAccepted = false;
@@ -381,7 +368,7 @@ export class UpstreamClient {
         await discard(response);
         const bearer = challenges.find((c) => c.scheme === "bearer");
         if (bearer) {
-          const token = await this.#clientToken(upstream, repository, bearer, signal);
+          const token = await this.#auth.clientToken(upstream, repository, bearer, signal);
           if (token === "unauthorized" || token === "denied") return token;
           authorization = `Bearer ${token}`;
           tokenAccepted = true;
@@ -389,7 +376,7 @@ export class UpstreamClient {
         }
         if (challenges.some((c) => c.scheme === "basic")) {
           if (authorization?.startsWith("Basic ")) return "unauthorized";
-          this.#basicUpstreams.add(upstream.namespace);
+          this.#auth.noteBasic(upstream.namespace);
           authorization = basicAuthorization(upstream.username!, upstream.password!);
           continue;
         }
@@ -417,40 +404,11 @@ export class UpstreamClient {
     }
   }
 
-  /** A token for the client's credentials alone, or what the token server said of them. */
-  async #clientToken(
-    upstream: UpstreamConfig,
-    repository: string,
-    challenge: Challenge,
-    signal: AbortSignal | undefined,
-  ): Promise<string | "unauthorized" | "denied"> {
-    const realm = tokenRealm(upstream, challenge, pullScope(repository));
-    if (realm.protocol !== "https:" && upstream.tls) {
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `upstream ${upstream.host} sent a plain-http token realm: client credentials are not ` +
-          `sent there`,
-      );
-    }
-    const headers = new Headers({
-      "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
-      accept: "application/json",
-      "accept-encoding": "identity",
-      authorization: basicAuthorization(upstream.username!, upstream.password!),
-    });
-    const { response } = await this.#transport.follow(upstream, realm, "GET", headers, signal);
-    if (response.status === 401 || response.status === 403) {
-      await discard(response);
-      return response.status === 401 ? "unauthorized" : "denied";
-    }
-    return (await this.#readToken(response, upstream, realm)).token;
-  }
-
   /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */
   close(): void {
     this.#closed = true;
     this.#transport.close();
-    this.#tokens.clear();
+    this.#auth.close();
   }
 
   async #request(
@@ -542,7 +500,7 @@ export class UpstreamClient {
     // An upstream that is itself a mirror needs to be told which registry is meant.
     if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
     const tokenKey = tokenCacheKey(upstream, repository);
-    let authorization = this.#proactiveAuthorization(upstream, tokenKey);
+    let authorization = this.#auth.proactive(upstream, tokenKey);
 
     for (let attempt = 0;; attempt++) {
       const headers = new Headers(request.headers);
@@ -570,157 +528,13 @@ export class UpstreamClient {
       if (response.status === 401 && attempt === 0 && finalUrl.host === url.host) {
         const challenge = response.headers.get("www-authenticate") ?? "";
         await discard(response);
-        authorization = await this.#authorize(target, tokenKey, challenge, authorization);
+        authorization = await this.#auth.authorize(target, tokenKey, challenge, authorization);
         continue;
       }
       throw await responseError(response, target, finalUrl, authorization !== undefined);
     }
   }
-
-  #proactiveAuthorization(upstream: UpstreamConfig, tokenKey: string): string | undefined {
-    const token = this.#tokens.get(tokenKey);
-    if (token !== undefined) return `Bearer ${token}`;
-    if (this.#basicUpstreams.has(upstream.namespace) && hasCredentials(upstream)) {
-      return basicAuthorization(upstream.username!, upstream.password!);
-    }
-    return undefined;
-  }
-
-  /** Answers a 401: a (possibly shared, possibly cached) bearer token, or Basic credentials. */
-  async #authorize(
-    target: Target,
-    tokenKey: string,
-    header: string,
-    sent: string | undefined,
-  ): Promise<string> {
-    const { upstream, repository } = target;
-    const challenges = parseWwwAuthenticate(header);
-    const bearer = challenges.find((c) => c.scheme === "bearer");
-    if (bearer) {
-      const rejected = sent?.startsWith("Bearer ") ? sent.slice(7) : undefined;
-      const token = await raceSignal(
-        this.#tokens.obtain(
-          tokenKey,
-          () => this.#issueToken(upstream, repository, bearer),
-          rejected,
-        ),
-        target.signal,
-      );
-      return `Bearer ${token}`;
-    }
-    if (challenges.some((c) => c.scheme === "basic")) {
-      if (!hasCredentials(upstream)) {
-        throw new RegistryError(
-          "UPSTREAM_ERROR",
-          `upstream ${upstream.host} requires credentials for ${repository} and none are ` +
-            `configured for namespace ${upstream.namespace}`,
-        );
-      }
-      if (sent?.startsWith("Basic ")) throw rejectedCredentials(upstream, repository);
-      this.#basicUpstreams.add(upstream.namespace);
-      return basicAuthorization(upstream.username!, upstream.password!);
-    }
-    throw new RegistryError(
-      "UPSTREAM_ERROR",
-      `upstream ${upstream.host} answered 401 without a usable WWW-Authenticate challenge`,
-    );
-  }
-
-  /** GET realm?service=..&scope=repository:<repo>:pull, with Basic credentials if configured. */
-  async #issueToken(
-    upstream: UpstreamConfig,
-    repository: string,
-    challenge: Challenge,
-  ): Promise<IssuedToken> {
-    const scope = pullScope(repository);
-    const realm = tokenRealm(upstream, challenge, scope);
-    const headers = new Headers({
-      "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
-      accept: "application/json",
-      "accept-encoding": "identity",
-    });
-    const withCredentials = hasCredentials(upstream) &&
-      (realm.protocol === "https:" || !upstream.tls);
-    if (withCredentials) {
-      headers.set("authorization", basicAuthorization(upstream.username!, upstream.password!));
-    } else if (hasCredentials(upstream)) {
-      this.#log(
-        `upstream ${upstream.namespace}: not sending credentials to plain-http token realm ${realm.host}`,
-        "warn",
-      );
-    }
-    // Not tied to any caller's signal: concurrent callers share this request.
-    const { response } = await this.#transport.follow(upstream, realm, "GET", headers, undefined);
-    if (!response.ok) {
-      const status = response.status;
-      const summary = await errorSummary(response, secretsOf(upstream));
-      const where = `token server ${realm.host} for upstream ${upstream.host}`;
-      if (status === 429) throw tooManyRequests(where, response, summary);
-      if (status === 401 || status === 403) {
-        throw new RegistryError(
-          "UPSTREAM_ERROR",
-          withCredentials
-            ? `${where} rejected the mirror's credentials (${status})${summary}`
-            : `${where} refused an anonymous token for ${scope} (${status})${summary}`,
-        );
-      }
-      throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
-    }
-    const issued = await this.#readToken(response, upstream, realm);
-    this.#log(
-      `upstream ${upstream.namespace}: got ${
-        withCredentials ? "an authenticated" : "an anonymous"
-      } token for ${scope} (expires in ${Math.round(issued.lifetimeMs / 1000)}s)`,
-      "debug",
-    );
-    return issued;
-  }
-
-  /** The token in a token server's 2xx answer; anything else is UPSTREAM_ERROR (or 429). */
-  async #readToken(response: Response, upstream: UpstreamConfig, realm: URL): Promise<IssuedToken> {
-    if (!response.ok) {
-      const status = response.status;
-      const summary = await errorSummary(response, secretsOf(upstream));
-      const where = `token server ${realm.host} for upstream ${upstream.host}`;
-      if (status === 429) throw tooManyRequests(where, response, summary);
-      throw new RegistryError("UPSTREAM_ERROR", `${where} answered ${status}${summary}`);
-    }
-    const text = !response.body ? "" : await readText(
-      this.#transport.guard(response, upstream, realm, undefined),
-      MAX_TOKEN_RESPONSE_BYTES,
-    ).catch((e) => {
-      if (e instanceof RegistryError) throw e;
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `token server ${realm.host} sent an unreadable answer`,
-      );
-    });
-    let issued: IssuedToken | undefined;
-    try {
-      issued = parseTokenResponse(JSON.parse(text));
-    } catch {
-      issued = undefined;
-    }
-    if (!issued) {
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `token server ${realm.host} for upstream ${upstream.host} answered without a token`,
-      );
-    }
-    return issued;
-  }
 }
 
 /** The repository-level pass-through probe: one tag is enough to prove pull rights. */
 const TAG_PROBE = "tags/list?n=1";
-
-/** Resolves like `promise`, or rejects with the signal's reason as soon as it aborts. */
-function raceSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
