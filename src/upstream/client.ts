@@ -4,6 +4,12 @@
  * another host), connect and body-stall timeouts, SSRF checks for implicit upstreams and
  * per-upstream TLS options.
  *
+ * This module is the request flow: names checked before they become URL paths, a turn within
+ * the namespace's bounds (limits.ts), the endpoint to ask (endpoints.ts), retries, and the one
+ * re-send a 401 calls for. The pieces it composes: transport.ts (one HTTP exchange: redirects,
+ * deadlines, TLS), authorizer.ts (the mirror's tokens and credentials), errors.ts (what a
+ * failed answer means) and access.ts (pass-through checks of a client's own credentials).
+ *
  * Transient failures (connection errors, 408, 429, 5xx gateway answers) are retried with
  * jittered backoff within a time budget (retry.ts), before any byte reaches a client. What
  * upstreams say about their rate limits is kept (rate_limits.ts): while one asks not to be
@@ -22,7 +28,6 @@ import {
 } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { isDigest } from "../digest.ts";
-import { ALL_MANIFEST_TYPES } from "../oci/media_types.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
@@ -35,24 +40,16 @@ import {
   sleep,
   transientHint,
 } from "./retry.ts";
-import {
-  DEFAULT_USER_AGENT,
-  describeHost,
-  discard,
-  Transport,
-  upstreamHost,
-  upstreamOrigin,
-} from "./transport.ts";
-import {
-  errorSummary,
-  type FailedRequest,
-  responseError,
-  secretsOf,
-  throttled,
-  tooManyRequests,
-} from "./errors.ts";
-import { basicAuthorization, parseWwwAuthenticate, tokenCacheKey } from "./auth.ts";
+import { DEFAULT_USER_AGENT, discard, Transport, upstreamOrigin } from "./transport.ts";
+import { tokenCacheKey } from "./auth.ts";
 import { Authorizer } from "./authorizer.ts";
+import { type FailedRequest, responseError, throttled } from "./errors.ts";
+import {
+  AccessChecker,
+  type AccessProbe,
+  type AccessVerdict,
+  type ClientCredentials,
+} from "./access.ts";
 
 export interface UpstreamClientOptions {
   /** Time allowed for connecting and receiving response headers, per hop. Default 10 s. */
@@ -81,24 +78,7 @@ interface Target extends FailedRequest {
   onBodyEnd?: () => void;
 }
 
-/** What a pass-through check asks upstream for, with the client's own credentials. */
-export type AccessProbe =
-  | { kind: "manifest"; reference: string }
-  | { kind: "blob"; digest: string }
-  | { kind: "tags" };
-
-/**
- * What upstream said of a client's credentials for a repository: they may pull, they are not
- * valid (401), or they are valid but lack access (403, a token without the scope, or 404).
- */
-export type AccessVerdict = "allowed" | "unauthorized" | "denied";
-
-/** A client's own upstream credentials (never logged, never cached as such). */
-export interface ClientCredentials {
-  username: string;
-  password: string;
-}
-
+export type { AccessProbe, AccessVerdict, ClientCredentials } from "./access.ts";
 export { DEFAULT_USER_AGENT, withIdleTimeout } from "./transport.ts";
 
 export class UpstreamClient {
@@ -108,6 +88,8 @@ export class UpstreamClient {
   readonly #transport: Transport;
   /** The mirror's own credentials and tokens: what to send, how to answer a 401. */
   readonly #auth: Authorizer;
+  /** Pass-through checks of a client's own credentials. */
+  readonly #access: AccessChecker;
   readonly #retry: RetryPolicy;
   /** Which endpoints of failover namespaces are skipped for now. */
   readonly #health: EndpointHealth;
@@ -115,7 +97,6 @@ export class UpstreamClient {
   readonly #limiters = new Map<string, Limiter>();
   /** Upstream rate limits, by namespace and credential (see `rateLimitKey`). */
   readonly rateLimits: RateLimits;
-  readonly #basicUpstreams = new Set<string>();
   #closed = false;
 
   constructor(upstreams: UpstreamRegistry, options: UpstreamClientOptions = {}) {
@@ -130,6 +111,7 @@ export class UpstreamClient {
     });
     this.#retry = options.retry ?? DEFAULT_RETRY_POLICY;
     this.#auth = new Authorizer(this.#transport, this.#log);
+    this.#access = new AccessChecker(this.#transport, this.#auth);
     this.#health = new EndpointHealth(this.#log);
     this.rateLimits = new RateLimits();
   }
@@ -282,10 +264,8 @@ export class UpstreamClient {
   /**
    * Asks upstream whether `credentials` (a client's, not the configured ones) may pull from
    * `repository`: a HEAD of the manifest or blob the client wants (or a one-entry tag list),
-   * answering the upstream's Basic or Bearer challenge with those credentials. A token obtained
-   * here is used once and never enters the shared token cache, and nothing of it is logged.
-   * A 404 for the object asks the tag list once more: distribution answers 404 for a deleted
-   * tag to a client that may read the repository, other registries 404 for "not yours".
+   * answering the upstream's Basic or Bearer challenge with those credentials (access.ts).
+   * Within the namespace's bounds and rate limits, at the endpoint a request would go to now.
    * Unreachable or failing upstreams throw (UNAVAILABLE, UPSTREAM_ERROR, TOOMANYREQUESTS), with
    * no retries: the caller decides what an unanswered check means.
    */
@@ -317,90 +297,9 @@ export class UpstreamClient {
       const waitMs = this.rateLimits.waitMs(rateLimitKey(endpoint));
       if (waitMs > 0) throw throttled(endpoint, waitMs);
       // The endpoint as configured, but with the client's credentials: they alone are sent.
-      const upstream = { ...endpoint, ...credentials };
-      const path = probe.kind === "manifest"
-        ? `manifests/${probe.reference}`
-        : probe.kind === "blob"
-        ? `blobs/${probe.digest}`
-        : TAG_PROBE;
-      const method = probe.kind === "tags" ? "GET" : "HEAD";
-      let verdict = await this.#probeAccess(upstream, repository, path, method, signal);
-      if (verdict === "not_found" && probe.kind !== "tags") {
-        verdict = await this.#probeAccess(upstream, repository, TAG_PROBE, "GET", signal);
-      }
-      return verdict === "not_found" ? "denied" : verdict;
+      return await this.#access.check({ ...endpoint, ...credentials }, repository, probe, signal);
     } finally {
       release?.();
-    }
-  }
-
-  /** One probe, and the one re-send its 401 challenge calls for. */
-  async #probeAccess(
-    upstream: UpstreamConfig,
-    repository: string,
-    path: string,
-    method: "GET" | "HEAD",
-    signal: AbortSignal | undefined,
-  ): Promise<AccessVerdict | "not_found"> {
-    const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${path}`);
-    if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
-    let authorization = this.#auth.wantsBasic(upstream.namespace)
-      ? basicAuthorization(upstream.username!, upstream.password!)
-      : undefined;
-    let tokenAccepted = false;
-    for (let attempt = 0;; attempt++) {
-      const headers = new Headers({
-        "user-agent": upstream.userAgent ?? DEFAULT_USER_AGENT,
-        "accept-encoding": "identity",
-        accept: path.startsWith("manifests/") ? ALL_MANIFEST_TYPES.join(", ") : "*/*",
-      });
-      if (authorization) headers.set("authorization", authorization);
-      const { response, url: finalUrl } = await this.#transport.follow(
-        upstream,
-        url,
-        method,
-        headers,
-        signal,
-      );
-      const status = response.status;
-      if (status === 401 && attempt === 0 && finalUrl.host === url.host) {
-        const challenges = parseWwwAuthenticate(response.headers.get("www-authenticate") ?? "");
-        await discard(response);
-        const bearer = challenges.find((c) => c.scheme === "bearer");
-        if (bearer) {
-          const token = await this.#auth.clientToken(upstream, repository, bearer, signal);
-          if (token === "unauthorized" || token === "denied") return token;
-          authorization = `Bearer ${token}`;
-          tokenAccepted = true;
-          continue;
-        }
-        if (challenges.some((c) => c.scheme === "basic")) {
-          if (authorization?.startsWith("Basic ")) return "unauthorized";
-          this.#auth.noteBasic(upstream.namespace);
-          authorization = basicAuthorization(upstream.username!, upstream.password!);
-          continue;
-        }
-        throw new RegistryError(
-          "UPSTREAM_ERROR",
-          `upstream ${upstream.host} answered 401 without a usable WWW-Authenticate challenge`,
-        );
-      }
-      if (response.ok) {
-        await discard(response);
-        return "allowed";
-      }
-      const summary = await errorSummary(response, secretsOf(upstream));
-      const fromUpstream = finalUrl.host === upstreamHost(upstream);
-      // A token the token server issued, refused anyway: valid credentials without the scope.
-      if (status === 401 && fromUpstream) return tokenAccepted ? "denied" : "unauthorized";
-      if (status === 403 && fromUpstream) return "denied";
-      if (status === 404) return "not_found";
-      const where = describeHost(finalUrl, upstream);
-      if (status === 429) throw tooManyRequests(where, response, summary);
-      throw new RegistryError(
-        status >= 500 ? "UNAVAILABLE" : "UPSTREAM_ERROR",
-        `${where} answered ${status} to a pass-through check of ${repository}${summary}`,
-      );
     }
   }
 
@@ -535,6 +434,3 @@ export class UpstreamClient {
     }
   }
 }
-
-/** The repository-level pass-through probe: one tag is enough to prove pull rights. */
-const TAG_PROBE = "tags/list?n=1";
