@@ -126,6 +126,11 @@ export class UpstreamClient {
     return limiter;
   }
 
+  /** The endpoint to ask now: the first neither failing nor rate-limited (endpoints.ts). */
+  #pick(endpoints: UpstreamConfig[]): UpstreamConfig {
+    return this.#health.pick(endpoints, (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0);
+  }
+
   /** What each upstream said of its rate limit, for metrics: no user names, only their kind. */
   rateLimitStates(): {
     namespace: string;
@@ -143,10 +148,7 @@ export class UpstreamClient {
     const upstream = this.#upstreams.get(namespace);
     const reserve = upstream.rateLimitReserve ?? DEFAULT_RATE_LIMIT_RESERVE;
     // The quota that counts is that of the endpoint a request would go to now.
-    const endpoint = this.#health.pick(
-      endpointsOf(upstream),
-      (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0,
-    );
+    const endpoint = this.#pick(endpointsOf(upstream));
     return this.rateLimits.isLow(rateLimitKey(endpoint), reserve);
   }
 
@@ -195,11 +197,7 @@ export class UpstreamClient {
     digest: string,
     init: { method: "GET" | "HEAD"; signal?: AbortSignal; range?: string; retry?: boolean },
   ): Promise<Response> {
-    if (!isDigest(digest)) {
-      return Promise.reject(
-        new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`),
-      );
-    }
+    if (!isDigest(digest)) return Promise.reject(invalidDigest(digest));
     const headers = new Headers();
     if (init.range) headers.set("range", init.range);
     return this.#request(namespace, repository, {
@@ -246,11 +244,7 @@ export class UpstreamClient {
     digest: string,
     signal?: AbortSignal,
   ): Promise<Response> {
-    if (!isDigest(digest)) {
-      return Promise.reject(
-        new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`),
-      );
-    }
+    if (!isDigest(digest)) return Promise.reject(invalidDigest(digest));
     return this.#request(namespace, repository, {
       path: `referrers/${digest}`,
       method: "GET",
@@ -276,30 +270,30 @@ export class UpstreamClient {
     credentials: ClientCredentials,
     signal?: AbortSignal,
   ): Promise<AccessVerdict> {
-    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
-    if (!isValidRepository(repository)) {
-      throw new RegistryError(
-        "NAME_INVALID",
-        `invalid repository name ${JSON.stringify(repository)}`,
-      );
-    }
+    this.#assertUsable(repository);
     if (probe.kind === "manifest") assertManifestReference(probe.reference);
-    if (probe.kind === "blob" && !isDigest(probe.digest)) {
-      throw new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(probe.digest)}`);
-    }
+    if (probe.kind === "blob" && !isDigest(probe.digest)) throw invalidDigest(probe.digest);
     const configured = this.#upstreams.get(namespace);
     const release = await this.#limiterOf(configured)?.acquire(signal);
     try {
-      const endpoint = this.#health.pick(
-        endpointsOf(configured),
-        (e) => this.rateLimits.waitMs(rateLimitKey(e)) > 0,
-      );
+      const endpoint = this.#pick(endpointsOf(configured));
       const waitMs = this.rateLimits.waitMs(rateLimitKey(endpoint));
       if (waitMs > 0) throw throttled(endpoint, waitMs);
       // The endpoint as configured, but with the client's credentials: they alone are sent.
       return await this.#access.check({ ...endpoint, ...credentials }, repository, probe, signal);
     } finally {
       release?.();
+    }
+  }
+
+  /** Throws unless the client is open and `repository` a valid name (it becomes a URL path). */
+  #assertUsable(repository: string): void {
+    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
+    if (!isValidRepository(repository)) {
+      throw new RegistryError(
+        "NAME_INVALID",
+        `invalid repository name ${JSON.stringify(repository)}`,
+      );
     }
   }
 
@@ -315,13 +309,7 @@ export class UpstreamClient {
     repository: string,
     request: Omit<Target, "upstream" | "repository">,
   ): Promise<Response> {
-    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
-    if (!isValidRepository(repository)) {
-      throw new RegistryError(
-        "NAME_INVALID",
-        `invalid repository name ${JSON.stringify(repository)}`,
-      );
-    }
+    this.#assertUsable(repository);
     const upstream = this.#upstreams.get(namespace);
     if (!isUpstreamHost(upstream.host)) {
       throw new RegistryError(
@@ -346,11 +334,9 @@ export class UpstreamClient {
     request: Omit<Target, "upstream" | "repository">,
   ): Promise<Response> {
     const endpoints = endpointsOf(upstream);
-    const blocked = (endpoint: UpstreamConfig) =>
-      this.rateLimits.waitMs(rateLimitKey(endpoint)) > 0;
     const started = performance.now();
     for (let retry = 1;; retry++) {
-      const endpoint = this.#health.pick(endpoints, blocked);
+      const endpoint = this.#pick(endpoints);
       const limitKey = rateLimitKey(endpoint);
       const waitMs = this.rateLimits.waitMs(limitKey);
       if (waitMs > 0) throw throttled(endpoint, waitMs);
@@ -433,4 +419,8 @@ export class UpstreamClient {
       throw await responseError(response, target, finalUrl, authorization !== undefined);
     }
   }
+}
+
+function invalidDigest(digest: string): RegistryError {
+  return new RegistryError("DIGEST_INVALID", `invalid digest ${JSON.stringify(digest)}`);
 }
