@@ -45,7 +45,7 @@ import type {
 } from "../registry/registry.ts";
 import type { Storage } from "../storage/storage.ts";
 import type { CacheBound } from "./bound.ts";
-import { type Download, InflightDownloads } from "./inflight.ts";
+import { type Download, InflightDownloads } from "./download.ts";
 import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
