@@ -12,10 +12,9 @@
  * from upstream, so that after a restart an offline upstream does not stop pulls by digest.
  */
 import type { LogFn } from "../log.ts";
-import { concatBytes } from "../bytes.ts";
 import { digestOf } from "../digest.ts";
 import type { UpstreamConfig, UpstreamRegistry } from "../config.ts";
-import { isStorageFull, isUnavailable, RegistryError } from "../oci/errors.ts";
+import { isUnavailable, RegistryError } from "../oci/errors.ts";
 import {
   acceptsMediaType,
   ALL_MANIFEST_TYPES,
@@ -46,45 +45,20 @@ import type {
 import type { Storage } from "../storage/storage.ts";
 import type { CacheBound } from "./bound.ts";
 import { type Download, InflightDownloads } from "./download.ts";
-import { Filter, unconfiguredNamespace, type UpstreamPolicy } from "./filters.ts";
+import { Admission, type UpstreamPolicy } from "./filters.ts";
+import {
+  countingUpstream,
+  describe,
+  readLimited,
+  servesStale,
+  type Upstream,
+} from "./upstream_port.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
-import { Metrics, OTHER } from "../metrics.ts";
+import { Metrics } from "../metrics.ts";
 import { SingleFlight } from "../single_flight.ts";
 
-/** What the cache needs from the upstream client (src/upstream/client.ts implements it). */
-export interface Upstream {
-  manifest(
-    namespace: string,
-    repository: string,
-    reference: string,
-    init: { method: "GET" | "HEAD"; accept: string[]; signal?: AbortSignal; retry?: boolean },
-  ): Promise<Response>;
-  blob(
-    namespace: string,
-    repository: string,
-    digest: string,
-    init: { method: "GET" | "HEAD"; signal?: AbortSignal; retry?: boolean; range?: string },
-  ): Promise<Response>;
-  tags(
-    namespace: string,
-    repository: string,
-    query: URLSearchParams,
-    signal?: AbortSignal,
-  ): Promise<Response>;
-  /** The referrers API; absent (or 404, MANIFEST_UNKNOWN) when upstream has none. */
-  referrers?(
-    namespace: string,
-    repository: string,
-    digest: string,
-    signal?: AbortSignal,
-  ): Promise<Response>;
-  /**
-   * True while the namespace's upstream has little rate-limit quota left (or asked not to be
-   * called): what is cached is then served without asking it (see upstream/rate_limits.ts).
-   */
-  quotaLow?(namespace: string): boolean;
-}
+export type { Upstream };
 
 export interface ManifestResult {
   digest: string;
@@ -156,9 +130,7 @@ export class Mirror {
   readonly #tagLinkMemory = new LruCache<TagLink>(TAG_LINK_MEMORY_ENTRIES);
   /** One manifest lookup (and upstream fetch) per reference at a time. */
   readonly #manifestFlights = new SingleFlight<Lookup>();
-  readonly #upstreamPolicy: UpstreamPolicy;
-  /** Compiled filters of the configured namespaces that have one. */
-  readonly #filters = new Map<string, Filter>();
+  readonly #admission: Admission;
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
   readonly #bound: CacheBound | undefined;
@@ -174,7 +146,7 @@ export class Mirror {
     this.#upstreams = options.upstreams;
     this.#log = options.log ?? ((message) => console.error(message));
     this.#now = options.now ?? Date.now;
-    this.#upstreamPolicy = options.upstreamPolicy ?? "any";
+    this.#admission = new Admission(options.upstreams, options.upstreamPolicy);
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
     const bound = this.#bound = options.bound;
     this.#downloads = new InflightDownloads(options.spoolDir, {
@@ -231,7 +203,7 @@ export class Mirror {
     /** refresh: ask upstream about a cached tag now, whatever its age (warm lists). */
     options: { refresh?: boolean } = {},
   ): Promise<ManifestResult> {
-    this.#admit(namespace, repository, reference.includes(":") ? undefined : reference);
+    this.#admission.check(namespace, repository, reference.includes(":") ? undefined : reference);
     // One lookup per reference at a time: concurrent requests share the storage read and any
     // upstream request it leads to.
     const refresh = options.refresh === true;
@@ -360,7 +332,7 @@ export class Mirror {
         `upstream sent an unparseable manifest for ${reference}`,
       );
     }
-    const stored = await this.#store(
+    const stored = await this.#health.write(
       `manifest ${digest} passed through uncached`,
       () => this.#storage.write(manifestKey(digest), bytes, { digest }),
       { kind: "manifest", namespace },
@@ -414,7 +386,7 @@ export class Mirror {
 
   async #writeTagLink(namespace: string, repository: string, tag: string, link: TagLink) {
     const key = tagKey(namespace, repository, tag);
-    const stored = await this.#store(
+    const stored = await this.#health.write(
       `tag link ${namespace}/${repository}:${tag} not recorded`,
       () => this.#storage.write(key, new TextEncoder().encode(JSON.stringify(link))),
     );
@@ -422,26 +394,6 @@ export class Mirror {
       this.#tagLinkMemory.set(key, link);
       this.#bound?.index.setTag(key, link.digest);
     }
-  }
-
-  /**
-   * Runs a write to the store. False when the store is full (noted, logged, counted as
-   * `uncached` when content goes out without being stored); other failures throw.
-   */
-  async #store(
-    what: string,
-    write: () => Promise<void>,
-    uncached?: { kind: "manifest" | "blob"; namespace: string },
-  ): Promise<boolean> {
-    try {
-      await write();
-    } catch (e) {
-      if (!isStorageFull(e)) throw e;
-      this.#health.refused(what, e as RegistryError, uncached);
-      return false;
-    }
-    this.#health.stored();
-    return true;
   }
 
   // ---- what each repository holds ---------------------------------------------------------
@@ -464,7 +416,7 @@ export class Mirror {
   }
 
   async #writeLink(namespace: string, repository: string, digest: string): Promise<void> {
-    await this.#store(
+    await this.#health.write(
       `link ${namespace}/${repository}@${digest} not recorded`,
       () => this.#storage.write(mirroredLinkKey(namespace, repository, digest), EMPTY),
     ).catch((e) => this.#log(`link ${namespace}/${repository}@${digest}: ${describe(e)}`));
@@ -519,7 +471,7 @@ export class Mirror {
     digest: string,
     options: BlobRequest,
   ): Promise<BlobResult> {
-    this.#admit(namespace, repository);
+    this.#admission.check(namespace, repository);
     const key = blobKey(digest);
     const result = await this.#blob(namespace, repository, digest, options);
     // Under a size bound: a body counts as a reader until it ends (no eviction under it).
@@ -700,7 +652,7 @@ export class Mirror {
    * like any miss. Resolves to the bytes fetched (0 when it was cached).
    */
   async prefetchBlob(namespace: string, repository: string, digest: string): Promise<number> {
-    this.#admit(namespace, repository);
+    this.#admission.check(namespace, repository);
     if (await this.#storage.stat(blobKey(digest))) {
       // Warm content counts as recently used: a size bound evicts it last.
       this.#bound?.index.touch(blobKey(digest));
@@ -724,7 +676,7 @@ export class Mirror {
     repository: string,
     options: { n?: number; last?: string },
   ): Promise<Page & { name: string }> {
-    this.#admit(namespace, repository);
+    this.#admission.check(namespace, repository);
     const query = new URLSearchParams();
     if (options.n !== undefined) query.set("n", String(options.n));
     if (options.last !== undefined) query.set("last", options.last);
@@ -744,27 +696,12 @@ export class Mirror {
     const next = nextLast(response.headers.get("link"));
     if (next !== undefined) page.next = next;
     if (whole) {
-      await this.#store(
+      await this.#health.write(
         `tag list of ${namespace}/${repository} not recorded`,
         () => this.#storage.write(key, bytes),
       );
     }
     return page;
-  }
-
-  /**
-   * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
-   * before storage or upstream is asked: cached content outside them is refused too.
-   */
-  #admit(namespace: string, repository: string, tag?: string): void {
-    const config = this.#upstreams.get(namespace);
-    if (this.#upstreamPolicy === "configured" && !config.configured) {
-      throw unconfiguredNamespace(namespace);
-    }
-    if (!config.filter) return;
-    let filter = this.#filters.get(namespace);
-    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
-    filter.check(namespace, repository, tag);
   }
 
   /**
@@ -778,7 +715,7 @@ export class Mirror {
     digest: string,
     artifactType?: string,
   ): Promise<Descriptor[]> {
-    this.#admit(namespace, repository);
+    this.#admission.check(namespace, repository);
     const all = await this.#referrers(namespace, repository, digest);
     return artifactType === undefined ? all : all.filter((d) => d.artifactType === artifactType);
   }
@@ -804,7 +741,7 @@ export class Mirror {
       if (!descriptors) {
         throw new RegistryError("UPSTREAM_ERROR", `upstream's referrers of ${digest} are no index`);
       }
-      await this.#store(
+      await this.#health.write(
         `referrers of ${digest} in ${namespace}/${repository} not recorded`,
         () =>
           this.#storage.write(
@@ -866,69 +803,6 @@ function parseDescriptors(bytes: Uint8Array): Descriptor[] | null {
   }
 }
 
-/**
- * Wraps the upstream so that every request made to it is counted. Only configured namespaces
- * are named (see Metrics.namespaceLabel): any registry a client names is mirrored, but must not
- * add a series.
- */
-function countingUpstream(
-  upstream: Upstream,
-  metrics: Metrics,
-  upstreams: UpstreamRegistry,
-): Upstream {
-  metrics.nameNamespaces(upstreams.configured().map((u) => u.namespace));
-  const count = <T>(namespace: string, kind: string, method: string, request: () => Promise<T>) => {
-    const label = metrics.namespaceLabel(namespace);
-    metrics.upstream.inc({ namespace: label, kind, method });
-    const started = performance.now();
-    return request().then((response) => {
-      metrics.upstreamSeconds.inc({ namespace: label, kind }, (performance.now() - started) / 1000);
-      return response;
-    }, (e) => {
-      // Codes come from the one register (oci/errors.ts): a bounded label.
-      const code = e instanceof RegistryError ? e.code : OTHER;
-      metrics.upstreamErrors.inc({ namespace: label, kind, code });
-      throw e;
-    });
-  };
-  return {
-    manifest: (namespace, repository, reference, init) =>
-      count(
-        namespace,
-        "manifest",
-        init.method,
-        () => upstream.manifest(namespace, repository, reference, init),
-      ),
-    blob: (namespace, repository, digest, init) =>
-      count(
-        namespace,
-        "blob",
-        init.method,
-        () => upstream.blob(namespace, repository, digest, init),
-      ),
-    tags: (namespace, repository, query, signal) =>
-      count(namespace, "tags", "GET", () => upstream.tags(namespace, repository, query, signal)),
-    referrers: upstream.referrers && ((namespace, repository, digest, signal) =>
-      count(
-        namespace,
-        "referrers",
-        "GET",
-        () => upstream.referrers!(namespace, repository, digest, signal),
-      )),
-    quotaLow: upstream.quotaLow?.bind(upstream),
-  };
-}
-
-/** Upstream failures after which cached content is served rather than an error. */
-function servesStale(e: unknown): boolean {
-  return isUnavailable(e) ||
-    (e instanceof RegistryError && (e.code === "DENIED" || e.code === "UNAUTHORIZED"));
-}
-
-function describe(e: unknown): string {
-  return e instanceof RegistryError ? `${e.code}: ${e.message}` : String(e);
-}
-
 function mediaTypeOf(bytes: Uint8Array): string {
   return detectManifestMediaType(bytes) ?? "application/octet-stream";
 }
@@ -939,32 +813,4 @@ function pickDefaultPlatform(bytes: Uint8Array, accept: string[]) {
   return entries.find((entry) =>
     entry.platform?.os === "linux" && entry.platform?.architecture === "amd64"
   ) ?? entries[0];
-}
-
-async function readLimited(
-  response: Response,
-  limit: number,
-  reference: string,
-): Promise<Uint8Array> {
-  const length = Number(response.headers.get("content-length") ?? 0);
-  if (length > limit) {
-    await response.body?.cancel();
-    throw new RegistryError(
-      "UPSTREAM_ERROR",
-      `upstream manifest ${reference} is larger than ${limit} bytes`,
-    );
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for await (const chunk of response.body ?? new ReadableStream<Uint8Array>()) {
-    total += chunk.byteLength;
-    if (total > limit) {
-      throw new RegistryError(
-        "UPSTREAM_ERROR",
-        `upstream manifest ${reference} is larger than ${limit} bytes`,
-      );
-    }
-    chunks.push(chunk);
-  }
-  return concatBytes(chunks, total);
 }
