@@ -3,13 +3,7 @@
  * upstream whether a tag moved, fetching a miss, and serving stale content when upstream is
  * unreachable. It knows nothing of HTTP routing; api/ turns its results into responses.
  *
- * Content is shared by digest in storage but served per repository: a blob or a manifest by
- * digest is served for a repository only when that repository holds it, that is when a manifest
- * served for it names the digest, or upstream confirmed it for that repository (it was fetched
- * from there, or a HEAD said so). Otherwise a digest cached from a private upstream would be
- * served under any name (`/v2/x/blobs/<digest>?ns=anything`). What a repository holds is kept
- * in memory (warm GETs cost nothing more) and recorded as an empty link in storage when it came
- * from upstream, so that after a restart an offline upstream does not stop pulls by digest.
+ * Which repository may serve which digest is holdings.ts's to say.
  */
 import type { LogFn } from "../log.ts";
 import { digestOf } from "../digest.ts";
@@ -23,12 +17,10 @@ import {
   isIndexType,
   MAX_MANIFEST_BYTES,
 } from "../oci/media_types.ts";
-import { referencedDigests } from "../oci/manifest.ts";
 import {
   blobKey,
   digestOfKey,
   manifestKey,
-  mirroredLinkKey,
   mirroredReferrersKey,
   tagKey,
   type TagLink,
@@ -53,6 +45,7 @@ import {
   servesStale,
   type Upstream,
 } from "./upstream_port.ts";
+import { heldKey, Holdings } from "./holdings.ts";
 import { LruCache } from "./lru.ts";
 import { StoreHealth } from "./store_health.ts";
 import { Metrics } from "../metrics.ts";
@@ -108,9 +101,6 @@ const MAX_TAG_LIST_BYTES = 16 << 20;
 const TAG_LINK_MEMORY_ENTRIES = 10_000;
 /** Blobs whose upstream confirmation (blob_invalidation_time) is remembered. */
 const BLOB_CONFIRMATION_ENTRIES = 100_000;
-/** Repository/digest pairs known to be held (about 150 bytes each: ~30 MB at most). */
-const HELD_ENTRIES = 200_000;
-const EMPTY = new Uint8Array(0);
 
 export class Mirror {
   readonly #storage: Storage;
@@ -134,8 +124,7 @@ export class Mirror {
   /** When upstream last confirmed an old blob (blob_invalidation_time), by namespace+digest. */
   readonly #blobConfirmations = new LruCache<number>(BLOB_CONFIRMATION_ENTRIES);
   readonly #bound: CacheBound | undefined;
-  /** `namespace/repository@digest` for content the repository holds (see the top comment). */
-  readonly #held = new LruCache<true>(HELD_ENTRIES);
+  readonly #holdings: Holdings;
   /** The repository (`namespace/repository@digest`) a blob download is being fetched for. */
   readonly #fetchingFor = new Map<string, string>();
 
@@ -148,6 +137,7 @@ export class Mirror {
     this.#now = options.now ?? Date.now;
     this.#admission = new Admission(options.upstreams, options.upstreamPolicy);
     this.#health = new StoreHealth(this.#log, this.#metrics, this.#now);
+    this.#holdings = new Holdings({ storage: this.#storage, health: this.#health, log: this.#log });
     const bound = this.#bound = options.bound;
     this.#downloads = new InflightDownloads(options.spoolDir, {
       storage: options.storage,
@@ -216,7 +206,7 @@ export class Mirror {
     );
     this.#bound?.index.touch(manifestKey(manifest.digest));
     // Served for this repository: what it names is this repository's too (before a child).
-    void this.#holdManifest(namespace, repository, manifest, false);
+    void this.#holdings.holdManifest(namespace, repository, manifest, false);
     if (acceptsMediaType(accept, manifest.mediaType)) return { ...manifest, cache };
     if (isIndexType(manifest.mediaType)) {
       const entry = pickDefaultPlatform(manifest.bytes, accept);
@@ -241,7 +231,13 @@ export class Mirror {
   ): Promise<Lookup> {
     const stored = await this.#storedManifest(digest);
     if (stored) {
-      await this.#confirmHeld(namespace, repository, digest, "manifest");
+      await this.#holdings.confirm(namespace, repository, digest, async () => {
+        const response = await this.#upstream.manifest(namespace, repository, digest, {
+          method: "HEAD",
+          accept: ALL_MANIFEST_TYPES,
+        });
+        await response.body?.cancel();
+      });
       return { manifest: stored, cache: this.#count(namespace, "manifest", "hit") };
     }
     const cache = this.#count(namespace, "manifest", "miss");
@@ -343,7 +339,7 @@ export class Mirror {
       this.#bound.index.addManifest(digest, bytes);
       this.#bound.check();
     }
-    await this.#holdManifest(namespace, repository, { digest, bytes, mediaType }, true);
+    await this.#holdings.holdManifest(namespace, repository, { digest, bytes }, true);
     if (!isDigestReference) {
       await this.#writeTagLink(namespace, repository, reference, {
         digest,
@@ -396,69 +392,6 @@ export class Mirror {
     }
   }
 
-  // ---- what each repository holds ---------------------------------------------------------
-
-  /**
-   * Notes that the repository holds `manifest` and what it names; `record` (fresh from
-   * upstream) also writes the links, best effort: a full store only costs a HEAD later.
-   */
-  async #holdManifest(
-    namespace: string,
-    repository: string,
-    manifest: ManifestResult,
-    record: boolean,
-  ): Promise<void> {
-    const key = `${namespace}/${repository}@${manifest.digest}`;
-    if (!record && this.#held.get(key)) return;
-    const digests = [manifest.digest, ...referencedDigests(manifest.bytes)];
-    for (const digest of digests) this.#held.set(`${namespace}/${repository}@${digest}`, true);
-    if (record) await Promise.all(digests.map((d) => this.#writeLink(namespace, repository, d)));
-  }
-
-  async #writeLink(namespace: string, repository: string, digest: string): Promise<void> {
-    await this.#health.write(
-      `link ${namespace}/${repository}@${digest} not recorded`,
-      () => this.#storage.write(mirroredLinkKey(namespace, repository, digest), EMPTY),
-    ).catch((e) => this.#log(`link ${namespace}/${repository}@${digest}: ${describe(e)}`));
-  }
-
-  /**
-   * Throws unless the repository holds `digest`: known in memory, linked in storage, or
-   * confirmed by upstream now with a HEAD for this repository (its 404 is the client's 404).
-   */
-  async #confirmHeld(
-    namespace: string,
-    repository: string,
-    digest: string,
-    kind: "blob" | "manifest",
-  ): Promise<void> {
-    if (await this.#knownHeld(namespace, repository, digest)) return;
-    const key = `${namespace}/${repository}@${digest}`;
-    const response = kind === "blob"
-      ? await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" })
-      : await this.#upstream.manifest(namespace, repository, digest, {
-        method: "HEAD",
-        accept: ALL_MANIFEST_TYPES,
-      });
-    await response.body?.cancel();
-    if (kind === "blob") this.#blobConfirmations.set(key, this.#now());
-    await this.#hold(namespace, repository, digest);
-  }
-
-  /** Held according to memory or, after a restart, to the link in storage. */
-  async #knownHeld(namespace: string, repository: string, digest: string): Promise<boolean> {
-    const key = `${namespace}/${repository}@${digest}`;
-    if (this.#held.get(key)) return true;
-    if (!await this.#storage.stat(mirroredLinkKey(namespace, repository, digest))) return false;
-    this.#held.set(key, true);
-    return true;
-  }
-
-  async #hold(namespace: string, repository: string, digest: string): Promise<void> {
-    this.#held.set(`${namespace}/${repository}@${digest}`, true);
-    await this.#writeLink(namespace, repository, digest);
-  }
-
   // ---- blobs -----------------------------------------------------------------------------
 
   /**
@@ -497,13 +430,13 @@ export class Mirror {
     const key = blobKey(digest);
     // Before anything else: no download to follow and no cached bytes unless this repository
     // holds the blob. A blob neither cached nor downloading is confirmed by fetching it.
-    const heldKey = `${namespace}/${repository}@${digest}`;
+    const held = heldKey(namespace, repository, digest);
     let confirmByFetch = false;
-    if (!await this.#knownHeld(namespace, repository, digest)) {
+    if (!await this.#holdings.known(namespace, repository, digest)) {
       const downloading = this.#downloads.running(digest) !== undefined;
-      if (downloading && this.#fetchingFor.get(digest) === heldKey) confirmByFetch = true;
+      if (downloading && this.#fetchingFor.get(digest) === held) confirmByFetch = true;
       else if (downloading || await this.#storage.stat(key)) {
-        await this.#confirmHeld(namespace, repository, digest, "blob");
+        await this.#confirmHeldBlob(namespace, repository, digest);
       } else confirmByFetch = true;
     }
     // A download under way (or publishing) answers for the blob: no storage request, and never
@@ -526,7 +459,7 @@ export class Mirror {
     if (!options.body) {
       const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
       await response.body?.cancel();
-      await this.#hold(namespace, repository, digest);
+      await this.#holdings.hold(namespace, repository, digest);
       const length = response.headers.get("content-length");
       const size = length !== null ? Number(length) : undefined;
       return { size, range: resolveRange(options.range, size), cache };
@@ -537,7 +470,7 @@ export class Mirror {
     // requests for the same repository join it instead of asking upstream with a HEAD each.
     // The whole blob, or (resuming a body cut mid-way) its bytes from `from` on.
     const fetch = async (checkStore: boolean, from?: number) => {
-      this.#fetchingFor.set(digest, heldKey);
+      this.#fetchingFor.set(digest, held);
       try {
         // Re-checked inside the flight: a download may have been published since the lookup.
         if (checkStore && from === undefined && await this.#storage.stat(key)) return null;
@@ -546,10 +479,10 @@ export class Mirror {
           ...(from === undefined ? {} : { range: `bytes=${from}-` }),
         });
         // Not awaited: the download starts now; settled() waits for the link.
-        this.#background(this.#hold(namespace, repository, digest));
+        this.#background(this.#holdings.hold(namespace, repository, digest));
         return response;
       } finally {
-        if (this.#fetchingFor.get(digest) === heldKey) this.#fetchingFor.delete(digest);
+        if (this.#fetchingFor.get(digest) === held) this.#fetchingFor.delete(digest);
       }
     };
     for (let attempt = 0; attempt < 3; attempt++) {
@@ -557,9 +490,9 @@ export class Mirror {
       // A download fetched for this same repository confirms it (or fails for all alike);
       // another repository's download, or a blob published meanwhile, does not.
       if (
-        confirmByFetch && !this.#held.get(heldKey) && this.#fetchingFor.get(digest) !== heldKey
+        confirmByFetch && !this.#holdings.has(held) && this.#fetchingFor.get(digest) !== held
       ) {
-        await this.#confirmHeld(namespace, repository, digest, "blob");
+        await this.#confirmHeldBlob(namespace, repository, digest);
         confirmByFetch = false;
       }
       if (!download) {
@@ -645,6 +578,18 @@ export class Mirror {
   #count(namespace: string, kind: "manifest" | "blob", result: CacheResult): CacheResult {
     this.#metrics.cache.inc({ namespace: this.#metrics.namespaceLabel(namespace), kind, result });
     return result;
+  }
+
+  /**
+   * Throws unless the repository holds the blob (see Holdings.confirm); upstream's HEAD also
+   * counts as a confirmation for blob_invalidation_time.
+   */
+  #confirmHeldBlob(namespace: string, repository: string, digest: string): Promise<void> {
+    return this.#holdings.confirm(namespace, repository, digest, async () => {
+      const response = await this.#upstream.blob(namespace, repository, digest, { method: "HEAD" });
+      await response.body?.cancel();
+      this.#blobConfirmations.set(heldKey(namespace, repository, digest), this.#now());
+    });
   }
 
   /**
