@@ -8,12 +8,40 @@
  * any run across segments, `?` for one character. Tags have no segments, so there `*` is any
  * run. Digest references carry no tag: only repository patterns apply to them.
  */
-import type { FilterConfig } from "../config.ts";
+import type { FilterConfig, UpstreamRegistry } from "../config.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { globToRegExp } from "../oci/glob.ts";
 
 /** Whether namespaces not in the upstream configuration are mirrored. */
 export type UpstreamPolicy = "any" | "configured";
+
+/**
+ * Refuses what the operator does not mirror (--upstream-policy, per-namespace filters)
+ * before storage or upstream is asked: cached content outside them is refused too.
+ */
+export class Admission {
+  readonly #upstreams: UpstreamRegistry;
+  readonly #policy: UpstreamPolicy;
+  /** Compiled filters of the configured namespaces that have one. */
+  readonly #filters = new Map<string, Filter>();
+
+  constructor(upstreams: UpstreamRegistry, policy: UpstreamPolicy = "any") {
+    this.#upstreams = upstreams;
+    this.#policy = policy;
+  }
+
+  /** Throws the refusal when `repository` (and `tag`, if given) of `namespace` is not mirrored. */
+  check(namespace: string, repository: string, tag?: string): void {
+    const config = this.#upstreams.get(namespace);
+    if (this.#policy === "configured" && !config.configured) {
+      throw unconfiguredNamespace(namespace);
+    }
+    if (!config.filter) return;
+    let filter = this.#filters.get(namespace);
+    if (!filter) this.#filters.set(namespace, filter = new Filter(config.filter));
+    filter.check(namespace, repository, tag);
+  }
+}
 
 /** One namespace's filter, compiled once. */
 export class Filter {

@@ -5,7 +5,7 @@
  * still tried, and the first one that succeeds clears the state.
  */
 import type { LogFn } from "../log.ts";
-import type { RegistryError } from "../oci/errors.ts";
+import { isStorageFull, type RegistryError } from "../oci/errors.ts";
 import type { Metrics } from "../metrics.ts";
 
 /** While full, refusals after the first are logged at most this often (as a count). */
@@ -39,6 +39,26 @@ export class StoreHealth {
     if (!this.#full) return;
     this.#full = undefined;
     this.#log("store has space again: caching resumed");
+  }
+
+  /**
+   * Runs a write to the store. False when the store is full (noted, logged, counted as
+   * `uncached` when content goes out without being stored); other failures throw.
+   */
+  async write(
+    what: string,
+    write: () => Promise<void>,
+    uncached?: { kind: "manifest" | "blob"; namespace: string },
+  ): Promise<boolean> {
+    try {
+      await write();
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      this.refused(what, e as RegistryError, uncached);
+      return false;
+    }
+    this.stored();
+    return true;
   }
 
   /**
