@@ -13,10 +13,16 @@
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { podmanClient } from "../support/clients.ts";
-import { buildImage, type Image, pushImage, skopeoPullDir } from "../support/images.ts";
+import {
+  assertDirImage,
+  buildImage,
+  type Image,
+  pushImage,
+  skopeoPullDir,
+} from "../support/images.ts";
 import { type Mirror, startMirror } from "../support/mirror.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
-import { run, sha256File, tempDir } from "../support/tools.ts";
+import { run, tempDir } from "../support/tools.ts";
 
 const ALICE = { username: "alice", password: "alice-upstream-pw" };
 const BOB = { username: "bob", password: "bob-upstream-pw" };
@@ -42,14 +48,6 @@ async function get(mirror: Mirror, path: string, who?: { username: string; passw
     cache: response.headers.get("x-cache"),
     text,
   };
-}
-
-/** skopeo wrote `dir:` with the image manifest and every blob byte for byte. */
-async function assertDirImage(dir: string, image: Image) {
-  assertEquals(await Deno.readFile(`${dir}/manifest.json`), image.manifest.bytes);
-  for (const blob of [image.config, ...image.layers]) {
-    assertEquals(await sha256File(`${dir}/${blob.sha256}`), blob.sha256, blob.digest);
-  }
 }
 
 function passthroughMirror(up: Upstream, extra: Record<string, unknown> = {}) {
