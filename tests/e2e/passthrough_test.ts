@@ -2,7 +2,9 @@
  * Credential pass-through (`auth: passthrough`) against real upstreams and real clients: a
  * mirror process in front of distribution (htpasswd, and token auth with a token server that
  * gives one valid user no access to the repository), pulled from with skopeo --src-creds,
- * podman login and plain HTTP.
+ * podman login, plain HTTP, containerd (`ctr images pull --user`, hosts.toml: `?ns=`) and a
+ * private dockerd (`docker login MIRROR` then `docker pull MIRROR/private.test/...`, and
+ * `registry-mirrors` with the passthrough namespace as the mirror's default).
  *
  * What must hold: content cached for one client is not served to another whose own upstream
  * credentials are wrong (401) or lack access (403), nor to anyone anonymous (401 with a
@@ -12,15 +14,25 @@
  */
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
-import { podmanClient } from "../support/clients.ts";
+import { assertContainerdImage, podmanClient, startContainerd } from "../support/clients.ts";
+import { assertDockerImage, startDockerd } from "../support/dockerd.ts";
 import {
   assertDirImage,
+  blobsOf,
   buildImage,
   type Image,
   pushImage,
   skopeoPullDir,
 } from "../support/images.ts";
-import { type Mirror, startMirror } from "../support/mirror.ts";
+import { type Mirror, type MirrorOptions, startMirror } from "../support/mirror.ts";
+import {
+  assertAllServed,
+  assertOnlyMirrorAskedUpstream,
+  escapeRegExp,
+  type MirrorRequest,
+  mirrorRequests,
+  show,
+} from "../support/mirror_log.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
 import { run, tempDir } from "../support/tools.ts";
 
@@ -50,8 +62,13 @@ async function get(mirror: Mirror, path: string, who?: { username: string; passw
   };
 }
 
-function passthroughMirror(up: Upstream, extra: Record<string, unknown> = {}) {
+function passthroughMirror(
+  up: Upstream,
+  extra: Record<string, unknown> = {},
+  options: Omit<MirrorOptions, "upstreams"> = {},
+) {
   return startMirror({
+    ...options,
     upstreams: [{
       namespace: "private.test",
       host: up.host,
@@ -96,9 +113,9 @@ async function podmanLoginAndPull(
   return pm;
 }
 
-function assertNoSecrets(mirror: Mirror, up: Upstream) {
+function assertNoSecrets(mirror: Mirror, up: Upstream, more: string[] = []) {
   const logs = mirror.logs();
-  for (const secret of [ALICE.password, BOB.password, WRONG.password, up.password!]) {
+  for (const secret of [ALICE.password, BOB.password, WRONG.password, up.password!, ...more]) {
     assert(!logs.includes(secret), `the mirror's output contains "${secret.slice(0, 4)}..."`);
   }
 }
@@ -331,4 +348,274 @@ Deno.test("passthrough with --auth-config: the token endpoint asks the upstream"
   });
   assertNoSecrets(mirror, up);
   assert(!mirror.logs().includes(carol.password));
+});
+
+// ---------------------------------------------------------------------------------------------
+// containerd (`ctr --user`) and dockerd (`docker login`)
+
+type Account = { username: string; password: string };
+
+/**
+ * Credentials of one client: an account the token server lets pull team/, a valid account it
+ * lets pull nothing there, and the first one's name with a wrong password. Each client has its
+ * own, so that what the upstream is asked shows each client's check (a pass is remembered for
+ * passthrough_ttl, a refusal for 5 s).
+ */
+function clientAccounts(client: string) {
+  const allowed = { username: `${client}-dev`, password: `${client}-dev-pw` };
+  const noAccess = { username: `${client}-other`, password: `${client}-other-pw` };
+  return {
+    allowed,
+    noAccess,
+    wrong: { ...allowed, password: `${client}-wrong-pw` },
+    users: [{ ...allowed, repositories: ["team/"] }, { ...noAccess, repositories: ["other/"] }],
+    secrets: [allowed.password, noAccess.password, `${client}-wrong-pw`],
+  };
+}
+
+/**
+ * What the upstream was asked since its last clearLog (all of it by the mirror): its token
+ * server's answers (`account status [actions granted]`, `-` for a refused login) and the
+ * registry's (`METHOD path status`).
+ */
+async function upstreamSaw(up: Upstream) {
+  await assertOnlyMirrorAskedUpstream(up);
+  return {
+    tokens: up.tokenServer!.requests().map((r) =>
+      `${r.account || "-"} ${r.status} [${r.granted.flatMap((g) => g.actions).join(",")}]`
+    ),
+    registry: up.requests().map((r) => `${r.method} ${r.path} ${r.status}`),
+  };
+}
+
+/** The check of one client's credentials for REPO:1, as the token upstream sees it. */
+function checkOf(account: Account, verdict: "allowed" | "denied" | "unauthorized") {
+  const head = "HEAD /v2/team/secret/manifests/1";
+  return {
+    allowed: {
+      tokens: [`${account.username} 200 [pull]`],
+      registry: [`${head} 401`, `${head} 200`],
+    },
+    denied: { tokens: [`${account.username} 200 []`], registry: [`${head} 401`, `${head} 401`] },
+    unauthorized: { tokens: ["- 401 []"], registry: [`${head} 401`] },
+  }[verdict];
+}
+
+/** A refused pull: the mirror answered `status` to every manifest request and sent no blob. */
+function assertRefused(requests: MirrorRequest[], status: 401 | 403) {
+  const manifests = requests.filter((r) => r.path.includes("/manifests/"));
+  assert(manifests.length > 0, `the client asked the mirror:\n${show(requests)}`);
+  for (const r of requests) {
+    assert(r.status < 200 || r.status >= 300, `nothing served:\n${show(requests)}`);
+    assert(!r.path.includes("/blobs/"), `no blob asked for:\n${show(requests)}`);
+  }
+  // The first try of a request carries no credentials (401): the one with them gets `status`.
+  assertEquals(manifests.at(-1)!.status, status, show(requests));
+  if (status === 401) assertEquals(manifests.map((r) => r.status).filter((s) => s !== 401), []);
+}
+
+Deno.test("passthrough (token upstream) with ctr --user and docker login: 200, 403, 401 with the content cached", async (t) => {
+  const ctr = clientAccounts("ctr");
+  const dk = clientAccounts("docker");
+  const hub = clientAccounts("hub");
+  await using up = await startUpstream({
+    auth: "token",
+    users: [...ctr.users, ...dk.users, ...hub.users],
+  });
+  const image = await pushImage(up, "team/secret", "1", buildImage({ layers: 2 }));
+  // The default namespace is the passthrough one, for Docker's registry-mirrors (last step).
+  await using mirror = await passthroughMirror(up, {}, { defaultNamespace: "private.test" });
+  await using dir = await tempDir("passthrough-daemons-");
+  await using containerd = await startContainerd();
+  await using docker = await startDockerd({ registryMirror: mirror.url });
+  const reset = () => {
+    mirror.clearLogs();
+    up.clearLog();
+  };
+  const ref = `${REPO}:1`;
+  const pull = (who: Account) =>
+    containerd.pull(ref, { mirror: mirror.host, user: creds(who), check: false });
+
+  await t.step(
+    "ctr --user, allowed account: byte for byte; the mirror fills its cache",
+    async () => {
+      reset();
+      const pulled = await pull(ctr.allowed);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      await assertContainerdImage(containerd, ref, image);
+      const requests = await mirrorRequests(mirror);
+      // containerd tries each request without credentials first (401), then with them.
+      assertAllServed(requests.filter((r) => r.status !== 401));
+      const base = "/v2/team/secret";
+      assertEquals(
+        [...new Set(requests.filter((r) => r.status === 200).map((r) => r.path))].sort(),
+        [
+          `${base}/manifests/1`,
+          `${base}/manifests/${image.digest}`,
+          ...blobsOf(image).map((b) => `${base}/blobs/${b.digest}`),
+        ].map((p) => `${p}?ns=private.test`).sort(),
+        show(requests),
+      );
+      const saw = await upstreamSaw(up);
+      // One check with ctr's credentials, then the fill with the mirror's own (testuser).
+      assertEquals(saw.tokens, [...checkOf(ctr.allowed, "allowed").tokens, "testuser 200 [pull]"]);
+      assertEquals(
+        saw.registry.filter((l) => l.startsWith("HEAD")),
+        checkOf(ctr.allowed, "allowed").registry,
+      );
+      for (const blob of blobsOf(image)) assertEquals(await up.countBlobGets(blob.digest), 1);
+    },
+  );
+
+  await t.step(
+    "ctr --user, no access (403) and a wrong password (401): refused, though cached",
+    async () => {
+      await containerd.removeAllImages();
+      const cached = await get(mirror, `/v2/${REPO}/blobs/${image.layers[0].digest}`, ctr.allowed);
+      assertEquals([cached.status, cached.cache], [200, "hit"]);
+      for (const [who, status] of [[ctr.noAccess, 403], [ctr.wrong, 401]] as const) {
+        reset();
+        const refused = await pull(who);
+        assert(!refused.success, `ctr pulled as ${who.username}`);
+        assertMatch(
+          refused.stderr,
+          new RegExp(`pulling from host ${escapeRegExp(mirror.host)} failed .*: ${status} `),
+        );
+        const requests = await mirrorRequests(mirror);
+        assertRefused(requests, status);
+        for (const r of requests) {
+          assertEquals(
+            r.path,
+            `/v2/team/secret/manifests/1?ns=private.test`,
+          );
+        }
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          `${who.username}: one check, nothing fetched`,
+        );
+      }
+      assertEquals(await containerd.images(), []);
+    },
+  );
+
+  const config = dir.join("docker-config");
+  const cli = (args: string[]) => docker.cli(args, { env: { DOCKER_CONFIG: config } });
+  const mirrorRef = `${mirror.host}/${ref}`;
+
+  await t.step(
+    "docker login, docker pull MIRROR/private.test/...: byte for byte, from the cache",
+    async () => {
+      reset();
+      const login = await cli([
+        "login",
+        "-u",
+        dk.allowed.username,
+        "-p",
+        dk.allowed.password,
+        mirror.host,
+      ]);
+      assertEquals(login.code, 0, login.stderr);
+      assertEquals(show(await mirrorRequests(mirror)), "GET /v2/ 401\nGET /v2/ 200");
+      assertEquals(await upstreamSaw(up), { tokens: [], registry: [] }, "a login only stores");
+      reset();
+      const pulled = await cli(["pull", mirrorRef]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      assertMatch(pulled.stdout, new RegExp(`Digest: ${image.digest}`));
+      await assertDockerImage(docker, mirrorRef, `${mirror.host}/${REPO}`, image, image.digest);
+      const requests = await mirrorRequests(mirror);
+      assertEquals(requests[0], { method: "GET", path: "/v2/", status: 401 }, show(requests));
+      assertAllServed(requests.slice(1));
+      const base = `/v2/${REPO}`;
+      assertEquals(
+        requests.slice(1).map((r) => `${r.method} ${r.path}`).sort(),
+        [
+          `HEAD ${base}/manifests/1`,
+          `GET ${base}/manifests/${image.digest}`,
+          ...blobsOf(image).map((b) => `GET ${base}/blobs/${b.digest}`),
+        ].sort(),
+      );
+      // The check, and nothing else: the content came from the cache ctr's pull filled.
+      assertEquals(await upstreamSaw(up), checkOf(dk.allowed, "allowed"));
+      await cli(["rmi", mirrorRef]);
+    },
+  );
+
+  await t.step(
+    "docker login as no access (403) or with a wrong password (401): the pull fails",
+    async () => {
+      const cases = [
+        [dk.noAccess, 403, /denied: upstream private\.test does not let these credentials pull/],
+        [dk.wrong, 401, /unauthorized: upstream private\.test did not accept these credentials/],
+      ] as const;
+      for (const [who, status, message] of cases) {
+        // The login itself succeeds: the mirror cannot tell which repository it is for.
+        const login = await cli(["login", "-u", who.username, "-p", who.password, mirror.host]);
+        assertEquals(login.code, 0, login.stderr);
+        reset();
+        const refused = await cli(["pull", mirrorRef]);
+        assert(!refused.success, `docker pulled as ${who.username}`);
+        assertMatch(refused.stderr, message);
+        const requests = await mirrorRequests(mirror);
+        assertRefused(requests, status);
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          who.username,
+        );
+      }
+      assertEquals((await cli(["images", "-q"])).stdout.trim(), "");
+    },
+  );
+
+  await t.step(
+    "registry-mirrors: Docker Hub names, the passthrough namespace as default",
+    async () => {
+      // What `docker login` for Docker Hub writes (Docker Hub itself is unreachable here): dockerd
+      // sends these credentials to its registry mirror.
+      const hubLogin = (who: Account) =>
+        Deno.writeTextFile(
+          `${config}/config.json`,
+          JSON.stringify({
+            auths: {
+              "https://index.docker.io/v1/": {
+                auth: Buffer.from(creds(who)).toString("base64"),
+              },
+            },
+          }),
+        );
+      await hubLogin(hub.allowed);
+      reset();
+      const pulled = await cli(["pull", "team/secret:1"]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      await assertDockerImage(docker, "team/secret:1", "team/secret", image, image.digest);
+      const requests = await mirrorRequests(mirror);
+      assertEquals(requests[0], { method: "GET", path: "/v2/", status: 401 }, show(requests));
+      assertAllServed(requests.slice(1));
+      for (const r of requests.slice(1)) {
+        assert(
+          r.path.startsWith("/v2/team/secret/"),
+          show(requests),
+        );
+      }
+      assertEquals(await upstreamSaw(up), checkOf(hub.allowed, "allowed"));
+      await cli(["rmi", "team/secret:1"]);
+
+      for (const [who, status] of [[hub.noAccess, 403], [hub.wrong, 401]] as const) {
+        await hubLogin(who);
+        reset();
+        const refused = await cli(["pull", "team/secret:1"]);
+        assert(!refused.success, `docker pulled as ${who.username}`);
+        // On the mirror's refusal dockerd falls back to Docker Hub, whose error it then prints.
+        assertMatch(refused.stderr, /registry-1\.docker\.io.*proxyconnect/);
+        assertRefused(await mirrorRequests(mirror), status);
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          who.username,
+        );
+      }
+    },
+  );
+  assertNoSecrets(mirror, up, [...ctr.secrets, ...dk.secrets, ...hub.secrets]);
 });
