@@ -679,7 +679,7 @@ Deno.test("helm: optional ServiceMonitor, extra args and env", async () => {
   assertEquals(rendered.one("PodDisruptionBudget").spec.minAvailable, 1);
 });
 
-Deno.test("helm: hosted, sparse manifests, cache bound and GC, client limits, connection guard and log values become the program's flags", async () => {
+Deno.test("helm: hosted, sparse manifests, cache bound and GC, client limits, connection guard, log, upstream policy and shutdown values become the program's flags", async () => {
   const defaults = programSettings(await renderOk());
   const plain = parseCommandLine(["filesystem", "--root", "/data"], () => undefined);
   assert(plain.kind === "run");
@@ -702,6 +702,8 @@ Deno.test("helm: hosted, sparse manifests, cache bound and GC, client limits, co
     idleTimeoutMs: 30_000,
   });
   assertEquals([settings.logLevel, settings.logFormat], ["debug", "json"]);
+  assertEquals(settings.upstreamPolicy, "configured");
+  assertEquals(settings.shutdownGraceMs, 40_000);
   assertEquals(settings.unguardedConnections, false);
 
   const more = programSettings(
@@ -720,6 +722,74 @@ Deno.test("helm: hosted, sparse manifests, cache bound and GC, client limits, co
     await renderOk({ log: { level: "warn" }, extraArgs: ["--log-level", "error"] }),
   ).settings;
   assertEquals(overridden.logLevel, "error");
+});
+
+Deno.test("helm: the shutdown grace and the pod's terminationGracePeriodSeconds go together", async () => {
+  /** The program's grace and the kubelet's, in ms, and the flags the chart passed. */
+  const shutdownOf = async (values: Json) => {
+    const rendered = await renderOk(values);
+    const { settings, container } = programSettings(rendered);
+    const pod = rendered.one("Deployment").spec.template.spec;
+    const at = container.args.indexOf("--shutdown-grace");
+    return {
+      grace: settings.shutdownGraceMs,
+      kubelet: pod.terminationGracePeriodSeconds * 1000,
+      flag: at < 0 ? undefined : container.args[at + 1],
+    };
+  };
+  // Defaults: the program's own grace (no flag), and 5 s more for the kubelet: Kubernetes' 30 s.
+  // The chart assumes the program's default; this fails if either changes alone.
+  assertEquals(await shutdownOf({}), { grace: 25_000, kubelet: 30_000, flag: undefined });
+  assertEquals(await shutdownOf({ shutdown: { graceSeconds: 40 } }), {
+    grace: 40_000,
+    kubelet: 45_000,
+    flag: "40s",
+  });
+  assertEquals(await shutdownOf({ shutdown: { graceSeconds: 0 } }), {
+    grace: 0,
+    kubelet: 5_000,
+    flag: "0s",
+  });
+  assertEquals(
+    await shutdownOf({ shutdown: { graceSeconds: 60, terminationGracePeriodSeconds: 120 } }),
+    { grace: 60_000, kubelet: 120_000, flag: "60s" },
+  );
+  assertEquals(await shutdownOf({ shutdown: { terminationGracePeriodSeconds: 26 } }), {
+    grace: 25_000,
+    kubelet: 26_000,
+    flag: undefined,
+  });
+
+  const cases: [Json, RegExp][] = [
+    [
+      { shutdown: { terminationGracePeriodSeconds: 25 } },
+      /shutdown\.terminationGracePeriodSeconds \(25\) must be more than the shutdown grace \(25 s\)/,
+    ],
+    [
+      { shutdown: { graceSeconds: 90, terminationGracePeriodSeconds: 60 } },
+      /terminationGracePeriodSeconds \(60\) must be more than the shutdown grace \(90 s\)/,
+    ],
+    [
+      { shutdown: { graceSeconds: "30s" } },
+      /shutdown\.graceSeconds must be a whole number of seconds, got "30s"/,
+    ],
+    [{ shutdown: { graceSeconds: 2.5 } }, /shutdown\.graceSeconds must be a whole number/],
+    [
+      { shutdown: { terminationGracePeriodSeconds: -1 } },
+      /shutdown\.terminationGracePeriodSeconds must be a whole number of seconds, got "-1"/,
+    ],
+    [{ upstreamPolicy: "some" }, /upstreamPolicy must be "any" or "configured".*got "some"/],
+  ];
+  for (const [values, message] of cases) {
+    const rendered = await render(values);
+    assert(!rendered.ok, `rendered ${JSON.stringify(values)}`);
+    assertMatch(rendered.error, message);
+  }
+  // upstreamPolicy: empty leaves the program's any; either value is passed as given.
+  for (const policy of ["any", "configured"] as const) {
+    const { settings } = programSettings(await renderOk({ upstreamPolicy: policy }));
+    assertEquals(settings.upstreamPolicy, policy);
+  }
 });
 
 Deno.test("helm: auth from values is a Secret, mounted read-only, that the program loads", async () => {
@@ -879,6 +949,8 @@ const FLAG_VALUES: Json = {
   clientLimits: { rate: 2.5, downloads: 4 },
   connections: { maxConnections: 1_000_000, headerTimeout: "5s", idleTimeout: "30s" },
   log: { level: "debug", format: "json" },
+  upstreamPolicy: "configured",
+  shutdown: { graceSeconds: 40 },
 };
 
 /** An auth config from values: users, rules, a token section and a shared token key. */

@@ -187,12 +187,19 @@ export class Auth {
     }
     const access: Record<string, Action[]> = {};
     let user: string | null = null;
-    const gated = this.#gatedScopes(scopes, resolve);
-    if (gated) {
-      // Only passthrough repositories asked for: the credentials are the client's upstream
-      // ones, checked there (README, Pass-through); the mirror's users and rules play no part.
-      await this.#grantPassthrough(request, gated, access);
-    } else {
+    const { gated, others } = this.#splitScopes(scopes, resolve);
+    // Only passthrough repositories asked for: the credentials are the client's upstream ones,
+    // checked there (README, Pass-through); the mirror's users and rules play no part. Others
+    // too: containerd adds a scope of its own to the challenge's, the repository without the
+    // registry's name (`repository:team/app:pull` next to `repository:private.test/team/app:pull`).
+    // When the upstream accepts the credentials, those others get what anonymous clients get;
+    // when not, the mirror's rules answer the whole request, granting no passthrough scope.
+    const upstreamAccepted = gated.length > 0 &&
+      await this.#grantPassthrough(request, gated, access, others.length === 0);
+    if (upstreamAccepted && others.length > 0) {
+      const policy = this.#access.policy();
+      for (const scope of others) grant(policy, null, scope, resolve, access);
+    } else if (!upstreamAccepted && (gated.length === 0 || others.length > 0)) {
       try {
         ({ user } = await this.identify(request, address));
       } catch (e) {
@@ -217,44 +224,50 @@ export class Auth {
     });
   }
 
-  /** The passthrough resources of `scopes` when every repository scope names one, else null. */
-  #gatedScopes(
+  /**
+   * The repository scopes of `scopes` split into the passthrough resources they name (`gated`)
+   * and the rest (`others`: other namespaces, hosted names, names that are no repository's).
+   */
+  #splitScopes(
     scopes: string[],
     resolve: (name: string) => Resource | null,
-  ): { resource: Resource; actions: string[] }[] | null {
-    if (!this.#passthrough) return null;
+  ): { gated: { resource: Resource; actions: string[] }[]; others: string[] } {
     const gated: { resource: Resource; actions: string[] }[] = [];
+    const others: string[] = [];
     for (const scope of scopes) {
       const first = scope.indexOf(":");
       const last = scope.lastIndexOf(":");
       if (first < 0 || last <= first || scope.slice(0, first) !== "repository") continue;
-      let resource: Resource | null;
+      let resource: Resource | null = null;
       try {
         resource = resolve(scope.slice(first + 1, last));
-      } catch {
-        return null;
+      } catch { /* not a repository name */ }
+      if (!resource || resource.hosted || !this.#passthrough?.covers(resource.namespace)) {
+        others.push(scope);
+      } else {
+        gated.push({ resource, actions: scope.slice(last + 1).split(",") });
       }
-      if (!resource || resource.hosted || !this.#passthrough.covers(resource.namespace)) {
-        return null;
-      }
-      gated.push({ resource, actions: scope.slice(last + 1).split(",") });
     }
-    return gated.length > 0 ? gated : null;
+    return { gated, others };
   }
 
   /**
    * Records upstream's verdict per passthrough scope in the token: pull granted, or an empty
-   * list (checked and denied: requests get 403). Credentials upstream rejects get 401 here.
+   * list (checked and denied: requests get 403). Credentials upstream rejects get 401 here when
+   * `only` (nothing but passthrough scopes asked for); otherwise nothing is recorded. Whether
+   * upstream was asked and accepted the credentials (for access or not).
    */
   async #grantPassthrough(
     request: Request,
     gated: { resource: Resource; actions: string[] }[],
     access: Record<string, Action[]>,
-  ): Promise<void> {
+    only: boolean,
+  ): Promise<boolean> {
     const match = /^basic +([^ ]+) *$/i.exec(request.headers.get("authorization") ?? "");
-    if (!match) return; // anonymous: a token that grants nothing
+    if (!match) return false; // anonymous: a token that grants nothing
     const credentials = decodeClientBasic(match[1]);
     if (!credentials) throw this.#refuse(request, "malformed", "malformed credentials");
+    const verdicts: Record<string, Action[]> = {};
     for (const { resource, actions } of gated) {
       if (!actions.includes("pull") && !actions.includes("*")) continue;
       const verdict = await this.#passthrough!.check(
@@ -264,16 +277,19 @@ export class Auth {
         { kind: "tags" },
       );
       if (verdict === "unauthorized") {
+        if (!only) return false;
         throw this.#refuse(
           request,
           "bad_credentials",
           "the upstream did not accept these credentials",
         );
       }
-      access[passthroughKey(resource.namespace, resource.repository)] = verdict === "allowed"
+      verdicts[passthroughKey(resource.namespace, resource.repository)] = verdict === "allowed"
         ? ["pull"]
         : [];
     }
+    Object.assign(access, verdicts);
+    return Object.keys(verdicts).length > 0;
   }
 
   /** The WWW-Authenticate header that sends a client to the token endpoint. */

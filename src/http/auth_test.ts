@@ -11,11 +11,15 @@ import { Mirror } from "../cache/mirror.ts";
 import { defaultUpstream, UpstreamRegistry } from "../config.ts";
 import { AccessControl } from "../config/access.ts";
 import { Metrics } from "../metrics.ts";
+import type { RegistryError } from "../oci/errors.ts";
 import { OCI_MANIFEST } from "../oci/media_types.ts";
+import { resolveName } from "../oci/namespace.ts";
 import { LocalRegistry } from "../registry/local.ts";
 import { createHandler } from "../server.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
+import type { AccessVerdict, ClientCredentials } from "../upstream/client.ts";
 import { Auth } from "./auth.ts";
+import { passthroughKey } from "./passthrough.ts";
 import { TokenSigner } from "./token.ts";
 
 // `htpasswd -Bbn alice secret` and `htpasswd -Bbn bob hunter2`.
@@ -341,5 +345,90 @@ Deno.test("without an auth config: reads open, hosted writes only with --allow-a
       await storage.close();
       await Deno.remove(root, { recursive: true });
     }
+  }
+});
+
+Deno.test("token: passthrough scopes next to containerd's own (the name without the registry)", async () => {
+  const root = await Deno.makeTempDir({ prefix: "auth-test-" });
+  try {
+    await Deno.writeTextFile(`${root}/auth.yaml`, RULES);
+    await Deno.writeTextFile(`${root}/htpasswd`, HTPASSWD);
+    const access = await AccessControl.load(`${root}/auth.yaml`, {
+      isPrivate: (namespace) => namespace === "private.test",
+      log: () => {},
+    });
+    // The upstream's accounts: dev may pull, other is valid but may not; alice is none of its.
+    const checked: string[] = [];
+    const passthrough = {
+      active: true,
+      covers: (namespace: string) => namespace === "private.test",
+      check: (c: ClientCredentials, namespace: string, repository: string) => {
+        checked.push(`${c.username} ${namespace}/${repository}`);
+        const known = { dev: "dev-pw", other: "other-pw" }[c.username];
+        const verdict: AccessVerdict = known !== c.password
+          ? "unauthorized"
+          : c.username === "dev"
+          ? "allowed"
+          : "denied";
+        return Promise.resolve(verdict);
+      },
+    };
+    const signer = new TokenSigner(new Uint8Array(32).fill(2), 60_000);
+    const auth = new Auth({ access, signer, metrics: new Metrics(), passthrough });
+    const resolve = (name: string) => ({ hosted: false, ...resolveName(name, null, "docker.io") });
+    /** What a token request for `scopes` from one address gets: its status and its grants. */
+    const token = async (scopes: string[], authorization?: string) => {
+      const query = new URLSearchParams(scopes.map((scope) => ["scope", scope]));
+      const request = new Request(`http://mirror/token?${query}`, {
+        headers: authorization ? { authorization } : {},
+      });
+      try {
+        const response = await auth.token(request, "10.0.0.1", query, resolve);
+        return {
+          status: response.status,
+          access: signer.verify((await response.json()).token)!.access,
+        };
+      } catch (e) {
+        return { status: (e as RegistryError).status, access: undefined };
+      }
+    };
+    // What containerd asks for a pull of private.test/team/app through the mirror (`?ns=`).
+    const containerd = ["repository:private.test/team/app:pull", "repository:team/app:pull"];
+    const gate = passthroughKey("private.test", "team/app");
+    // Anonymous pulls of docker.io/team/app are what the rules give anyone.
+    const others = { "mirror:docker.io/team/app": ["pull" as const] };
+
+    // Upstream accepts dev: pull recorded for the passthrough name, anonymous rights for the
+    // other. No mirror login is tried, so none fails: six in a row are no lockout, and alice
+    // logs in from the same address afterwards.
+    for (let i = 0; i < 6; i++) {
+      assertEquals(await token(containerd, basic("dev", "dev-pw")), {
+        status: 200,
+        access: { [gate]: ["pull"], ...others },
+      });
+    }
+    assertEquals(checked, Array(6).fill("dev private.test/team/app"));
+    assertEquals(
+      (await token(["repository:library/x:pull"], basic("alice", "secret"))).status,
+      200,
+    );
+    // Valid upstream, no access: the refusal is recorded (requests then get 403).
+    assertEquals(await token(containerd, basic("other", "other-pw")), {
+      status: 200,
+      access: { [gate]: [], ...others },
+    });
+    // Upstream rejects the credentials: the mirror's rules answer, as for any request. alice
+    // gets what they give her (nothing for the passthrough name: the gate reads no rule),
+    // a wrong password 401, anonymous the anonymous rights.
+    assertEquals(await token(containerd, basic("alice", "secret")), {
+      status: 200,
+      access: { "mirror:private.test/team/app": ["pull"], ...others },
+    });
+    assertEquals((await token(containerd, basic("dev", "wrong"))).status, 401);
+    assertEquals(await token(containerd), { status: 200, access: others });
+    // Only passthrough names asked for: a wrong password is 401 without the mirror's rules.
+    assertEquals((await token(containerd.slice(0, 1), basic("alice", "secret"))).status, 401);
+  } finally {
+    await Deno.remove(root, { recursive: true });
   }
 });

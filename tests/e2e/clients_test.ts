@@ -19,12 +19,15 @@
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import {
-  type Containerd,
+  assertContainerdComplete,
+  containerdContent,
+  containerdImages,
   podmanClient,
   registriesConf,
   startContainerd,
 } from "../support/clients.ts";
 import {
+  assertDirImage,
   blobsOf,
   buildImage,
   buildIndex,
@@ -103,41 +106,6 @@ async function upstreamDigest(up: Upstream, repo: string, tag: string): Promise<
   return response.headers.get("docker-content-digest")!;
 }
 
-/** `ctr images ls` as ref -> digest. */
-async function containerdImages(containerd: Containerd): Promise<Map<string, string>> {
-  const listed = await containerd.ctr(["images", "ls"], { check: true });
-  const images = new Map<string, string>();
-  for (const line of listed.stdout.split("\n").slice(1)) {
-    const ref = line.split(/\s+/)[0];
-    const digest = /sha256:[0-9a-f]{64}/.exec(line)?.[0];
-    if (ref && digest) images.set(ref, digest);
-  }
-  return images;
-}
-
-/** `ctr content ls -q`: every digest in containerd's content store. */
-async function containerdContent(containerd: Containerd): Promise<Set<string>> {
-  const listed = await containerd.ctr(["content", "ls", "-q"], { check: true });
-  return new Set(listed.stdout.split("\n").map((l) => l.trim()).filter(Boolean));
-}
-
-/** `ctr images check` says the image is complete and unpacked. */
-async function assertComplete(containerd: Containerd, ref: string) {
-  const checked = await containerd.ctr(["images", "check", `name==${ref}`], { check: true });
-  const row = checked.stdout.split("\n").find((line) => line.startsWith(ref + " "));
-  assert(row, `ctr images check lists ${ref}:\n${checked.stdout}`);
-  assertMatch(row, /\scomplete \((\d+)\/\1\)\s/, `image complete:\n${checked.stdout}`);
-  assertMatch(row, /\strue\s*$/, `image unpacked:\n${checked.stdout}`);
-}
-
-/** skopeo wrote `dir:` with the image manifest and every blob byte for byte. */
-async function assertDirImage(dir: string, image: Image) {
-  assertEquals(await Deno.readFile(`${dir}/manifest.json`), image.manifest.bytes);
-  for (const blob of [image.config, ...image.layers]) {
-    assertEquals(await sha256File(`${dir}/${blob.sha256}`), blob.sha256, blob.digest);
-  }
-}
-
 async function pushAsTag1<T extends Image | Index>(up: Upstream, repo: string, image: T) {
   return await pushImage(up, repo, "1", image);
 }
@@ -208,7 +176,7 @@ Deno.test("clients: containerd, cri-o (skopeo, podman) and multi-arch pulls thro
     const digest = (await containerdImages(containerd)).get(ref);
     assertEquals(digest, image.digest);
     assertEquals(digest, await upstreamDigest(up, "library/ctd", "1"));
-    await assertComplete(containerd, ref);
+    await assertContainerdComplete(containerd, ref);
   });
 
   await t.step("containerd, override_path = true: path prefix AND ?ns=", async () => {
@@ -234,7 +202,7 @@ Deno.test("clients: containerd, cri-o (skopeo, podman) and multi-arch pulls thro
     const digest = (await containerdImages(containerd)).get(ref);
     assertEquals(digest, image.digest);
     assertEquals(digest, await upstreamDigest(up, "library/ctd-override", "1"));
-    await assertComplete(containerd, ref);
+    await assertContainerdComplete(containerd, ref);
   });
 
   await t.step(
@@ -245,7 +213,7 @@ Deno.test("clients: containerd, cri-o (skopeo, podman) and multi-arch pulls thro
       const ref = `${NS}/library/ctd:1`;
       await containerd.pull(ref, { hostsToml: hostsToml(mirror.host, NS) });
       assertEquals((await containerdImages(containerd)).get(ref), images.ctd.digest);
-      await assertComplete(containerd, ref);
+      await assertContainerdComplete(containerd, ref);
       assertAllServed(await mirrorRequests(mirror));
       assertEquals(await up.count(), 0, "served from the cache, whichever path the client used");
     },
@@ -300,7 +268,7 @@ Deno.test("clients: containerd, cri-o (skopeo, podman) and multi-arch pulls thro
     const content = await containerdContent(containerd);
     for (const blob of [amd64.manifest, ...blobsOf(amd64)]) assert(content.has(blob.digest));
     for (const blob of [arm64.manifest, ...blobsOf(arm64)]) assert(!content.has(blob.digest));
-    await assertComplete(containerd, ref);
+    await assertContainerdComplete(containerd, ref);
   });
 
   await t.step("containerd, Docker manifest list: --platform linux/arm64 gets arm64", async () => {
@@ -536,7 +504,7 @@ Deno.test("clients: private Basic and Bearer upstreams and docker.io in one mirr
         (await containerdImages(containerd)).get(ref),
         upstreamDigests.get(`${ns}:ctd`),
       );
-      await assertComplete(containerd, ref);
+      await assertContainerdComplete(containerd, ref);
     }
     const requests = await mirrorRequests(mirror);
     assertAllServed(requests);

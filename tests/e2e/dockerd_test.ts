@@ -17,7 +17,7 @@
  * a tag the mirror does not have shows that fallback being taken, and failing.
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
-import { CLOSED_PROXY, startDockerd } from "../support/dockerd.ts";
+import { assertDockerImage, CLOSED_PROXY, startDockerd } from "../support/dockerd.ts";
 import {
   blobsOf,
   buildImage,
@@ -37,7 +37,7 @@ import {
   show,
 } from "../support/mirror_log.ts";
 import { startUpstream } from "../support/upstream.ts";
-import { isListening, run, sha256File, tempDir } from "../support/tools.ts";
+import { isListening } from "../support/tools.ts";
 
 const NS = "registry.test";
 
@@ -68,24 +68,6 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
     })).stdout,
   );
   assertEquals(info.RegistryConfig.Mirrors, [`${mirror.url}/`], "dockerd uses the mirror");
-
-  /** The pulled image is the pushed one: ID, diff IDs, repo digest, and the layers' bytes. */
-  async function assertPulled(ref: string, repo: string, image: Image, repoDigest: string) {
-    const inspected = await docker.inspect(ref);
-    assertEquals(inspected.Id, image.config.digest, "image ID is the config's digest");
-    assertEquals(inspected.RootFS.Layers, image.layers.map((l) => l.diffId));
-    assertEquals(inspected.RepoDigests, [`${repo}@${repoDigest}`]);
-    assertEquals(`${inspected.Os}/${inspected.Architecture}`, "linux/amd64");
-    await using saved = await tempDir("dk-save-");
-    await docker.cli(["save", "-o", saved.join("image.tar"), ref], { check: true });
-    await run("tar", ["-xf", saved.join("image.tar"), "-C", saved.path], { check: true });
-    const [entry] = JSON.parse(await Deno.readTextFile(saved.join("manifest.json")));
-    const layers: string[] = entry.Layers;
-    assertEquals(layers.length, image.layers.length);
-    for (const [i, layer] of layers.entries()) {
-      assertEquals(`sha256:${await sha256File(saved.join(layer))}`, image.layers[i].diffId);
-    }
-  }
 
   /**
    * What dockerd asked for a pull of `repo` by tag: the ping, HEAD of the tag, the manifest (and
@@ -121,7 +103,7 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
     console.log(`docker pull dk-single:1 (cold): ${(performance.now() - started).toFixed(0)} ms`);
     assertMatch(pulled.stdout, new RegExp(`Digest: ${image.digest}`));
     assertMatch(pulled.stdout, /Downloaded newer image for dk-single:1/);
-    await assertPulled("dk-single:1", "dk-single", image, image.digest);
+    await assertDockerImage(docker, "dk-single:1", "dk-single", image, image.digest);
 
     const requests = await mirrorRequests(mirror);
     assertPullRequests(requests, "dk-single", [image.digest], image);
@@ -133,7 +115,7 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
     reset();
     const image = images.oci;
     await docker.cli(["pull", "dk-oci:1"], { check: true });
-    await assertPulled("dk-oci:1", "dk-oci", image, image.digest);
+    await assertDockerImage(docker, "dk-oci:1", "dk-oci", image, image.digest);
     assertPullRequests(await mirrorRequests(mirror), "dk-oci", [image.digest], image);
     await assertOnlyMirrorAskedUpstream(up);
   });
@@ -147,7 +129,7 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
       const pulled = await docker.cli(["pull", `${repo}:1`], { check: true });
       assertMatch(pulled.stdout, new RegExp(`Digest: ${index.digest}`));
       // The repo digest is the index's (what `docker pull NAME@` takes), the image is amd64's.
-      await assertPulled(`${repo}:1`, repo, amd64, index.digest);
+      await assertDockerImage(docker, `${repo}:1`, repo, amd64, index.digest);
       const requests = await mirrorRequests(mirror);
       assertPullRequests(requests, repo, [index.digest, amd64.digest], amd64);
       for (const blob of [arm64.manifest, ...blobsOf(arm64)]) {
@@ -163,7 +145,7 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
     const ref = `dk-digest@${image.digest}`;
     const pulled = await docker.cli(["pull", ref], { check: true });
     assertMatch(pulled.stdout, new RegExp(`Digest: ${image.digest}`));
-    await assertPulled(ref, "dk-digest", image, image.digest);
+    await assertDockerImage(docker, ref, "dk-digest", image, image.digest);
     const requests = await mirrorRequests(mirror);
     assertAllServed(requests);
     const base = "/v2/library/dk-digest";
@@ -184,8 +166,20 @@ Deno.test("dockerd: registry-mirrors pulls through the mirror, never Docker Hub"
     assertEquals((await docker.cli(["images", "-q"], { check: true })).stdout.trim(), "");
     reset();
     for (const ref of refs) await docker.cli(["pull", ref], { check: true });
-    await assertPulled("dk-single:1", "dk-single", images.docker, images.docker.digest);
-    await assertPulled("dk-list:1", "dk-list", imageFor(images.list), images.list.digest);
+    await assertDockerImage(
+      docker,
+      "dk-single:1",
+      "dk-single",
+      images.docker,
+      images.docker.digest,
+    );
+    await assertDockerImage(
+      docker,
+      "dk-list:1",
+      "dk-list",
+      imageFor(images.list),
+      images.list.digest,
+    );
     const requests = await mirrorRequests(mirror);
     assertAllServed(requests);
     assertEquals(requests.filter((r) => r.path.includes("/blobs/")).length, 3 + 4 + 3 + 3);

@@ -2,7 +2,10 @@
  * Credential pass-through (`auth: passthrough`) against real upstreams and real clients: a
  * mirror process in front of distribution (htpasswd, and token auth with a token server that
  * gives one valid user no access to the repository), pulled from with skopeo --src-creds,
- * podman login and plain HTTP.
+ * podman login, plain HTTP, containerd (`ctr images pull --user`, hosts.toml: `?ns=`) and a
+ * private dockerd (`docker login MIRROR` then `docker pull MIRROR/private.test/...`, and
+ * `registry-mirrors` with the passthrough namespace as the mirror's default), the last two also
+ * through the mirror's token endpoint (--auth-config).
  *
  * What must hold: content cached for one client is not served to another whose own upstream
  * credentials are wrong (401) or lack access (403), nor to anyone anonymous (401 with a
@@ -12,15 +15,32 @@
  */
 import { Buffer } from "node:buffer";
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
-import { podmanClient } from "../support/clients.ts";
-import { buildImage, type Image, pushImage, skopeoPullDir } from "../support/images.ts";
-import { type Mirror, startMirror } from "../support/mirror.ts";
+import { assertContainerdImage, podmanClient, startContainerd } from "../support/clients.ts";
+import { assertDockerImage, startDockerd } from "../support/dockerd.ts";
+import {
+  assertDirImage,
+  blobsOf,
+  buildImage,
+  type Image,
+  pushImage,
+  skopeoPullDir,
+} from "../support/images.ts";
+import { type Mirror, type MirrorOptions, startMirror } from "../support/mirror.ts";
+import {
+  assertAllServed,
+  assertOnlyMirrorAskedUpstream,
+  escapeRegExp,
+  type MirrorRequest,
+  mirrorRequests,
+  show,
+} from "../support/mirror_log.ts";
 import { startUpstream, type Upstream } from "../support/upstream.ts";
-import { run, sha256File, tempDir } from "../support/tools.ts";
+import { run, type TempDir, tempDir } from "../support/tools.ts";
 
 const ALICE = { username: "alice", password: "alice-upstream-pw" };
 const BOB = { username: "bob", password: "bob-upstream-pw" };
 const WRONG = { username: "alice", password: "not-her-password" };
+const CAROL = { username: "carol", password: "carol-mirror-pw" };
 const REPO = "private.test/team/secret";
 
 function basic(c: { username: string; password: string }): string {
@@ -44,16 +64,13 @@ async function get(mirror: Mirror, path: string, who?: { username: string; passw
   };
 }
 
-/** skopeo wrote `dir:` with the image manifest and every blob byte for byte. */
-async function assertDirImage(dir: string, image: Image) {
-  assertEquals(await Deno.readFile(`${dir}/manifest.json`), image.manifest.bytes);
-  for (const blob of [image.config, ...image.layers]) {
-    assertEquals(await sha256File(`${dir}/${blob.sha256}`), blob.sha256, blob.digest);
-  }
-}
-
-function passthroughMirror(up: Upstream, extra: Record<string, unknown> = {}) {
+function passthroughMirror(
+  up: Upstream,
+  extra: Record<string, unknown> = {},
+  options: Omit<MirrorOptions, "upstreams"> = {},
+) {
   return startMirror({
+    ...options,
     upstreams: [{
       namespace: "private.test",
       host: up.host,
@@ -98,9 +115,9 @@ async function podmanLoginAndPull(
   return pm;
 }
 
-function assertNoSecrets(mirror: Mirror, up: Upstream) {
+function assertNoSecrets(mirror: Mirror, up: Upstream, more: string[] = []) {
   const logs = mirror.logs();
-  for (const secret of [ALICE.password, BOB.password, WRONG.password, up.password!]) {
+  for (const secret of [ALICE.password, BOB.password, WRONG.password, up.password!, ...more]) {
     assert(!logs.includes(secret), `the mirror's output contains "${secret.slice(0, 4)}..."`);
   }
 }
@@ -247,6 +264,20 @@ Deno.test("passthrough (token upstream): valid credentials without the scope get
   assertNoSecrets(mirror, up);
 });
 
+/**
+ * carol is a user of the mirror with every right its rules can give: none of it counts in a
+ * passthrough namespace. Writes her htpasswd and the rules to `dir`; returns the --auth-config.
+ */
+async function mirrorUsers(dir: TempDir): Promise<string> {
+  const hash = await run("htpasswd", ["-Bbn", CAROL.username, CAROL.password], { check: true });
+  await Deno.writeTextFile(dir.join("htpasswd"), hash.stdout.trim() + "\n");
+  await Deno.writeTextFile(
+    dir.join("auth.yaml"),
+    "htpasswd: htpasswd\nrules:\n  - namespace: '**'\n    users: [carol]\n    actions: [pull]\n",
+  );
+  return dir.join("auth.yaml");
+}
+
 /** A client's token flow: the challenge, a token from its realm with Basic credentials. */
 async function tokenFor(mirror: Mirror, path: string, who: { username: string; password: string }) {
   const first = await mirror.fetch(path);
@@ -271,24 +302,8 @@ Deno.test("passthrough with --auth-config: the token endpoint asks the upstream"
   });
   await using dir = await tempDir("passthrough-auth-");
   const image = await pushImage(up, "team/secret", "1", buildImage({ layers: 1 }));
-  // carol is a user of the mirror with every right its rules can give: none of it counts here.
-  const carol = { username: "carol", password: "carol-mirror-pw" };
-  const hash = await run("htpasswd", ["-Bbn", carol.username, carol.password], { check: true });
-  await Deno.writeTextFile(dir.join("htpasswd"), hash.stdout.trim() + "\n");
-  await Deno.writeTextFile(
-    dir.join("auth.yaml"),
-    "htpasswd: htpasswd\nrules:\n  - namespace: '**'\n    users: [carol]\n    actions: [pull]\n",
-  );
-  await using mirror = await startMirror({
-    upstreams: [{
-      namespace: "private.test",
-      host: up.host,
-      tls: false,
-      username: up.username,
-      password: up.password,
-      auth: "passthrough",
-    }],
-    extraArgs: ["--auth-config", dir.join("auth.yaml")],
+  await using mirror = await passthroughMirror(up, {}, {
+    extraArgs: ["--auth-config", await mirrorUsers(dir)],
   });
   const manifest = `/v2/${REPO}/manifests/1`;
 
@@ -311,7 +326,7 @@ Deno.test("passthrough with --auth-config: the token endpoint asks the upstream"
       });
       assertEquals([refused.status, (await refused.json()).errors[0].code], [403, "DENIED"]);
       assertEquals((await tokenFor(mirror, manifest, WRONG)).status, 401);
-      assertEquals((await tokenFor(mirror, manifest, carol)).status, 401);
+      assertEquals((await tokenFor(mirror, manifest, CAROL)).status, 401);
       // Basic straight on the request works too (curl -u), checked the same way.
       assertEquals((await get(mirror, manifest, ALICE)).status, 200);
       assertEquals((await get(mirror, manifest, BOB)).status, 403);
@@ -332,5 +347,399 @@ Deno.test("passthrough with --auth-config: the token endpoint asks the upstream"
     await podmanLoginAndPull(podman, dir.join("podman-auth.json"), mirror, image);
   });
   assertNoSecrets(mirror, up);
-  assert(!mirror.logs().includes(carol.password));
+  assert(!mirror.logs().includes(CAROL.password));
+});
+
+// ---------------------------------------------------------------------------------------------
+// containerd (`ctr --user`) and dockerd (`docker login`)
+
+type Account = { username: string; password: string };
+
+/**
+ * Credentials of one client: an account the token server lets pull team/, a valid account it
+ * lets pull nothing there, and the first one's name with a wrong password. Each client has its
+ * own, so that what the upstream is asked shows each client's check (a pass is remembered for
+ * passthrough_ttl, a refusal for 5 s).
+ */
+function clientAccounts(client: string) {
+  const allowed = { username: `${client}-dev`, password: `${client}-dev-pw` };
+  const noAccess = { username: `${client}-other`, password: `${client}-other-pw` };
+  return {
+    allowed,
+    noAccess,
+    wrong: { ...allowed, password: `${client}-wrong-pw` },
+    users: [{ ...allowed, repositories: ["team/"] }, { ...noAccess, repositories: ["other/"] }],
+    secrets: [allowed.password, noAccess.password, `${client}-wrong-pw`],
+  };
+}
+
+/**
+ * What the upstream was asked since its last clearLog (all of it by the mirror): its token
+ * server's answers (`account status [actions granted]`, `-` for a refused login) and the
+ * registry's (`METHOD path status`).
+ */
+async function upstreamSaw(up: Upstream) {
+  await assertOnlyMirrorAskedUpstream(up);
+  return {
+    tokens: up.tokenServer!.requests().map((r) =>
+      `${r.account || "-"} ${r.status} [${r.granted.flatMap((g) => g.actions).join(",")}]`
+    ),
+    registry: up.requests().map((r) => `${r.method} ${r.path} ${r.status}`),
+  };
+}
+
+/**
+ * The check of one client's credentials for REPO:1 as the token upstream sees it: a HEAD of the
+ * manifest (the gate), or a one-entry tag list (the mirror's token endpoint, --auth-config).
+ */
+function checkOf(
+  account: Account,
+  verdict: "allowed" | "denied" | "unauthorized",
+  probe: "manifest" | "tags" = "manifest",
+) {
+  const asked = probe === "manifest"
+    ? "HEAD /v2/team/secret/manifests/1"
+    : "GET /v2/team/secret/tags/list?n=1";
+  return {
+    allowed: {
+      tokens: [`${account.username} 200 [pull]`],
+      registry: [`${asked} 401`, `${asked} 200`],
+    },
+    denied: { tokens: [`${account.username} 200 []`], registry: [`${asked} 401`, `${asked} 401`] },
+    unauthorized: { tokens: ["- 401 []"], registry: [`${asked} 401`] },
+  }[verdict];
+}
+
+/**
+ * A refused pull: nothing under /v2/ was served, no blob asked for, and the client's credentials
+ * got `status`, on its last manifest request or, with --auth-config, from the token endpoint.
+ */
+function assertRefused(requests: MirrorRequest[], status: 401 | 403) {
+  for (const r of requests.filter((r) => r.path.startsWith("/v2/"))) {
+    assert(r.status < 200 || r.status >= 300, `nothing served:\n${show(requests)}`);
+    assert(!r.path.includes("/blobs/"), `no blob asked for:\n${show(requests)}`);
+  }
+  const answers = requests.filter((r) =>
+    r.path.includes("/manifests/") || (r.method === "GET" && r.path.startsWith("/token"))
+  );
+  assert(answers.length > 0, `the client asked the mirror:\n${show(requests)}`);
+  // The first try of a request carries no credentials (401): the one with them gets `status`.
+  assertEquals(answers.at(-1)!.status, status, show(requests));
+  if (status === 401) {
+    const manifests = requests.filter((r) => r.path.includes("/manifests/"));
+    assertEquals(manifests.filter((r) => r.status !== 401), [], show(requests));
+  }
+}
+
+Deno.test("passthrough (token upstream), ctr --user and docker login, with and without --auth-config: 200, 403, 401 though cached", async (t) => {
+  const ctr = clientAccounts("ctr");
+  const dk = clientAccounts("docker");
+  const hub = clientAccounts("hub");
+  await using up = await startUpstream({
+    auth: "token",
+    users: [...ctr.users, ...dk.users, ...hub.users],
+  });
+  const image = await pushImage(up, "team/secret", "1", buildImage({ layers: 2 }));
+  // The default namespace is the passthrough one, for Docker's registry-mirrors (its step).
+  await using mirror = await passthroughMirror(up, {}, { defaultNamespace: "private.test" });
+  await using dir = await tempDir("passthrough-daemons-");
+  await using containerd = await startContainerd();
+  await using docker = await startDockerd({ registryMirror: mirror.url });
+  const reset = () => {
+    mirror.clearLogs();
+    up.clearLog();
+  };
+  const ref = `${REPO}:1`;
+  const pull = (who: Account) =>
+    containerd.pull(ref, { mirror: mirror.host, user: creds(who), check: false });
+
+  await t.step(
+    "ctr --user, allowed account: byte for byte; the mirror fills its cache",
+    async () => {
+      reset();
+      const pulled = await pull(ctr.allowed);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      await assertContainerdImage(containerd, ref, image);
+      const requests = await mirrorRequests(mirror);
+      // containerd tries each request without credentials first (401), then with them.
+      assertAllServed(requests.filter((r) => r.status !== 401));
+      const base = "/v2/team/secret";
+      assertEquals(
+        [...new Set(requests.filter((r) => r.status === 200).map((r) => r.path))].sort(),
+        [
+          `${base}/manifests/1`,
+          `${base}/manifests/${image.digest}`,
+          ...blobsOf(image).map((b) => `${base}/blobs/${b.digest}`),
+        ].map((p) => `${p}?ns=private.test`).sort(),
+        show(requests),
+      );
+      const saw = await upstreamSaw(up);
+      // One check with ctr's credentials, then the fill with the mirror's own (testuser).
+      assertEquals(saw.tokens, [...checkOf(ctr.allowed, "allowed").tokens, "testuser 200 [pull]"]);
+      assertEquals(
+        saw.registry.filter((l) => l.startsWith("HEAD")),
+        checkOf(ctr.allowed, "allowed").registry,
+      );
+      for (const blob of blobsOf(image)) assertEquals(await up.countBlobGets(blob.digest), 1);
+    },
+  );
+
+  await t.step(
+    "ctr --user, no access (403) and a wrong password (401): refused, though cached",
+    async () => {
+      await containerd.removeAllImages();
+      const cached = await get(mirror, `/v2/${REPO}/blobs/${image.layers[0].digest}`, ctr.allowed);
+      assertEquals([cached.status, cached.cache], [200, "hit"]);
+      for (const [who, status] of [[ctr.noAccess, 403], [ctr.wrong, 401]] as const) {
+        reset();
+        const refused = await pull(who);
+        assert(!refused.success, `ctr pulled as ${who.username}`);
+        assertMatch(
+          refused.stderr,
+          new RegExp(`pulling from host ${escapeRegExp(mirror.host)} failed .*: ${status} `),
+        );
+        const requests = await mirrorRequests(mirror);
+        assertRefused(requests, status);
+        for (const r of requests) {
+          assertEquals(
+            r.path,
+            `/v2/team/secret/manifests/1?ns=private.test`,
+          );
+        }
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          `${who.username}: one check, nothing fetched`,
+        );
+      }
+      assertEquals(await containerd.images(), []);
+    },
+  );
+
+  const config = dir.join("docker-config");
+  const cli = (args: string[]) => docker.cli(args, { env: { DOCKER_CONFIG: config } });
+  const mirrorRef = `${mirror.host}/${ref}`;
+
+  await t.step(
+    "docker login, docker pull MIRROR/private.test/...: byte for byte, from the cache",
+    async () => {
+      reset();
+      const login = await cli([
+        "login",
+        "-u",
+        dk.allowed.username,
+        "-p",
+        dk.allowed.password,
+        mirror.host,
+      ]);
+      assertEquals(login.code, 0, login.stderr);
+      assertEquals(show(await mirrorRequests(mirror)), "GET /v2/ 401\nGET /v2/ 200");
+      assertEquals(await upstreamSaw(up), { tokens: [], registry: [] }, "a login only stores");
+      reset();
+      const pulled = await cli(["pull", mirrorRef]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      assertMatch(pulled.stdout, new RegExp(`Digest: ${image.digest}`));
+      await assertDockerImage(docker, mirrorRef, `${mirror.host}/${REPO}`, image, image.digest);
+      const requests = await mirrorRequests(mirror);
+      assertEquals(requests[0], { method: "GET", path: "/v2/", status: 401 }, show(requests));
+      assertAllServed(requests.slice(1));
+      const base = `/v2/${REPO}`;
+      assertEquals(
+        requests.slice(1).map((r) => `${r.method} ${r.path}`).sort(),
+        [
+          `HEAD ${base}/manifests/1`,
+          `GET ${base}/manifests/${image.digest}`,
+          ...blobsOf(image).map((b) => `GET ${base}/blobs/${b.digest}`),
+        ].sort(),
+      );
+      // The check, and nothing else: the content came from the cache ctr's pull filled.
+      assertEquals(await upstreamSaw(up), checkOf(dk.allowed, "allowed"));
+      await cli(["rmi", mirrorRef]);
+    },
+  );
+
+  await t.step(
+    "docker login as no access (403) or with a wrong password (401): the pull fails",
+    async () => {
+      const cases = [
+        [dk.noAccess, 403, /denied: upstream private\.test does not let these credentials pull/],
+        [dk.wrong, 401, /unauthorized: upstream private\.test did not accept these credentials/],
+      ] as const;
+      for (const [who, status, message] of cases) {
+        // The login itself succeeds: the mirror cannot tell which repository it is for.
+        const login = await cli(["login", "-u", who.username, "-p", who.password, mirror.host]);
+        assertEquals(login.code, 0, login.stderr);
+        reset();
+        const refused = await cli(["pull", mirrorRef]);
+        assert(!refused.success, `docker pulled as ${who.username}`);
+        assertMatch(refused.stderr, message);
+        const requests = await mirrorRequests(mirror);
+        assertRefused(requests, status);
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          who.username,
+        );
+      }
+      assertEquals((await cli(["images", "-q"])).stdout.trim(), "");
+    },
+  );
+
+  await t.step(
+    "registry-mirrors: Docker Hub names, the passthrough namespace as default",
+    async () => {
+      // What `docker login` for Docker Hub writes (Docker Hub itself is unreachable here): dockerd
+      // sends these credentials to its registry mirror.
+      const hubLogin = (who: Account) =>
+        Deno.writeTextFile(
+          `${config}/config.json`,
+          JSON.stringify({
+            auths: {
+              "https://index.docker.io/v1/": {
+                auth: Buffer.from(creds(who)).toString("base64"),
+              },
+            },
+          }),
+        );
+      await hubLogin(hub.allowed);
+      reset();
+      const pulled = await cli(["pull", "team/secret:1"]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      await assertDockerImage(docker, "team/secret:1", "team/secret", image, image.digest);
+      const requests = await mirrorRequests(mirror);
+      assertEquals(requests[0], { method: "GET", path: "/v2/", status: 401 }, show(requests));
+      assertAllServed(requests.slice(1));
+      for (const r of requests.slice(1)) {
+        assert(
+          r.path.startsWith("/v2/team/secret/"),
+          show(requests),
+        );
+      }
+      assertEquals(await upstreamSaw(up), checkOf(hub.allowed, "allowed"));
+      await cli(["rmi", "team/secret:1"]);
+
+      for (const [who, status] of [[hub.noAccess, 403], [hub.wrong, 401]] as const) {
+        await hubLogin(who);
+        reset();
+        const refused = await cli(["pull", "team/secret:1"]);
+        assert(!refused.success, `docker pulled as ${who.username}`);
+        // On the mirror's refusal dockerd falls back to Docker Hub, whose error it then prints.
+        assertMatch(refused.stderr, /registry-1\.docker\.io.*proxyconnect/);
+        assertRefused(await mirrorRequests(mirror), status);
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized"),
+          who.username,
+        );
+      }
+    },
+  );
+
+  // The same clients against a mirror with users of its own (--auth-config, none of them an
+  // upstream account): the Docker token flow, whose endpoint checks passthrough scopes upstream.
+  await using withUsers = await passthroughMirror(up, {}, {
+    extraArgs: ["--auth-config", await mirrorUsers(dir)],
+  });
+  const resetUsers = () => {
+    withUsers.clearLogs();
+    up.clearLog();
+  };
+  const pullWithUsers = (who: Account) =>
+    containerd.pull(ref, { mirror: withUsers.host, user: creds(who), check: false });
+
+  await t.step(
+    "--auth-config, ctr --user: a token for the upstream account, byte for byte",
+    async () => {
+      await containerd.removeAllImages();
+      resetUsers();
+      const pulled = await pullWithUsers(ctr.allowed);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      await assertContainerdImage(containerd, ref, image);
+      const requests = await mirrorRequests(withUsers);
+      // containerd asks a token for the challenge's scope and for one of its own: the repository
+      // without the registry's name (which the mirror would read as docker.io/team/secret).
+      // (POST, the OAuth2 form, is 405 here: containerd then GETs.)
+      const tokens = requests.filter((r) => r.path.startsWith("/token"));
+      assert(tokens.length > 0, show(requests));
+      for (const r of tokens) {
+        assertEquals(`${r.method} ${r.status}`, r.method === "POST" ? "POST 405" : "GET 200");
+        if (r.method !== "GET") continue;
+        assertEquals(new URL(r.path, withUsers.url).searchParams.getAll("scope"), [
+          "repository:private.test/team/secret:pull",
+          "repository:team/secret:pull",
+        ]);
+      }
+      assertAllServed(requests.filter((r) => r.path.startsWith("/v2/") && r.status !== 401));
+      const saw = await upstreamSaw(up);
+      assertEquals(saw.tokens, [...checkOf(ctr.allowed, "allowed").tokens, "testuser 200 [pull]"]);
+      assertEquals(
+        saw.registry.filter((l) => l.includes("/tags/list")),
+        checkOf(ctr.allowed, "allowed", "tags").registry,
+      );
+      for (const blob of blobsOf(image)) assertEquals(await up.countBlobGets(blob.digest), 1);
+    },
+  );
+
+  await t.step(
+    "--auth-config, ctr --user: no access (403) and a wrong password (401)",
+    async () => {
+      await containerd.removeAllImages();
+      const cases = [
+        [ctr.noAccess, 403, /failed with status code \[manifests 1\]: 403 Forbidden/],
+        [ctr.wrong, 401, /failed to fetch oauth token: unexpected status: 401 Unauthorized/],
+      ] as const;
+      for (const [who, status, message] of cases) {
+        resetUsers();
+        const refused = await pullWithUsers(who);
+        assert(!refused.success, `ctr pulled as ${who.username}`);
+        assertMatch(refused.stderr, message);
+        const requests = await mirrorRequests(withUsers);
+        assertRefused(requests, status);
+        // 403: a token recording upstream's refusal, then the manifest refused; 401: no token.
+        const token = requests.find((r) => r.method === "GET" && r.path.startsWith("/token"));
+        assertEquals(token?.status, status === 403 ? 200 : 401, show(requests));
+        assertEquals(
+          await upstreamSaw(up),
+          checkOf(who, status === 403 ? "denied" : "unauthorized", "tags"),
+          who.username,
+        );
+      }
+      assertEquals(await containerd.images(), []);
+    },
+  );
+
+  await t.step("--auth-config, docker login and pull: 200, 403, 401", async () => {
+    // Each of these logins is a failed mirror login (README): with ctr's wrong password, 4 from
+    // this address, one short of a lockout.
+    const ref2 = `${withUsers.host}/${ref}`;
+    const cases = [
+      [dk.allowed, 200, undefined],
+      [dk.noAccess, 403, /denied: upstream private\.test does not let these credentials pull/],
+      [dk.wrong, 401, /unauthorized: the upstream did not accept these credentials/],
+    ] as const;
+    for (const [who, status, message] of cases) {
+      const login = await cli(["login", "-u", who.username, "-p", who.password, withUsers.host]);
+      assertEquals(login.code, 0, login.stderr);
+      resetUsers();
+      const pulled = await cli(["pull", ref2]);
+      const requests = await mirrorRequests(withUsers);
+      const token = requests.find((r) => r.path.startsWith("/token"));
+      assertEquals(token?.status, status === 401 ? 401 : 200, show(requests));
+      if (status === 200) {
+        assertEquals(pulled.code, 0, pulled.stderr);
+        await assertDockerImage(docker, ref2, `${withUsers.host}/${REPO}`, image, image.digest);
+        assertAllServed(requests.filter((r) => r.path.startsWith("/v2/") && r.path !== "/v2/"));
+        await cli(["rmi", ref2]);
+      } else {
+        assert(!pulled.success, `docker pulled as ${who.username}`);
+        assertMatch(pulled.stderr, message!);
+        assertRefused(requests, status);
+      }
+      const verdict = status === 200 ? "allowed" : status === 403 ? "denied" : "unauthorized";
+      // The check, and nothing else: the content is in this mirror's cache since ctr's pull.
+      assertEquals(await upstreamSaw(up), checkOf(who, verdict, "tags"), who.username);
+    }
+  });
+  assertNoSecrets(mirror, up, [...ctr.secrets, ...dk.secrets, ...hub.secrets]);
+  assertNoSecrets(withUsers, up, [...ctr.secrets, ...dk.secrets, CAROL.password]);
 });

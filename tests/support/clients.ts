@@ -7,7 +7,11 @@
  * - `podmanClient()`: podman with its own root/runroot (vfs) and registries.conf
  *   (`[[registry.mirror]]`, the way cri-o and podman use a mirror).
  * - `registriesConf()`: renders a registries.conf (also for skopeo's `--registries-conf`).
+ * - `containerdImages()`, `containerdContent()`, `assertContainerdComplete()` and
+ *   `assertContainerdImage()`: what a pull left in containerd, read back with `ctr`.
  */
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { blobsOf, type Image } from "./images.ts";
 import {
   ChildProcess,
   GiveUp,
@@ -170,6 +174,47 @@ class ContainerdImpl implements Containerd {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** `ctr images ls` as ref -> digest. */
+export async function containerdImages(containerd: Containerd): Promise<Map<string, string>> {
+  const listed = await containerd.ctr(["images", "ls"], { check: true });
+  const images = new Map<string, string>();
+  for (const line of listed.stdout.split("\n").slice(1)) {
+    const ref = line.split(/\s+/)[0];
+    const digest = /sha256:[0-9a-f]{64}/.exec(line)?.[0];
+    if (ref && digest) images.set(ref, digest);
+  }
+  return images;
+}
+
+/** `ctr content ls -q`: every digest in containerd's content store. */
+export async function containerdContent(containerd: Containerd): Promise<Set<string>> {
+  const listed = await containerd.ctr(["content", "ls", "-q"], { check: true });
+  return new Set(listed.stdout.split("\n").map((l) => l.trim()).filter(Boolean));
+}
+
+/** `ctr images check` says the image is complete and unpacked. */
+export async function assertContainerdComplete(containerd: Containerd, ref: string) {
+  const checked = await containerd.ctr(["images", "check", `name==${ref}`], { check: true });
+  const row = checked.stdout.split("\n").find((line) => line.startsWith(ref + " "));
+  assert(row, `ctr images check lists ${ref}:\n${checked.stdout}`);
+  assertMatch(row, /\scomplete \((\d+)\/\1\)\s/, `image complete:\n${checked.stdout}`);
+  assertMatch(row, /\strue\s*$/, `image unpacked:\n${checked.stdout}`);
+}
+
+/**
+ * containerd holds `ref` as `image` byte for byte: the image's digest, the manifest's bytes
+ * (`ctr content get`), config and layers in the content store (which containerd only commits
+ * under a digest it verified), complete and unpacked.
+ */
+export async function assertContainerdImage(containerd: Containerd, ref: string, image: Image) {
+  assertEquals((await containerdImages(containerd)).get(ref), image.digest, `${ref}'s digest`);
+  const manifest = await containerd.ctr(["content", "get", image.digest], { check: true });
+  assertEquals(manifest.stdout, new TextDecoder().decode(image.manifest.bytes));
+  const content = await containerdContent(containerd);
+  for (const blob of blobsOf(image)) assert(content.has(blob.digest), `${blob.digest} stored`);
+  await assertContainerdComplete(containerd, ref);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,16 +12,21 @@
  * send to registry-1.docker.io (its fallback when the mirror fails) fails at once with
  * "proxyconnect ... connection refused". Loopback (where the mirror listens) is never proxied.
  *
+ * `assertDockerImage()` reads back what a pull left in the daemon (ID, layers, repo digest, bytes).
+ *
  * `close()` stops dockerd (SIGTERM, then SIGKILL), then makes sure its containerd is gone too
  * and nothing is left mounted (a SIGKILLed dockerd would leave both behind), and removes every
  * directory.
  */
+import { assertEquals } from "./assert.ts";
+import type { Image } from "./images.ts";
 import {
   ChildProcess,
   GiveUp,
   run,
   type RunOptions,
   type RunResult,
+  sha256File,
   tempDir,
   waitFor,
 } from "./tools.ts";
@@ -159,6 +164,34 @@ class DockerdImpl implements Dockerd {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/**
+ * dockerd holds `ref` as the pushed `image`: the image ID is the config's digest, the layer
+ * diff IDs and the only repo digest (`repo@repoDigest`) are right, the platform is linux/amd64,
+ * and the layers `docker save` writes are the image's, byte for byte.
+ */
+export async function assertDockerImage(
+  docker: Dockerd,
+  ref: string,
+  repo: string,
+  image: Image,
+  repoDigest: string,
+): Promise<void> {
+  const inspected = await docker.inspect(ref);
+  assertEquals(inspected.Id, image.config.digest, "image ID is the config's digest");
+  assertEquals(inspected.RootFS.Layers, image.layers.map((l) => l.diffId));
+  assertEquals(inspected.RepoDigests, [`${repo}@${repoDigest}`]);
+  assertEquals(`${inspected.Os}/${inspected.Architecture}`, "linux/amd64");
+  await using saved = await tempDir("dk-save-");
+  await docker.cli(["save", "-o", saved.join("image.tar"), ref], { check: true });
+  await run("tar", ["-xf", saved.join("image.tar"), "-C", saved.path], { check: true });
+  const [entry] = JSON.parse(await Deno.readTextFile(saved.join("manifest.json")));
+  const layers: string[] = entry.Layers;
+  assertEquals(layers.length, image.layers.length);
+  for (const [i, layer] of layers.entries()) {
+    assertEquals(`sha256:${await sha256File(saved.join(layer))}`, image.layers[i].diffId);
   }
 }
 

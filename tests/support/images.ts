@@ -11,8 +11,9 @@
 import { concatBytes } from "../../src/bytes.ts";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { gzipSync } from "node:zlib";
+import { assertEquals } from "./assert.ts";
 import { RegistryClient } from "./registry_client.ts";
-import { run, type RunResult } from "./tools.ts";
+import { run, type RunResult, sha256File } from "./tools.ts";
 
 export const MediaTypes = {
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
@@ -558,4 +559,12 @@ export async function skopeoPullDir(
   if (target.creds) args.push("--src-creds", target.creds);
   args.push(...extraArgs, `docker://${target.host}/${repo}${sep}${reference}`, `dir:${dest}`);
   return await run("skopeo", args, { check: true, timeoutMs: 120_000 });
+}
+
+/** `skopeoPullDir` wrote `dir` with the image's manifest and every blob byte for byte. */
+export async function assertDirImage(dir: string, image: Image) {
+  assertEquals(await Deno.readFile(`${dir}/manifest.json`), image.manifest.bytes);
+  for (const blob of [image.config, ...image.layers]) {
+    assertEquals(await sha256File(`${dir}/${blob.sha256}`), blob.sha256, blob.digest);
+  }
 }

@@ -77,6 +77,39 @@ as 1e+06; whole numbers are printed as integers.
 {{- end }}
 {{- end }}
 
+{{/* The program's --shutdown-grace when shutdown.graceSeconds is empty (src/cli.ts). */}}
+{{- define "oci-registry.defaultShutdownGraceSeconds" -}}
+25
+{{- end }}
+
+{{/* --shutdown-grace's value ("40s"), or "" to leave the program's default. */}}
+{{- define "oci-registry.shutdownGraceFlag" -}}
+{{- $grace := toString .Values.shutdown.graceSeconds }}
+{{- if ne $grace "" }}
+{{- printf "%ss" $grace }}
+{{- end }}
+{{- end }}
+
+{{/* The grace in seconds the program will use. */}}
+{{- define "oci-registry.shutdownGraceSeconds" -}}
+{{- $grace := toString .Values.shutdown.graceSeconds }}
+{{- if eq $grace "" }}
+{{- include "oci-registry.defaultShutdownGraceSeconds" . }}
+{{- else }}
+{{- $grace }}
+{{- end }}
+{{- end }}
+
+{{/* The pod's terminationGracePeriodSeconds: as given, or the grace plus 5. */}}
+{{- define "oci-registry.terminationGracePeriodSeconds" -}}
+{{- $given := toString .Values.shutdown.terminationGracePeriodSeconds }}
+{{- if ne $given "" }}
+{{- $given }}
+{{- else }}
+{{- add (atoi (include "oci-registry.shutdownGraceSeconds" .)) 5 }}
+{{- end }}
+{{- end }}
+
 {{/*
 Refuses values that cannot work, with a message saying what to change. Included by the
 Deployment, so `helm install/template` stops before anything is applied.
@@ -134,6 +167,21 @@ Deployment, so `helm install/template` stops before anything is applied.
 {{- if and (kindIs "map" .) (eq (toString .namespace) (toString $name)) }}
 {{- fail (printf "hosted.namespaces[%d]: %q is also in upstreams; hosted names are never mirrored, so choose one" $i (toString $name)) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if not (has (toString .Values.upstreamPolicy) (list "" "any" "configured")) }}
+{{- fail (printf "upstreamPolicy must be \"any\" or \"configured\" (or empty for the program's any), got %q" (toString .Values.upstreamPolicy)) }}
+{{- end }}
+{{- range $key := list "graceSeconds" "terminationGracePeriodSeconds" }}
+{{- $value := toString (index $.Values.shutdown $key) }}
+{{- if and (ne $value "") (not (regexMatch "^[0-9]+$" $value)) }}
+{{- fail (printf "shutdown.%s must be a whole number of seconds, got %q" $key $value) }}
+{{- end }}
+{{- end }}
+{{- if ne (toString .Values.shutdown.terminationGracePeriodSeconds) "" }}
+{{- $grace := atoi (include "oci-registry.shutdownGraceSeconds" .) }}
+{{- if le (atoi (toString .Values.shutdown.terminationGracePeriodSeconds)) $grace }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%s) must be more than the shutdown grace (%d s), or the kubelet kills the pod while it still finishes requests" (toString .Values.shutdown.terminationGracePeriodSeconds) $grace) }}
 {{- end }}
 {{- end }}
 {{- if and (eq $type "s3") (hasSuffix "%" (toString .Values.cache.maxSize)) }}
