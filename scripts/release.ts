@@ -8,7 +8,7 @@
  *
  * Every executable gets exactly the permission and V8 flags of deno.json's `compile` task (the
  * Dockerfile's too; tests/chart_test.ts checks), and `--version` names the commit: the script
- * writes it into src/build_info.ts for the build and puts the file back afterwards.
+ * writes it into src/runtime/build_info.ts for the build and puts the file back afterwards.
  *
  *   deno task release                 every target
  *   deno task release --target T...   some of them
@@ -38,7 +38,7 @@ export function compileFlags(task: string): string[] {
   return flags;
 }
 
-/** The line of src/build_info.ts that a release build replaces with the commit. */
+/** The line of src/runtime/build_info.ts that a release build replaces with the commit. */
 export const COMMIT_LINE = /^export const COMMIT: string \| undefined = undefined;$/m;
 
 export function artefactName(target: string): string {
@@ -66,7 +66,7 @@ async function main(): Promise<number> {
   const task = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks.compile as string;
   const flags = compileFlags(task);
   const commit = await run("git", ["rev-parse", "--short=12", "HEAD"]);
-  const buildInfo = `${ROOT}/src/build_info.ts`;
+  const buildInfo = `${ROOT}/src/runtime/build_info.ts`;
   const original = await Deno.readTextFile(buildInfo);
   await Deno.mkdir(`${ROOT}/dist`, { recursive: true });
   const sums: string[] = [];

@@ -2,13 +2,13 @@
  * Entry point: command line + environment -> settings -> storage -> mirror -> HTTP server.
  * Configuration problems print one clear line and exit 2; nothing here prints secrets.
  */
-import { VERSION, versionLine } from "./build_info.ts";
-import { CacheBound } from "./cache/bound.ts";
-import { Mirror } from "./cache/mirror.ts";
-import { describeWarm, httpSource, startWarming, warmImage } from "./cache/warm.ts";
+import { VERSION, versionLine } from "./runtime/build_info.ts";
+import { CacheBound } from "./mirror/bound.ts";
+import { Mirror } from "./mirror/mirror.ts";
+import { describeWarm, httpSource, startWarming, warmImage } from "./mirror/warm.ts";
 import { parseImageName } from "./oci/reference.ts";
-import { parseCommandLine, type Settings, type StorageSettings } from "./cli.ts";
-import { ConfigError, loadConfigFile } from "./config.ts";
+import { parseCommandLine, type Settings, type StorageSettings } from "./config/cli.ts";
+import { ConfigError, loadConfigFile } from "./config/upstreams.ts";
 import { combineHosted } from "./config/hosted.ts";
 import { filesystemBytes } from "./config/size.ts";
 import { AccessControl } from "./config/access.ts";
@@ -18,9 +18,9 @@ import { PassthroughGate } from "./http/passthrough.ts";
 import { tokenKey, TokenSigner } from "./http/token.ts";
 import { listen as listenForConnections, listenUnguarded } from "./http/connections.ts";
 import { readiness } from "./http/readiness.ts";
-import { createLog, type Log } from "./log.ts";
+import { createLog, type Log } from "./runtime/log.ts";
 import type { StatusSnapshot } from "./http/status_page.ts";
-import { Metrics } from "./metrics.ts";
+import { Metrics } from "./runtime/metrics.ts";
 import { LocalRegistry } from "./registry/local.ts";
 import {
   collectGarbage,
@@ -29,12 +29,12 @@ import {
   type GcOptions,
   SPOOL_MAX_AGE_MS,
 } from "./registry/gc.ts";
-import { createHandler } from "./server.ts";
+import { createHandler } from "./http/server.ts";
 import type { Storage } from "./storage/storage.ts";
 import { UpstreamClient } from "./upstream/client.ts";
 import type { RateLimitState } from "./upstream/rate_limits.ts";
 
-export { VERSION } from "./build_info.ts";
+export { VERSION } from "./runtime/build_info.ts";
 
 async function openStorage(
   settings: StorageSettings,

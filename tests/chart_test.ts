@@ -26,11 +26,11 @@ import { NetworkPolicy } from "kubernetes-models/networking.k8s.io/v1/NetworkPol
 import { PodDisruptionBudget } from "kubernetes-models/policy/v1/PodDisruptionBudget";
 import { ServiceMonitor } from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor";
 import bcrypt from "bcryptjs";
-import { parseCommandLine, type Settings } from "../src/cli.ts";
+import { parseCommandLine, type Settings } from "../src/config/cli.ts";
 import { AccessControl } from "../src/config/access.ts";
 import { tokenKey } from "../src/http/token.ts";
 import { valueDocs, valuesTable } from "../scripts/chart_docs.ts";
-import { mergeCredentials, parseUpstreamYaml } from "../src/config.ts";
+import { mergeCredentials, parseUpstreamYaml } from "../src/config/upstreams.ts";
 import { VERSION } from "../src/main.ts";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { REPO_ROOT, run, tempDir, which } from "./support/tools.ts";
@@ -493,11 +493,11 @@ Deno.test("helm: s3 storage renders flags and secret keys the program accepts", 
   }
 });
 
-/** The keys src/config.ts accepts in the upstream file (read from its source). */
+/** The keys src/config/upstreams.ts accepts in the upstream file (read from its source). */
 function mirrorUpstreamKeys(): string[] {
-  const source = Deno.readTextFileSync(`${REPO_ROOT}/src/config.ts`);
+  const source = Deno.readTextFileSync(`${REPO_ROOT}/src/config/upstreams.ts`);
   const block = /const KNOWN_KEYS = new Set\(\[([\s\S]*?)\]\)/.exec(source)?.[1];
-  assert(block, "src/config.ts declares KNOWN_KEYS (update this test if that moved)");
+  assert(block, "src/config/upstreams.ts declares KNOWN_KEYS (update this test if that moved)");
   return [...block.matchAll(/"([a-z_]+)"/g)].map((m) => m[1]).sort();
 }
 

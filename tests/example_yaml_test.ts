@@ -9,7 +9,7 @@ import {
   parseConfigFile,
   parseDuration,
   parseUpstreamYaml,
-} from "../src/config.ts";
+} from "../src/config/upstreams.ts";
 
 const EXAMPLE = new URL("../example.yaml", import.meta.url);
 

@@ -8,7 +8,7 @@ import { load as parseYaml } from "js-yaml";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
 import { REPO_ROOT } from "./support/tools.ts";
 import { artefactName, COMMIT_LINE, compileFlags, TARGETS } from "../scripts/release.ts";
-import { versionLine } from "../src/build_info.ts";
+import { versionLine } from "../src/runtime/build_info.ts";
 
 interface Step {
   run?: string;
@@ -88,7 +88,7 @@ Deno.test("one Deno version: the workflow, the Dockerfile, CI and the README", (
 
 Deno.test("--version: a checkout says it is a development build; a release stamps its commit", () => {
   assertMatch(versionLine(), /^oci-registry \d+\.\d+\.\d+ \(development build\)$/);
-  const source = Deno.readTextFileSync(`${REPO_ROOT}/src/build_info.ts`);
+  const source = Deno.readTextFileSync(`${REPO_ROOT}/src/runtime/build_info.ts`);
   assertEquals(
     source.match(new RegExp(COMMIT_LINE.source, "gm"))?.length,
     1,

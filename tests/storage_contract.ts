@@ -8,7 +8,7 @@
  * the cases are independent and Deno's resource/op sanitizers check each one.
  */
 import { RegistryError } from "../src/oci/errors.ts";
-import { digestOf, Hasher } from "../src/digest.ts";
+import { digestOf, Hasher } from "../src/oci/digest.ts";
 import { blobKey, manifestKey, tagKey, type TagLink } from "../src/storage/layout.ts";
 import type { Storage } from "../src/storage/storage.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";

@@ -1,7 +1,7 @@
 /** The storage contract against FilesystemStorage, plus what only a filesystem has. */
 import { FilesystemStorage } from "../src/storage/filesystem.ts";
 import { blobKey } from "../src/storage/layout.ts";
-import { digestOf } from "../src/digest.ts";
+import { digestOf } from "../src/oci/digest.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";
 import { lazyStream, pattern, storageContract } from "./storage_contract.ts";
 

@@ -3,7 +3,7 @@ import { ListObjectsV2Command } from "@aws-sdk/client-s3";
 import { RegistryError } from "../src/oci/errors.ts";
 import { S3Storage, type S3StorageOptions } from "../src/storage/s3.ts";
 import { blobKey } from "../src/storage/layout.ts";
-import { digestOf } from "../src/digest.ts";
+import { digestOf } from "../src/oci/digest.ts";
 import { assert, assertEquals, assertRejects } from "./support/assert.ts";
 import { type S3rver, startS3rver } from "./support/s3rver.ts";
 import { closeQuietly, freePort } from "./support/tools.ts";

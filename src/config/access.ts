@@ -15,8 +15,8 @@ import { globToRegExp } from "../oci/glob.ts";
 import bcrypt from "bcryptjs";
 // @ts-types="npm:@types/js-yaml@^4"
 import { load as parseYaml } from "js-yaml";
-import { ConfigError, parseDuration } from "../config.ts";
-import type { LogFn } from "../log.ts";
+import { ConfigError, parseDuration } from "./upstreams.ts";
+import type { LogFn } from "../runtime/log.ts";
 
 export type Action = "pull" | "push" | "delete";
 export const ACTIONS: readonly Action[] = ["pull", "push", "delete"];

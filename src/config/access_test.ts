@@ -1,6 +1,6 @@
 import bcrypt from "bcryptjs";
 import { assert, assertEquals, assertThrows } from "../../tests/support/assert.ts";
-import { ConfigError } from "../config.ts";
+import { ConfigError } from "./upstreams.ts";
 import { AccessControl, parseAuthConfig, parseHtpasswd } from "./access.ts";
 
 // `htpasswd -Bbn alice secret` (apache2-utils writes $2y$ at cost 5).

@@ -5,7 +5,7 @@
  * its file names. Every name obeys the same rules wherever it came from, and a mistake names the
  * flag or the file and key.
  */
-import { ConfigError, type UpstreamRegistry } from "../config.ts";
+import { ConfigError, type UpstreamRegistry } from "./upstreams.ts";
 
 /** A repository name component (OCI distribution spec), lower case. */
 const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;

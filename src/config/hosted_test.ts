@@ -1,5 +1,5 @@
 import { assertEquals, assertThrows } from "../../tests/support/assert.ts";
-import { ConfigError, parseConfigFile, UpstreamRegistry } from "../config.ts";
+import { ConfigError, parseConfigFile, UpstreamRegistry } from "./upstreams.ts";
 import { checkHostedNames, combineHosted } from "./hosted.ts";
 
 const none = new UpstreamRegistry([]);

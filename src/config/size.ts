@@ -1,5 +1,5 @@
 /** Byte sizes on the command line: `1073741824`, `50GiB`, `500MB`, or `80%` of a filesystem. */
-import { ConfigError } from "../config.ts";
+import { ConfigError } from "./upstreams.ts";
 
 const UNITS: Record<string, number> = {
   "": 1,

@@ -1,5 +1,5 @@
 import { assertEquals, assertThrows } from "../../tests/support/assert.ts";
-import { ConfigError } from "../config.ts";
+import { ConfigError } from "./upstreams.ts";
 import { filesystemBytes, parseSizeBound } from "./size.ts";
 
 Deno.test("sizes: bytes, decimal and binary units, percentages; mistakes name the flag", () => {

@@ -18,8 +18,8 @@ import {
   ACTIONS,
   type Resource,
 } from "../config/access.ts";
-import { LruCache } from "../cache/lru.ts";
-import type { Metrics } from "../metrics.ts";
+import { LruCache } from "../mirror/lru.ts";
+import type { Metrics } from "../runtime/metrics.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { LoginLimiter } from "./login_limiter.ts";
 import {

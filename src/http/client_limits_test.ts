@@ -1,11 +1,11 @@
 import { assertEquals, assertThrows } from "../../tests/support/assert.ts";
 import { FakeUpstream, randomBytes } from "../../tests/support/fake_upstream.ts";
-import { Mirror } from "../cache/mirror.ts";
-import { UpstreamRegistry } from "../config.ts";
-import { digestOf } from "../digest.ts";
-import { Metrics } from "../metrics.ts";
+import { Mirror } from "../mirror/mirror.ts";
+import { UpstreamRegistry } from "../config/upstreams.ts";
+import { digestOf } from "../oci/digest.ts";
+import { Metrics } from "../runtime/metrics.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { createHandler } from "../server.ts";
+import { createHandler } from "./server.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import { ClientLimits } from "./client_limits.ts";
 

@@ -16,7 +16,7 @@
  * A request counts as busy from its head until its response was fully sent (`info.completed`),
  * so a long blob download is never cut by the idle timeout.
  */
-import type { LogFn } from "../log.ts";
+import type { LogFn } from "../runtime/log.ts";
 
 export interface ConnectionLimits {
   /**

@@ -23,8 +23,8 @@
  */
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { LruCache } from "../cache/lru.ts";
-import type { UpstreamRegistry } from "../config.ts";
+import { LruCache } from "../mirror/lru.ts";
+import type { UpstreamRegistry } from "../config/upstreams.ts";
 import { isUnavailable, RegistryError } from "../oci/errors.ts";
 import type {
   AccessProbe,

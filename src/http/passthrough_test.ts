@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
   type AccessProbe,

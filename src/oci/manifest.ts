@@ -3,7 +3,7 @@
  * manifest list). Only structure is checked here; whether referenced content exists is the
  * registry's business (registry/local.ts).
  */
-import { isDigest } from "../digest.ts";
+import { isDigest } from "./digest.ts";
 import { RegistryError } from "./errors.ts";
 import {
   DOCKER_MANIFEST,

@@ -1,5 +1,5 @@
 /** The OCI distribution grammar for repository names, tags and references. */
-import { isDigest } from "../digest.ts";
+import { isDigest } from "./digest.ts";
 import { RegistryError } from "./errors.ts";
 
 const NAME_COMPONENT = "[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*";

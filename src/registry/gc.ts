@@ -8,7 +8,7 @@
  * replica may be between writing a blob and the manifest that references it), and references
  * are listed again just before deleting, each object re-checked for its age.
  */
-import { isDigest } from "../digest.ts";
+import { isDigest } from "../oci/digest.ts";
 import { manifestReferences } from "../oci/manifest.ts";
 import {
   blobKey,

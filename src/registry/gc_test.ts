@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../../tests/support/assert.ts";
-import { digestOf } from "../digest.ts";
+import { digestOf } from "../oci/digest.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import {
   blobKey,

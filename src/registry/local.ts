@@ -9,8 +9,8 @@
  * under uploads/<id>/ until the final PUT streams them, in order, through that verifying write.
  * Every step is a storage object, so replicas sharing a bucket continue each other's uploads.
  */
-import { type BlockHasher, createBlockHasher } from "../background_hash.ts";
-import { digestOf, parseDigest } from "../digest.ts";
+import { type BlockHasher, createBlockHasher } from "../runtime/background_hash.ts";
+import { digestOf, parseDigest } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
 import { resolveRange } from "../oci/range.ts";

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "../../tests/support/assert.ts";
-import { digestOf } from "../digest.ts";
+import { digestOf } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import { LocalRegistry, paginate } from "./local.ts";

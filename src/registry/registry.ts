@@ -1,7 +1,7 @@
 /**
  * What a registry is to the HTTP layer: blobs, manifests, tags, uploads and referrers of named
- * repositories, plus the catalog. Handlers (src/api/) depend on these interfaces only; local.ts
- * implements them over a `Storage` for hosted repositories, and cache/mirrored_registry.ts for
+ * repositories, plus the catalog. Handlers (src/http/handlers/) depend on these interfaces only; local.ts
+ * implements them over a `Storage` for hosted repositories, and mirror/mirrored_registry.ts for
  * mirrored namespaces (pull-through, read-only). Every method throws RegistryError with the OCI
  * code a client should see (BLOB_UNKNOWN, MANIFEST_INVALID, UNSUPPORTED, ...).
  *

@@ -7,8 +7,8 @@
  * removes what a crashed predecessor left in `root/.tmp/`. A second process sharing the root
  * works too but leaves the temp directory alone.
  */
-import { noteStreamed } from "../memory.ts";
-import { ContentCheck } from "../digest.ts";
+import { noteStreamed } from "../runtime/memory.ts";
+import { ContentCheck } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
   assertSafeKey,

@@ -8,9 +8,9 @@
  *   cache/access/<process id>                         last reads of mirrored content (JSON)
  *   repositories/<namespace>/<repository>/_content/<alg>/<hex>  this repository holds it
  */
-import { isDigest, parseDigest } from "../digest.ts";
+import { isDigest, parseDigest } from "../oci/digest.ts";
 
-/** Access times of mirrored content, one JSON object per process (cache/bound.ts). */
+/** Access times of mirrored content, one JSON object per process (mirror/bound.ts). */
 export const ACCESS_TIMES_PREFIX = "cache/access/";
 
 /** Never written: GET /readyz asks for it to prove the store answers at all. */

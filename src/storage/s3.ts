@@ -26,7 +26,7 @@ import { Upload } from "@aws-sdk/lib-storage";
 import { getSignedUrl } from "@aws-sdk/s3-request-presigner";
 import { Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
-import { ContentCheck } from "../digest.ts";
+import { ContentCheck } from "../oci/digest.ts";
 import { fileStream } from "./filesystem.ts";
 import {
   assertSafeKey,

@@ -9,7 +9,7 @@
  * to a client that may read the repository, other registries 404 for "not yours". No retries
  * here: UpstreamClient.checkAccess picks the endpoint and keeps to the namespace's bounds.
  */
-import type { UpstreamConfig } from "../config.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { ALL_MANIFEST_TYPES } from "../oci/media_types.ts";
 import { basicAuthorization, parseWwwAuthenticate } from "./auth.ts";

@@ -11,7 +11,7 @@
  */
 import { lookup } from "node:dns/promises";
 import { RegistryError } from "../oci/errors.ts";
-import { SingleFlight } from "../single_flight.ts";
+import { SingleFlight } from "../runtime/single_flight.ts";
 
 /** Resolves a host name to its IP addresses (v4 dotted quad or v6 text). */
 export type Resolver = (hostname: string) => Promise<string[]>;

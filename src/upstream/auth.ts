@@ -3,9 +3,9 @@
  * single-flight token requests, and helpers for Basic credentials, token realms and token
  * responses. No I/O here: the HTTP round trips themselves live in authorizer.ts.
  */
-import type { UpstreamConfig } from "../config.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { SingleFlight } from "../single_flight.ts";
+import { SingleFlight } from "../runtime/single_flight.ts";
 
 /** One challenge of a WWW-Authenticate header. Scheme and parameter names are lower-cased. */
 export interface Challenge {

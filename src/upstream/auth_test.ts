@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { defaultUpstream } from "../config.ts";
+import { defaultUpstream } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
   basicAuthorization,

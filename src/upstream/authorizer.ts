@@ -10,8 +10,8 @@
  * plain http (a lab registry); a client's credentials never go to a plain-http realm of a TLS
  * upstream. Tokens and passwords never appear in messages or logs.
  */
-import type { UpstreamConfig } from "../config.ts";
-import type { LogFn } from "../log.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
+import type { LogFn } from "../runtime/log.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
   basicAuthorization,

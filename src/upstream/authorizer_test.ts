@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "../../tests/support/assert.ts";
-import { defaultUpstream, type UpstreamConfig } from "../config.ts";
+import { defaultUpstream, type UpstreamConfig } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { tokenCacheKey } from "./auth.ts";
 import { Authorizer, type TokenTransport } from "./authorizer.ts";

@@ -20,14 +20,14 @@
  * stalls). Everything else becomes a RegistryError; bodies of responses not returned are always
  * cancelled. Credentials and tokens never appear in messages or logs.
  */
-import type { LogFn } from "../log.ts";
+import type { LogFn } from "../runtime/log.ts";
 import {
   DEFAULT_RATE_LIMIT_RESERVE,
   type UpstreamConfig,
   type UpstreamRegistry,
-} from "../config.ts";
+} from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
-import { isDigest } from "../digest.ts";
+import { isDigest } from "../oci/digest.ts";
 import { assertManifestReference, isUpstreamHost, isValidRepository } from "../oci/reference.ts";
 import { AddressPolicy } from "./address_policy.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { UpstreamClient } from "./client.ts";
 import { freePort } from "../../tests/support/tools.ts";

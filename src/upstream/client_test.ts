@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config.ts";
+import { defaultUpstream, type UpstreamConfig, UpstreamRegistry } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { UpstreamClient, type UpstreamClientOptions } from "./client.ts";
 import { freePort } from "../../tests/support/tools.ts";

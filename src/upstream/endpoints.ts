@@ -6,7 +6,7 @@
  * soon as its backoff ends and it answers. When every endpoint is skipped, the one due back
  * first is tried anyway: a namespace never refuses for lack of a healthy endpoint alone.
  */
-import type { UpstreamConfig } from "../config.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
 
 export const DEFAULT_FAILOVER_BACKOFF_MS = 30_000;
 /** Longest an endpoint is skipped, however often it failed. */

@@ -1,5 +1,5 @@
 import { assertEquals } from "../../tests/support/assert.ts";
-import { defaultUpstream, type UpstreamConfig } from "../config.ts";
+import { defaultUpstream, type UpstreamConfig } from "../config/upstreams.ts";
 import { EndpointHealth, endpointsOf } from "./endpoints.ts";
 
 const upstream: UpstreamConfig = {

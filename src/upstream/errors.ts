@@ -11,7 +11,7 @@
  * appear in messages or logs. Network failures are named by transport.ts, which alone knows
  * fetch's failure messages (a credential-free reason, never a raw message).
  */
-import type { UpstreamConfig } from "../config.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
 import { type ErrorCode, RegistryError } from "../oci/errors.ts";
 import { hasCredentials } from "./auth.ts";
 import { parseRetryAfter } from "./rate_limits.ts";

@@ -5,7 +5,7 @@
  * quota on revalidation when little is left, and to answer 429 itself, with a correct
  * Retry-After, instead of sending requests that upstream will refuse.
  */
-import type { UpstreamConfig } from "../config.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
 
 /** The last known state for one upstream and credential. */
 export interface RateLimitState {

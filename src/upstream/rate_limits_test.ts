@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../../tests/support/assert.ts";
-import { defaultUpstream } from "../config.ts";
+import { defaultUpstream } from "../config/upstreams.ts";
 import {
   parseQuota,
   parseRetryAfter,

@@ -14,8 +14,8 @@
  * `accept_invalid_certs: true` are fetched through node:https with `rejectUnauthorized: false`,
  * which Deno implements for real; everything else uses fetch with full verification.
  */
-import type { UpstreamConfig } from "../config.ts";
-import type { LogFn } from "../log.ts";
+import type { UpstreamConfig } from "../config/upstreams.ts";
+import type { LogFn } from "../runtime/log.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { AddressPolicy } from "./address_policy.ts";
 import type { InsecureTransport } from "./insecure_transport.ts";

@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "../../tests/support/assert.ts";
-import { defaultUpstream } from "../config.ts";
+import { defaultUpstream } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { describeHost, readText, upstreamHost, withIdleTimeout } from "./transport.ts";
 

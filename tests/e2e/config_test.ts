@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { buildImage, pushImage, pushRandomBlob, skopeoPullDir } from "../support/images.ts";
-import { digestOf } from "../../src/digest.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { startMirror } from "../support/mirror.ts";
 import { RegistryClient } from "../support/registry_client.ts";
 import { startUpstream } from "../support/upstream.ts";

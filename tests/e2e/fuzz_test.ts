@@ -386,7 +386,7 @@ function violation(c: Case, answer: Answer, corpus: Corpus): string | undefined 
   if (status === 500) return "500";
   if (status > 599) return `status ${status}`;
   // Deno.serve's own rejection of a request it could not parse: a bare 400 that the handler
-  // never saw (documented in src/server.ts). Only raw requests can produce one.
+  // never saw (documented in src/http/server.ts). Only raw requests can produce one.
   if (c.raw !== undefined && status === 400 && answer.apiVersion === null && !answer.contentType) {
     return answer.body.byteLength === 0 ? undefined : "a bare 400 with a body";
   }

@@ -10,7 +10,7 @@ import { type Mirror, startMirror } from "../support/mirror.ts";
 import { s3MirrorArgs, startS3rver } from "../support/s3rver.ts";
 import { startUpstream } from "../support/upstream.ts";
 import { REPO_ROOT, run, sha256File, tempDir } from "../support/tools.ts";
-import { digestOf } from "../../src/digest.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { FilesystemStorage } from "../../src/storage/filesystem.ts";
 import { S3Storage } from "../../src/storage/s3.ts";
 import {

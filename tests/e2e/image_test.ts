@@ -36,7 +36,7 @@ import {
 } from "../support/tools.ts";
 import { buildImage, bundle, NONROOT_UID, stageImage } from "../../scripts/image.ts";
 import { VERSION } from "../../src/main.ts";
-import { parseCommandLine } from "../../src/cli.ts";
+import { parseCommandLine } from "../../src/config/cli.ts";
 
 const NS = "registry.test";
 const TAG = "localhost/oci-registry-test:scratch";

@@ -5,7 +5,7 @@
  * Retry-After. The mirror must stop revalidating at its reserve, keep serving what it has, and
  * answer what it lacks with 429 and a correct Retry-After instead of hammering upstream.
  */
-import { digestOf } from "../../src/digest.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { OCI_MANIFEST } from "../../src/oci/media_types.ts";
 import { assert, assertEquals } from "../support/assert.ts";
 import { startMirror } from "../support/mirror.ts";

@@ -4,7 +4,7 @@
  * body cut at 40%, then the Range request that finishes it. The client sees one clean,
  * byte-exact answer; the upstream sees exactly those four requests.
  */
-import { digestOf } from "../../src/digest.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { assertEquals } from "../support/assert.ts";
 import { randomBytes } from "../support/fake_upstream.ts";
 import { startMirror } from "../support/mirror.ts";

@@ -3,7 +3,7 @@
  * in flight finish within --shutdown-grace, then exits 0; past the grace period it closes what
  * is left instead of hanging until SIGKILL.
  */
-import { concatBytes } from "../../src/bytes.ts";
+import { concatBytes } from "../../src/runtime/bytes.ts";
 import { assert, assertEquals } from "../support/assert.ts";
 import { startMirror } from "../support/mirror.ts";
 import { slowUpstream } from "../support/slow_upstream.ts";

@@ -2,11 +2,11 @@
  * An in-process upstream whose answers a test scripts (lying, slow, down, rate-limited), for
  * unit tests of edge cases only; end-to-end tests use the real docker-registry.
  */
-import { concatBytes } from "../../src/bytes.ts";
-import { digestOf } from "../../src/digest.ts";
+import { concatBytes } from "../../src/runtime/bytes.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { RegistryError } from "../../src/oci/errors.ts";
 import { OCI_MANIFEST } from "../../src/oci/media_types.ts";
-import type { Upstream } from "../../src/cache/mirror.ts";
+import type { Upstream } from "../../src/mirror/mirror.ts";
 
 const encoder = new TextEncoder();
 

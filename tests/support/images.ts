@@ -8,7 +8,7 @@
  * Push them to a registry over HTTP (`pushImage`), or write an OCI image layout (`writeOciLayout`)
  * and push that with skopeo (`skopeoPush`).
  */
-import { concatBytes } from "../../src/bytes.ts";
+import { concatBytes } from "../../src/runtime/bytes.ts";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import { assertEquals } from "./assert.ts";

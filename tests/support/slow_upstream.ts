@@ -3,7 +3,7 @@
  * while a response is in progress (connection timeouts, shutdown). Edge cases only: the slow
  * server is the point; real pulls are tested against docker-registry.
  */
-import { digestOf } from "../../src/digest.ts";
+import { digestOf } from "../../src/oci/digest.ts";
 import { freePort } from "./tools.ts";
 
 export interface SlowUpstream extends AsyncDisposable {

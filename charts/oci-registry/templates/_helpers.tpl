@@ -77,7 +77,7 @@ as 1e+06; whole numbers are printed as integers.
 {{- end }}
 {{- end }}
 
-{{/* The program's --shutdown-grace when shutdown.graceSeconds is empty (src/cli.ts). */}}
+{{/* The program's --shutdown-grace when shutdown.graceSeconds is empty (src/config/cli.ts). */}}
 {{- define "oci-registry.defaultShutdownGraceSeconds" -}}
 25
 {{- end }}
