@@ -76,8 +76,8 @@ Deno.test("the bundled program runs on its own and pulls byte-exact images", asy
     }
     const foreign = [...specifiers].filter((s) => !s.startsWith("node:"));
     assertEquals(foreign, [], `imports the bundle still needs from outside: ${foreign.join(", ")}`);
-    // Both storage back-ends are reached through `await import(...)` in src/main.ts; the bundler
-    // must have inlined them (it marks each inlined module with a path comment).
+    // Both storage back-ends are reached through `await import(...)` in src/commands/storage.ts;
+    // the bundler must have inlined them (it marks each inlined module with a path comment).
     for (const module of ["src/storage/filesystem.ts", "src/storage/s3.ts"]) {
       assert(source.includes(`// ${module}\n`), `${module} is not inside the bundle`);
     }
