@@ -117,6 +117,7 @@ export async function serve({ settings, upstreams, log, auth: authConfig }: Serv
       verifyToken: signer && ((token) => signer.verify(token)),
       onCheck: (namespace, result) =>
         metrics.passthroughChecks.inc({ namespace: metrics.namespaceLabel(namespace), result }),
+      log,
     })
     : undefined;
   const auth = authConfig && signer

@@ -33,6 +33,8 @@ export interface Identity {
   /** The authenticated user, null for anonymous (with or without an anonymous token). */
   user: string | null;
   token?: TokenClaims;
+  /** A login (see `identify`) with credentials a passthrough upstream accepted. */
+  upstreamLogin?: boolean;
 }
 
 export const ANONYMOUS: Identity = { user: null };
@@ -48,7 +50,7 @@ export interface AuthOptions {
   metrics: Metrics;
   now?: () => number;
   /** `auth: passthrough` namespaces: their scopes are checked against upstream, not the rules. */
-  passthrough?: Pick<PassthroughGate, "covers" | "check" | "active">;
+  passthrough?: Pick<PassthroughGate, "covers" | "check" | "active" | "login">;
 }
 
 /** A verified login is trusted again without bcrypt for this long (until a reload). */
@@ -57,7 +59,7 @@ const LOGIN_CACHE_ENTRIES = 1000;
 /** Bounds on what is decoded at all: longer credentials are malformed, not checked. */
 const MAX_BASIC_CHARS = 4096;
 const MAX_SCOPES = 20;
-/** The refusal of a password that is no mirror user's (told apart from malformed input). */
+/** The refusal of a password that is no mirror user's. */
 const INVALID_LOGIN = "invalid username or password";
 
 export class Auth {
@@ -66,7 +68,7 @@ export class Auth {
   readonly #metrics: Metrics;
   readonly #now: () => number;
   readonly #limiter: LoginLimiter;
-  readonly #passthrough?: Pick<PassthroughGate, "covers" | "check" | "active">;
+  readonly #passthrough?: Pick<PassthroughGate, "covers" | "check" | "active" | "login">;
   /** Keyed by an HMAC of generation, user and password under a per-process key. */
   readonly #logins = new LruCache<{ user: string; until: number }>(LOGIN_CACHE_ENTRIES);
   readonly #cacheKey = crypto.getRandomValues(new Uint8Array(32));
@@ -83,8 +85,16 @@ export class Auth {
   /**
    * Who sent `request`. No Authorization header is anonymous; anything else must be valid
    * Basic credentials or a valid token (else 401 with the challenge for `scope`, or 429).
+   * A `login` (the ping, a token for no repository: what `docker login` sends) may also be
+   * made with credentials that are no mirror user's but a passthrough upstream's, checked there
+   * (README, Pass-through): anonymous, with `upstreamLogin`.
    */
-  async identify(request: Request, address: string, scope?: string): Promise<Identity> {
+  async identify(
+    request: Request,
+    address: string,
+    scope?: string,
+    login = false,
+  ): Promise<Identity> {
     const header = request.headers.get("authorization");
     if (header === null) return ANONYMOUS;
     const match = /^([A-Za-z]+) +([^ ]+) *$/.exec(header);
@@ -92,14 +102,8 @@ export class Auth {
     if (scheme === "basic") {
       const credentials = decodeBasic(match![2]);
       if (!credentials) throw this.#refuse(request, "malformed", "malformed credentials", scope);
-      const user = await this.#login(
-        credentials.user,
-        credentials.password,
-        address,
-        request,
-        scope,
-      );
-      return { user };
+      const user = await this.#login(credentials, address, request, scope, login);
+      return user === null ? { user, upstreamLogin: true } : { user };
     }
     if (scheme === "bearer") {
       const claims = this.#signer.verify(match![2]);
@@ -159,8 +163,8 @@ export class Auth {
 
   /** GET /v2/: 401 with the challenge unless authenticated (see README, Authentication). */
   async ping(request: Request, address: string): Promise<void> {
-    const identity = await this.identify(request, address);
-    if (identity.user === null && !identity.token) {
+    const identity = await this.identify(request, address, undefined, true);
+    if (identity.user === null && !identity.token && !identity.upstreamLogin) {
       throw new RegistryError("UNAUTHORIZED", "authentication required", {
         headers: this.challenge(request),
       });
@@ -200,15 +204,9 @@ export class Auth {
       const policy = this.#access.policy();
       for (const scope of others) grant(policy, null, scope, resolve, access);
     } else if (!upstreamAccepted && (gated.length === 0 || others.length > 0)) {
-      try {
-        ({ user } = await this.identify(request, address));
-      } catch (e) {
-        // `podman login` / `docker login` ask a token for no repository: with passthrough
-        // namespaces, credentials that are no mirror user's may be upstream ones, checked at
-        // the first pull. Still counted as a failure, so guessing mirror passwords stays slow.
-        const loginOnly = scopes.every((scope) => !scope.startsWith("repository"));
-        if (!(loginOnly && this.#passthrough?.active && isBadCredentials(e))) throw e;
-      }
+      // `podman login` / `docker login` ask a token for no repository.
+      const login = scopes.every((scope) => !scope.startsWith("repository"));
+      ({ user } = await this.identify(request, address, undefined, login));
       const policy = this.#access.policy();
       for (const scope of scopes) grant(policy, user, scope, resolve, access);
     }
@@ -309,13 +307,19 @@ export class Auth {
     return { "www-authenticate": value };
   }
 
+  /**
+   * The mirror user `credentials` name, or null for a `login` with credentials that are no
+   * mirror user's and that a passthrough upstream accepted. A refusal counts as a failed
+   * login; an upstream's acceptance does not (many clients behind one address log in so).
+   */
   async #login(
-    user: string,
-    password: string,
+    credentials: { user: string; password: string },
     address: string,
     request: Request,
     scope: string | undefined,
-  ): Promise<string> {
+    login: boolean,
+  ): Promise<string | null> {
+    const { user, password } = credentials;
     const policy = this.#access.policy();
     const cacheKey = createHmac("sha256", this.#cacheKey)
       .update(`${policy.generation}\0${user}\0${password}`)
@@ -341,13 +345,23 @@ export class Auth {
     } finally {
       this.#limiter.finished(keys);
     }
-    if (!valid) {
-      this.#limiter.failed(keys);
-      throw this.#refuse(request, "bad_credentials", INVALID_LOGIN, scope);
+    if (valid) {
+      this.#limiter.succeeded([keys[0]]);
+      this.#logins.set(cacheKey, { user, until: this.#now() + LOGIN_CACHE_MS });
+      return user;
     }
-    this.#limiter.succeeded([keys[0]]);
-    this.#logins.set(cacheKey, { user, until: this.#now() + LOGIN_CACHE_MS });
-    return user;
+    // A mirror user's name with a wrong password is never asked of an upstream.
+    const upstreamLogin = login && this.#passthrough?.active === true && !policy.hasUser(user);
+    if (upstreamLogin && await this.#passthrough!.login({ username: user, password })) {
+      return null;
+    }
+    this.#limiter.failed(keys);
+    throw this.#refuse(
+      request,
+      "bad_credentials",
+      upstreamLogin ? "invalid username or password (here and upstream)" : INVALID_LOGIN,
+      scope,
+    );
   }
 
   #refuse(request: Request, reason: string, message: string, scope?: string): RegistryError {
@@ -356,11 +370,6 @@ export class Auth {
       headers: this.challenge(request, scope, reason === "bad_token" ? "invalid_token" : undefined),
     });
   }
-}
-
-function isBadCredentials(e: unknown): boolean {
-  return e instanceof RegistryError && e.code === "UNAUTHORIZED" &&
-    e.message === INVALID_LOGIN;
 }
 
 /** `user:password` from a Basic payload, or null when it is not one. */

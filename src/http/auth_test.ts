@@ -372,6 +372,7 @@ Deno.test("token: passthrough scopes next to containerd's own (the name without 
           : "denied";
         return Promise.resolve(verdict);
       },
+      login: () => Promise.resolve(false),
     };
     const signer = new TokenSigner(new Uint8Array(32).fill(2), 60_000);
     const auth = new Auth({ access, signer, metrics: new Metrics(), passthrough });
@@ -432,3 +433,98 @@ Deno.test("token: passthrough scopes next to containerd's own (the name without 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("logins with a passthrough upstream's credentials: checked there, no lockout when accepted", async () => {
+  const root = await Deno.makeTempDir({ prefix: "auth-test-" });
+  try {
+    await Deno.writeTextFile(`${root}/auth.yaml`, RULES);
+    await Deno.writeTextFile(`${root}/htpasswd`, HTPASSWD);
+    const access = await AccessControl.load(`${root}/auth.yaml`, {
+      isPrivate: (namespace) => namespace === "private.test",
+      log: () => {},
+    });
+    // The upstream knows dev (dev-pw); "down" is the password that finds it unreachable.
+    const asked: string[] = [];
+    const passthrough = {
+      active: true,
+      covers: (namespace: string) => namespace === "private.test",
+      check: () => Promise.resolve<AccessVerdict>("denied"),
+      login: (c: ClientCredentials) => {
+        asked.push(c.username);
+        return Promise.resolve(
+          c.password === "down" || (c.username === "dev" && c.password === "dev-pw"),
+        );
+      },
+    };
+    const metrics = new Metrics();
+    const signer = new TokenSigner(new Uint8Array(32).fill(3), 60_000);
+    const auth = new Auth({ access, signer, metrics, passthrough });
+    const resolve = (name: string) => ({ hosted: false, ...resolveName(name, null, "docker.io") });
+    const ping = async (authorization: string, address = "10.0.0.1") => {
+      try {
+        await auth.ping(new Request("http://mirror/v2/", { headers: { authorization } }), address);
+        return 200;
+      } catch (e) {
+        return (e as RegistryError).status;
+      }
+    };
+    /** `docker login` with --auth-config: a token for no repository. */
+    const login = async (authorization: string, address = "10.0.0.1") => {
+      const query = new URLSearchParams({ service: "oci-registry", account: "dev" });
+      const request = new Request(`http://mirror/token?${query}`, { headers: { authorization } });
+      try {
+        const response = await auth.token(request, address, query, resolve);
+        return { status: response.status, access: signer.verify((await response.json()).token)! };
+      } catch (e) {
+        return { status: (e as RegistryError).status, access: undefined };
+      }
+    };
+    // Many nodes behind one address log in with upstream credentials: never a lockout.
+    for (let i = 0; i < 8; i++) {
+      assertEquals(await ping(basic("dev", "dev-pw")), 200);
+      const token = await login(basic("dev", "dev-pw"));
+      assertEquals(token.status, 200);
+      // The token is anonymous: the login proved upstream credentials, not a mirror user.
+      assertEquals([token.access?.sub, token.access?.access], ["", {}]);
+    }
+    assertEquals(asked.length, 16);
+    // Credentials upstream does not take: 401, counted; from the sixth on, 429.
+    const refused = [];
+    for (let i = 0; i < 7; i++) refused.push((await login(basic("dev", `guess-${i}`))).status);
+    assertEquals(refused, [401, 401, 401, 401, 401, 429, 429]);
+    // A mirror user's name with a wrong password is the mirror's to refuse: upstream not asked.
+    asked.length = 0;
+    assertEquals(await ping(basic("bob", "wrong"), "10.0.0.2"), 401);
+    assertEquals((await login(basic("alice", "wrong"), "10.0.0.3")).status, 401);
+    assertEquals(asked, []);
+    // The gate could not ask upstream (it let the login through): 200, no failure counted.
+    for (let i = 0; i < 6; i++) assertEquals(await ping(basic("eve", "down"), "10.0.0.4"), 200);
+    // A mirror user still logs in as before, and a login only counts as one when asked for:
+    // a pull's credentials are the mirror's alone (401, upstream not asked).
+    assertEquals(await ping(basic("alice", "secret"), "10.0.0.5"), 200);
+    asked.length = 0;
+    await assertRejects401(
+      auth.identify(
+        new Request("http://mirror/v2/x/manifests/1", {
+          headers: { authorization: basic("eve", "down") },
+        }),
+        "10.0.0.6",
+      ),
+    );
+    assertEquals(asked, []);
+    const failures = metrics.render();
+    assertMatch(failures, /oci_registry_auth_failures_total\{reason="locked"\} 2/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+async function assertRejects401(promise: Promise<unknown>): Promise<void> {
+  try {
+    await promise;
+  } catch (e) {
+    assertEquals((e as RegistryError).status, 401);
+    return;
+  }
+  throw new Error("expected a 401");
+}

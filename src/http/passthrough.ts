@@ -25,6 +25,7 @@ import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { LruCache } from "../mirror/lru.ts";
 import type { UpstreamRegistry } from "../config/upstreams.ts";
+import type { LogFn } from "../runtime/log.ts";
 import { isUnavailable, RegistryError } from "../oci/errors.ts";
 import type {
   AccessProbe,
@@ -61,6 +62,7 @@ export interface PassthroughOptions {
   verifyToken?: (token: string) => TokenClaims | null;
   /** Each check's outcome (allowed, unauthorized, denied, stale, unavailable), for metrics. */
   onCheck?: (namespace: string, result: string) => void;
+  log?: LogFn;
 }
 
 interface Entry {
@@ -74,6 +76,7 @@ export class PassthroughGate {
   readonly #now: () => number;
   readonly #verifyToken?: (token: string) => TokenClaims | null;
   readonly #onCheck: (namespace: string, result: string) => void;
+  readonly #log: LogFn;
   readonly #salt = crypto.getRandomValues(new Uint8Array(32));
   readonly #entries = new LruCache<Entry>(MAX_ENTRIES);
   readonly #pending = new Map<string, Promise<AccessVerdict>>();
@@ -84,6 +87,7 @@ export class PassthroughGate {
     this.#now = options.now ?? Date.now;
     this.#verifyToken = options.verifyToken;
     this.#onCheck = options.onCheck ?? (() => {});
+    this.#log = options.log ?? (() => {});
   }
 
   /** Whether requests for `namespace` pass through this gate. */
@@ -144,19 +148,69 @@ export class PassthroughGate {
    * throws UNAVAILABLE (or TOOMANYREQUESTS) when upstream cannot answer and no recent pass is
    * known.
    */
-  async check(
+  check(
     credentials: ClientCredentials,
     namespace: string,
     repository: string,
     probe: AccessProbe,
   ): Promise<AccessVerdict> {
-    const key = this.#key(credentials, namespace, repository);
+    return this.#remembered(
+      this.#key(credentials, namespace, repository),
+      namespace,
+      () => this.#checker.checkAccess(namespace, repository, probe, credentials),
+    );
+  }
+
+  /**
+   * A login to the mirror (`docker login`, `podman login`) with credentials that are no mirror
+   * user's: true when some passthrough upstream takes them (its own `GET /v2/`: valid
+   * credentials, whatever they may read), false when every one refuses them. When none took
+   * them and some could not be asked, the login is let through with a warning, as before
+   * logins were checked: the first pull asks again. Answers are remembered like repository
+   * checks.
+   */
+  async login(credentials: ClientCredentials): Promise<boolean> {
+    const namespaces = this.#upstreams.configured()
+      .filter((u) => u.auth === "passthrough")
+      .map((u) => u.namespace);
+    const answers = await Promise.allSettled(namespaces.map((namespace) =>
+      this.#remembered(
+        this.#key(credentials, namespace, ""),
+        namespace,
+        () => this.#checker.checkAccess(namespace, "", { kind: "login" }, credentials),
+      )
+    ));
+    const unreachable: string[] = [];
+    for (const [i, answer] of answers.entries()) {
+      if (answer.status === "fulfilled") {
+        if (answer.value !== "unauthorized") return true;
+      } else if (isUnavailable(answer.reason)) {
+        unreachable.push(namespaces[i]);
+      } else {
+        throw answer.reason;
+      }
+    }
+    if (unreachable.length === 0) return false;
+    this.#log(
+      `login not checked: cannot ask passthrough upstream ${unreachable.join(", ")}; ` +
+        `accepted until the first pull asks again`,
+      "warn",
+    );
+    return true;
+  }
+
+  /** The verdict for `key`: remembered, or asked (once for concurrent callers) with `ask`. */
+  async #remembered(
+    key: string,
+    namespace: string,
+    ask: () => Promise<AccessVerdict>,
+  ): Promise<AccessVerdict> {
     const now = this.#now();
     const entry = this.#entries.get(key);
     if (entry && now - entry.at < this.#ttl(namespace, entry.verdict)) return entry.verdict;
     let pending = this.#pending.get(key);
     if (!pending) {
-      pending = this.#checker.checkAccess(namespace, repository, probe, credentials)
+      pending = ask()
         .then((verdict) => {
           this.#entries.set(key, { verdict, at: this.#now() });
           this.#onCheck(namespace, verdict);

@@ -26,7 +26,12 @@ import { mirroredName, MirroredRegistry } from "../mirror/mirrored_registry.ts";
 import type { Action, Resource } from "../config/access.ts";
 import { ANONYMOUS, type Auth } from "./auth.ts";
 import type { ClientLimits } from "./client_limits.ts";
-import { type AccessProbe, BASIC_CHALLENGE, type PassthroughGate } from "./passthrough.ts";
+import {
+  type AccessProbe,
+  BASIC_CHALLENGE,
+  decodeBasic,
+  type PassthroughGate,
+} from "./passthrough.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { hostedName, type ResolvedName, resolveName } from "../oci/namespace.ts";
 import type { Registry } from "../registry/registry.ts";
@@ -324,14 +329,8 @@ async function dispatch(
     case "ping":
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
-      await auth?.ping(request, address);
-      // Clients that were not challenged here never send credentials (containers/image,
-      // dockerd): with passthrough namespaces, ask for them as a registry with users does.
-      if (!auth && options.passthrough?.active && !request.headers.has("authorization")) {
-        throw new RegistryError("UNAUTHORIZED", "authentication required", {
-          headers: BASIC_CHALLENGE,
-        });
-      }
+      if (auth) await auth.ping(request, address);
+      else if (options.passthrough?.active) await passthroughPing(request, options.passthrough);
       return json({});
     case "token":
       if (!auth) throw noSuchEndpoint(target.path);
@@ -536,6 +535,29 @@ function json(body: unknown, status = 200): Response {
     status,
     headers: { "content-type": "application/json" },
   });
+}
+
+/**
+ * GET /v2/ with passthrough namespaces and no mirror users. Clients that were not challenged
+ * here never send credentials (containers/image, dockerd), so it asks for them as a registry
+ * with users does; a login (`docker login`) is checked against the passthrough upstreams.
+ * Other schemes than Basic are not credentials this mirror reads: anonymous.
+ */
+async function passthroughPing(request: Request, gate: PassthroughGate): Promise<void> {
+  const header = request.headers.get("authorization");
+  const basic = header === null ? null : /^basic +([^ ]*) *$/i.exec(header);
+  if (header !== null && !basic) return;
+  const credentials = basic ? decodeBasic(basic[1]) : null;
+  if (credentials && await gate.login(credentials)) return;
+  throw new RegistryError(
+    "UNAUTHORIZED",
+    header === null
+      ? "authentication required"
+      : credentials
+      ? "no passthrough upstream accepted these credentials"
+      : "malformed credentials",
+    { headers: BASIC_CHALLENGE },
+  );
 }
 
 /** The single mapping from thrown errors to HTTP responses. */

@@ -6,8 +6,10 @@
  * shared token cache, and nothing of it is logged.
  *
  * A 404 for the object asks the tag list once more: distribution answers 404 for a deleted tag
- * to a client that may read the repository, other registries 404 for "not yours". No retries
- * here: UpstreamClient.checkAccess picks the endpoint and keeps to the namespace's bounds.
+ * to a client that may read the repository, other registries 404 for "not yours". A login
+ * probe's token request names no scope, as a client's login does; any verdict but
+ * `unauthorized` means the upstream took the credentials. No retries here:
+ * UpstreamClient.checkAccess picks the endpoint and keeps to the namespace's bounds.
  */
 import type { UpstreamConfig } from "../config/upstreams.ts";
 import { RegistryError } from "../oci/errors.ts";
@@ -24,11 +26,16 @@ import {
   upstreamOrigin,
 } from "./transport.ts";
 
-/** What a pass-through check asks upstream for, with the client's own credentials. */
+/**
+ * What a pass-through check asks upstream for, with the client's own credentials: a manifest,
+ * a blob or the tag list of a repository, or (`login`, for a client logging in to the mirror)
+ * the upstream's own `GET /v2/`, answered like `docker login` answers it.
+ */
 export type AccessProbe =
   | { kind: "manifest"; reference: string }
   | { kind: "blob"; digest: string }
-  | { kind: "tags" };
+  | { kind: "tags" }
+  | { kind: "login" };
 
 /**
  * What upstream said of a client's credentials for a repository: they may pull, they are not
@@ -59,7 +66,7 @@ export class AccessChecker {
 
   /**
    * What `upstream` (an endpoint carrying the client's credentials) says of them for
-   * `repository`; names and digests are checked by the caller.
+   * `repository` (ignored by a login probe); names and digests are checked by the caller.
    */
   async check(
     upstream: UpstreamConfig,
@@ -67,6 +74,14 @@ export class AccessChecker {
     probe: AccessProbe,
     signal: AbortSignal | undefined,
   ): Promise<AccessVerdict> {
+    if (probe.kind === "login") {
+      const verdict = await this.#probe(upstream, null, "", "GET", signal);
+      if (verdict !== "not_found") return verdict;
+      throw new RegistryError(
+        "UPSTREAM_ERROR",
+        `upstream ${upstream.host} answered 404 to GET /v2/: no registry API there`,
+      );
+    }
     const path = probe.kind === "manifest"
       ? `manifests/${probe.reference}`
       : probe.kind === "blob"
@@ -80,15 +95,20 @@ export class AccessChecker {
     return verdict === "not_found" ? "denied" : verdict;
   }
 
-  /** One probe, and the one re-send its 401 challenge calls for. */
+  /**
+   * One probe of `path` in `repository` (null: the registry's `/v2/` itself), and the one
+   * re-send its 401 challenge calls for.
+   */
   async #probe(
     upstream: UpstreamConfig,
-    repository: string,
+    repository: string | null,
     path: string,
     method: "GET" | "HEAD",
     signal: AbortSignal | undefined,
   ): Promise<AccessVerdict | "not_found"> {
-    const url = new URL(`${upstreamOrigin(upstream)}/v2/${repository}/${path}`);
+    const url = new URL(
+      `${upstreamOrigin(upstream)}/v2/${repository === null ? "" : `${repository}/${path}`}`,
+    );
     if (upstream.forwardNamespace) url.searchParams.set("ns", upstream.namespace);
     let authorization = this.#auth.wantsBasic(upstream.namespace)
       ? basicAuthorization(upstream.username!, upstream.password!)
@@ -145,7 +165,9 @@ export class AccessChecker {
       if (status === 429) throw tooManyRequests(where, response, summary);
       throw new RegistryError(
         status >= 500 ? "UNAVAILABLE" : "UPSTREAM_ERROR",
-        `${where} answered ${status} to a pass-through check of ${repository}${summary}`,
+        `${where} answered ${status} to a pass-through check of ${
+          repository ?? "a login"
+        }${summary}`,
       );
     }
   }

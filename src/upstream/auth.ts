@@ -139,7 +139,11 @@ export function hasCredentials(upstream: UpstreamConfig): boolean {
 }
 
 /** realm?service=..&scope=.. from a Bearer challenge (an http(s) realm, else UPSTREAM_ERROR). */
-export function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope: string): URL {
+export function tokenRealm(
+  upstream: UpstreamConfig,
+  challenge: Challenge,
+  scope: string | undefined,
+): URL {
   let realm: URL;
   try {
     realm = new URL(challenge.params.realm ?? "");
@@ -157,7 +161,7 @@ export function tokenRealm(upstream: UpstreamConfig, challenge: Challenge, scope
   }
   realm.hash = "";
   if (challenge.params.service) realm.searchParams.set("service", challenge.params.service);
-  realm.searchParams.set("scope", scope);
+  if (scope !== undefined) realm.searchParams.set("scope", scope);
   return realm;
 }
 

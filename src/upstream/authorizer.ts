@@ -157,11 +157,16 @@ export class Authorizer {
   /** A token for the client's credentials alone, or what the token server said of them. */
   async clientToken(
     upstream: UpstreamConfig,
-    repository: string,
+    repository: string | null,
     challenge: Challenge,
     signal: AbortSignal | undefined,
   ): Promise<string | "unauthorized" | "denied"> {
-    const realm = tokenRealm(upstream, challenge, pullScope(repository));
+    // No repository: a login's token, for no scope (what `docker login` asks for).
+    const realm = tokenRealm(
+      upstream,
+      challenge,
+      repository === null ? undefined : pullScope(repository),
+    );
     if (realm.protocol !== "https:" && upstream.tls) {
       throw new RegistryError(
         "UPSTREAM_ERROR",

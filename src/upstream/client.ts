@@ -258,8 +258,8 @@ export class UpstreamClient {
   /**
    * Asks upstream whether `credentials` (a client's, not the configured ones) may pull from
    * `repository`: a HEAD of the manifest or blob the client wants (or a one-entry tag list),
-   * answering the upstream's Basic or Bearer challenge with those credentials (access.ts).
-   * Within the namespace's bounds and rate limits, at the endpoint a request would go to now.
+   * answering the upstream's Basic or Bearer challenge with those credentials (access.ts); a
+   * `login` probe asks the upstream's `GET /v2/` instead (`repository` is then ignored). Within the namespace's bounds and rate limits, at the endpoint a request would go to now.
    * Unreachable or failing upstreams throw (UNAVAILABLE, UPSTREAM_ERROR, TOOMANYREQUESTS), with
    * no retries: the caller decides what an unanswered check means.
    */
@@ -270,7 +270,8 @@ export class UpstreamClient {
     credentials: ClientCredentials,
     signal?: AbortSignal,
   ): Promise<AccessVerdict> {
-    this.#assertUsable(repository);
+    if (probe.kind === "login") this.#assertOpen();
+    else this.#assertUsable(repository);
     if (probe.kind === "manifest") assertManifestReference(probe.reference);
     if (probe.kind === "blob" && !isDigest(probe.digest)) throw invalidDigest(probe.digest);
     const configured = this.#upstreams.get(namespace);
@@ -288,13 +289,17 @@ export class UpstreamClient {
 
   /** Throws unless the client is open and `repository` a valid name (it becomes a URL path). */
   #assertUsable(repository: string): void {
-    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
+    this.#assertOpen();
     if (!isValidRepository(repository)) {
       throw new RegistryError(
         "NAME_INVALID",
         `invalid repository name ${JSON.stringify(repository)}`,
       );
     }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new RegistryError("UNAVAILABLE", "upstream client is closed");
   }
 
   /** Releases pooled connections and cached tokens. Later requests fail with UNAVAILABLE. */

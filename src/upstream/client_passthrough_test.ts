@@ -195,3 +195,44 @@ Deno.test("checkAccess: 403 is denied; 5xx and no connection throw, with no secr
     (e) => e instanceof RegistryError && e.code === "NAME_INVALID",
   );
 });
+
+Deno.test("checkAccess: a login probe asks GET /v2/, a token for no scope, the client's credentials", async () => {
+  // Basic upstream: valid credentials get 200 from /v2/.
+  await using basic = basicRegistry();
+  using b = client(basic.host);
+  const login = { kind: "login" } as const;
+  assert.equal(await b.checkAccess("private.test", "", login, ALICE), "allowed");
+  assert.equal(await b.checkAccess("private.test", "", login, MALLORY), "unauthorized");
+  assert.deepEqual(basic.seen.map((s) => [s.method, s.path, basicOf(s.authorization)?.username]), [
+    ["GET", "/v2/", undefined],
+    ["GET", "/v2/", "alice"],
+    ["GET", "/v2/", "mallory"],
+  ]);
+  // Token upstream: /v2/ takes any token its server issued; the login's token names no scope.
+  await using tokens = fake((request) => {
+    const creds = basicOf(request.headers.get("authorization"));
+    if (creds?.username !== ALICE.username || creds.password !== ALICE.password) {
+      return unauthorized('Basic realm="tokens"');
+    }
+    return Response.json({ token: "alice-login" });
+  });
+  await using registry = fake((request, url) => {
+    if (url.pathname !== "/v2/") return new Response(null, { status: 404 });
+    if (request.headers.get("authorization") === "Bearer alice-login") {
+      return new Response("{}", { status: 200 });
+    }
+    return unauthorized(`Bearer realm="http://${tokens.host}/token",service="test"`);
+  });
+  using t = client(registry.host);
+  assert.equal(await t.checkAccess("private.test", "", login, ALICE), "allowed");
+  assert.equal(await t.checkAccess("private.test", "", login, MALLORY), "unauthorized");
+  assert.deepEqual(tokens.seen.map((s) => [basicOf(s.authorization)?.username, s.path]), [
+    ["alice", "/token?service=test"],
+    ["mallory", "/token?service=test"],
+  ]);
+  // No registry API there: an upstream error (the gate lets such a login through, warning).
+  await using nothing = fake(() => new Response("not here", { status: 404 }));
+  using n = client(nothing.host);
+  const error = await n.checkAccess("private.test", "", login, ALICE).catch((e) => e);
+  assert.ok(error instanceof RegistryError && error.code === "UPSTREAM_ERROR", String(error));
+});

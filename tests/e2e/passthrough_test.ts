@@ -188,6 +188,21 @@ Deno.test("passthrough (htpasswd upstream): cached content only for clients upst
 
   await t.step("podman login, then pull; podman with a wrong password is refused", async () => {
     await using podman = await podmanClient();
+    // The login is checked upstream: a wrong password fails there, with one GET /v2/ (Basic
+    // goes up front since the upstream asked for it), and nothing is stored.
+    up.clearLog();
+    const wrongLogin = await podman.podman([
+      "login",
+      "--tls-verify=false",
+      "-u",
+      WRONG.username,
+      "-p",
+      WRONG.password,
+      mirror.host,
+    ], { env: { REGISTRY_AUTH_FILE: dir.join("podman-wrong.json") }, check: false });
+    assert(wrongLogin.code !== 0, "podman logged in with a wrong password");
+    assertMatch(wrongLogin.stderr, /401|unauthorized|invalid username/i);
+    assertEquals(up.requests().map((e) => `${e.method} ${e.path} ${e.status}`), ["GET /v2/ 401"]);
     const pm = await podmanLoginAndPull(podman, dir.join("podman-auth.json"), mirror, image);
     await pm(["logout", mirror.host], true);
     await pm(["rmi", "-a"], true);
@@ -410,6 +425,21 @@ function checkOf(
   }[verdict];
 }
 
+/** A login's check as the token upstream sees it: its `GET /v2/` and a token for no scope. */
+function loginCheckOf(account: Account, valid: boolean) {
+  return valid
+    ? { tokens: [`${account.username} 200 []`], registry: ["GET /v2/ 401", "GET /v2/ 200"] }
+    : { tokens: ["- 401 []"], registry: ["GET /v2/ 401"] };
+}
+
+/** What `docker login SERVER` stores, written directly (for credentials a login now refuses). */
+function storeDockerLogin(config: string, server: string, who: Account) {
+  return Deno.writeTextFile(
+    `${config}/config.json`,
+    JSON.stringify({ auths: { [server]: { auth: Buffer.from(creds(who)).toString("base64") } } }),
+  );
+}
+
 /**
  * A refused pull: nothing under /v2/ was served, no blob asked for, and the client's credentials
  * got `status`, on its last manifest request or, with --auth-config, from the token endpoint.
@@ -534,7 +564,7 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
       ]);
       assertEquals(login.code, 0, login.stderr);
       assertEquals(show(await mirrorRequests(mirror)), "GET /v2/ 401\nGET /v2/ 200");
-      assertEquals(await upstreamSaw(up), { tokens: [], registry: [] }, "a login only stores");
+      assertEquals(await upstreamSaw(up), loginCheckOf(dk.allowed, true), "the login, checked");
       reset();
       const pulled = await cli(["pull", mirrorRef]);
       assertEquals(pulled.code, 0, pulled.stderr);
@@ -566,9 +596,19 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
         [dk.wrong, 401, /unauthorized: upstream private\.test did not accept these credentials/],
       ] as const;
       for (const [who, status, message] of cases) {
-        // The login itself succeeds: the mirror cannot tell which repository it is for.
+        // Valid credentials log in (the mirror cannot tell which repository they are for); a
+        // wrong password fails at the login. A stale login would still be sent: written here.
+        reset();
         const login = await cli(["login", "-u", who.username, "-p", who.password, mirror.host]);
-        assertEquals(login.code, 0, login.stderr);
+        assertEquals(await upstreamSaw(up), loginCheckOf(who, status === 403), who.username);
+        if (status === 403) {
+          assertEquals(login.code, 0, login.stderr);
+        } else {
+          assert(!login.success, `docker logged in as ${who.username} with a wrong password`);
+          assertMatch(login.stderr, /401 Unauthorized/);
+          assertEquals(show(await mirrorRequests(mirror)), "GET /v2/ 401\nGET /v2/ 401");
+          await storeDockerLogin(config, mirror.host, who);
+        }
         reset();
         const refused = await cli(["pull", mirrorRef]);
         assert(!refused.success, `docker pulled as ${who.username}`);
@@ -591,16 +631,7 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
       // What `docker login` for Docker Hub writes (Docker Hub itself is unreachable here): dockerd
       // sends these credentials to its registry mirror.
       const hubLogin = (who: Account) =>
-        Deno.writeTextFile(
-          `${config}/config.json`,
-          JSON.stringify({
-            auths: {
-              "https://index.docker.io/v1/": {
-                auth: Buffer.from(creds(who)).toString("base64"),
-              },
-            },
-          }),
-        );
+        storeDockerLogin(config, "https://index.docker.io/v1/", who);
       await hubLogin(hub.allowed);
       reset();
       const pulled = await cli(["pull", "team/secret:1"]);
@@ -708,9 +739,32 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
     },
   );
 
+  await t.step(
+    "--auth-config, docker logins with upstream credentials are never locked out",
+    async () => {
+      // No mirror user's, so checked upstream (once: the answer is remembered); accepted there,
+      // none counts as a failed login. Counted, the sixth from this address would be 429.
+      resetUsers();
+      for (let i = 0; i < 7; i++) {
+        const login = await cli([
+          "login",
+          "-u",
+          dk.allowed.username,
+          "-p",
+          dk.allowed.password,
+          withUsers.host,
+        ]);
+        assertEquals(login.code, 0, `login ${i + 1}: ${login.stderr}`);
+      }
+      const tokens = (await mirrorRequests(withUsers)).filter((r) =>
+        r.method === "GET" && r.path.startsWith("/token")
+      );
+      assertEquals(tokens.map((r) => r.status), Array(7).fill(200));
+      assertEquals(await upstreamSaw(up), loginCheckOf(dk.allowed, true));
+    },
+  );
+
   await t.step("--auth-config, docker login and pull: 200, 403, 401", async () => {
-    // Each of these logins is a failed mirror login (README): with ctr's wrong password, 4 from
-    // this address, one short of a lockout.
     const ref2 = `${withUsers.host}/${ref}`;
     const cases = [
       [dk.allowed, 200, undefined],
@@ -719,7 +773,14 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
     ] as const;
     for (const [who, status, message] of cases) {
       const login = await cli(["login", "-u", who.username, "-p", who.password, withUsers.host]);
-      assertEquals(login.code, 0, login.stderr);
+      if (status === 401) {
+        // Refused by the token endpoint, after the upstream refused the password.
+        assert(!login.success, `docker logged in as ${who.username} with a wrong password`);
+        assertMatch(login.stderr, /401 Unauthorized|unauthorized/);
+        await storeDockerLogin(config, withUsers.host, who);
+      } else {
+        assertEquals(login.code, 0, login.stderr);
+      }
       resetUsers();
       const pulled = await cli(["pull", ref2]);
       const requests = await mirrorRequests(withUsers);
