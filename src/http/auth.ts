@@ -199,7 +199,7 @@ export class Auth {
     // When the upstream accepts the credentials, those others get what anonymous clients get;
     // when not, the mirror's rules answer the whole request, granting no passthrough scope.
     const upstreamAccepted = gated.length > 0 &&
-      await this.#grantPassthrough(request, gated, access, others.length === 0);
+      await this.#grantPassthrough(request, address, gated, access, others.length === 0);
     if (upstreamAccepted && others.length > 0) {
       const policy = this.#access.policy();
       for (const scope of others) grant(policy, null, scope, resolve, access);
@@ -257,6 +257,7 @@ export class Auth {
    */
   async #grantPassthrough(
     request: Request,
+    address: string,
     gated: { resource: Resource; actions: string[] }[],
     access: Record<string, Action[]>,
     only: boolean,
@@ -270,6 +271,7 @@ export class Auth {
       if (!actions.includes("pull") && !actions.includes("*")) continue;
       const verdict = await this.#passthrough!.check(
         credentials,
+        address,
         resource.namespace,
         resource.repository,
         { kind: "tags" },
@@ -352,7 +354,7 @@ export class Auth {
     }
     // A mirror user's name with a wrong password is never asked of an upstream.
     const upstreamLogin = login && this.#passthrough?.active === true && !policy.hasUser(user);
-    if (upstreamLogin && await this.#passthrough!.login({ username: user, password })) {
+    if (upstreamLogin && await this.#passthrough!.login({ username: user, password }, address)) {
       return null;
     }
     this.#limiter.failed(keys);

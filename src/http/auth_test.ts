@@ -362,7 +362,7 @@ Deno.test("token: passthrough scopes next to containerd's own (the name without 
     const passthrough = {
       active: true,
       covers: (namespace: string) => namespace === "private.test",
-      check: (c: ClientCredentials, namespace: string, repository: string) => {
+      check: (c: ClientCredentials, _address: string, namespace: string, repository: string) => {
         checked.push(`${c.username} ${namespace}/${repository}`);
         const known = { dev: "dev-pw", other: "other-pw" }[c.username];
         const verdict: AccessVerdict = known !== c.password

@@ -11,6 +11,10 @@
  *   `passthrough_ttl` (60 s by default), a refusal for 5 s at most; concurrent checks for one
  *   key share one upstream request. Keys hold a SHA-256 of user and password under a random
  *   per-process salt, never the password.
+ * - Credentials upstream refuses are failed logins of that client address and user name: after
+ *   five, that pair is locked out with growing waits (login_limiter.ts), answered 429 with
+ *   Retry-After without asking upstream, so the mirror is no password-guessing relay. Only
+ *   that pair: others behind the same address (a NAT) and passes already remembered go on.
  * - Upstream unreachable (or failing, or rate limiting): fail closed with 503 UNAVAILABLE,
  *   except that a pass for the same credentials and repository no older than STALE_GRACE_MS
  *   is still honoured, as cached content is served stale while upstream is down. A refusal
@@ -33,6 +37,7 @@ import type {
   ClientCredentials,
   UpstreamClient,
 } from "../upstream/client.ts";
+import { LoginLimiter } from "./login_limiter.ts";
 import type { TokenClaims } from "./token.ts";
 
 export type { AccessProbe, AccessVerdict, ClientCredentials };
@@ -80,6 +85,7 @@ export class PassthroughGate {
   readonly #salt = crypto.getRandomValues(new Uint8Array(32));
   readonly #entries = new LruCache<Entry>(MAX_ENTRIES);
   readonly #pending = new Map<string, Promise<AccessVerdict>>();
+  readonly #refusals: LoginLimiter;
 
   constructor(options: PassthroughOptions) {
     this.#upstreams = options.upstreams;
@@ -88,6 +94,7 @@ export class PassthroughGate {
     this.#verifyToken = options.verifyToken;
     this.#onCheck = options.onCheck ?? (() => {});
     this.#log = options.log ?? (() => {});
+    this.#refusals = new LoginLimiter(this.#now);
   }
 
   /** Whether requests for `namespace` pass through this gate. */
@@ -101,11 +108,13 @@ export class PassthroughGate {
   }
 
   /**
-   * Admits the request or throws 401 (with `challenge`), 403 or 503. Returns the user name
-   * the client gave (for the access log and per-client limits), or "" for a token's holder.
+   * Admits the request from `address` or throws 401 (with `challenge`), 403, 429 or 503.
+   * Returns the user name the client gave (for the access log and per-client limits), or ""
+   * for a token's holder.
    */
   async admit(
     request: Request,
+    address: string,
     namespace: string,
     repository: string,
     probe: AccessProbe,
@@ -131,7 +140,7 @@ export class PassthroughGate {
         { headers: challenge },
       );
     }
-    const verdict = await this.check(credentials, namespace, repository, probe);
+    const verdict = await this.check(credentials, address, namespace, repository, probe);
     if (verdict === "allowed") return credentials.username;
     if (verdict === "unauthorized") {
       throw new RegistryError(
@@ -144,12 +153,14 @@ export class PassthroughGate {
   }
 
   /**
-   * What upstream says of `credentials` for the repository, remembered as described above;
-   * throws UNAVAILABLE (or TOOMANYREQUESTS) when upstream cannot answer and no recent pass is
-   * known.
+   * What upstream says of `credentials` (sent from `address`) for the repository, remembered
+   * as described above; throws UNAVAILABLE (or TOOMANYREQUESTS) when upstream cannot answer
+   * and no recent pass is known, TOOMANYREQUESTS while these credentials' user is locked out
+   * at `address`.
    */
   check(
     credentials: ClientCredentials,
+    address: string,
     namespace: string,
     repository: string,
     probe: AccessProbe,
@@ -157,6 +168,7 @@ export class PassthroughGate {
     return this.#remembered(
       this.#key(credentials, namespace, repository),
       namespace,
+      `${address}\n${credentials.username}`,
       () => this.#checker.checkAccess(namespace, repository, probe, credentials),
     );
   }
@@ -169,28 +181,36 @@ export class PassthroughGate {
    * logins were checked: the first pull asks again. Answers are remembered like repository
    * checks.
    */
-  async login(credentials: ClientCredentials): Promise<boolean> {
+  async login(credentials: ClientCredentials, address: string): Promise<boolean> {
     const namespaces = this.#upstreams.configured()
       .filter((u) => u.auth === "passthrough")
       .map((u) => u.namespace);
+    const client = `${address}\n${credentials.username}`;
+    this.#assertNotLocked(client, namespaces);
     const answers = await Promise.allSettled(namespaces.map((namespace) =>
       this.#remembered(
         this.#key(credentials, namespace, ""),
         namespace,
+        null,
         () => this.#checker.checkAccess(namespace, "", { kind: "login" }, credentials),
       )
     ));
     const unreachable: string[] = [];
     for (const [i, answer] of answers.entries()) {
       if (answer.status === "fulfilled") {
-        if (answer.value !== "unauthorized") return true;
+        if (answer.value === "unauthorized") continue;
+        this.#refusals.succeeded([client]);
+        return true;
       } else if (isUnavailable(answer.reason)) {
         unreachable.push(namespaces[i]);
       } else {
         throw answer.reason;
       }
     }
-    if (unreachable.length === 0) return false;
+    if (unreachable.length === 0) {
+      this.#refusals.failed([client]);
+      return false;
+    }
     this.#log(
       `login not checked: cannot ask passthrough upstream ${unreachable.join(", ")}; ` +
         `accepted until the first pull asks again`,
@@ -199,10 +219,15 @@ export class PassthroughGate {
     return true;
   }
 
-  /** The verdict for `key`: remembered, or asked (once for concurrent callers) with `ask`. */
+  /**
+   * The verdict for `key`: remembered, or asked (once for concurrent callers) with `ask`
+   * unless `client` (address and user name; null: the caller keeps count) is locked out for
+   * refused credentials.
+   */
   async #remembered(
     key: string,
     namespace: string,
+    client: string | null,
     ask: () => Promise<AccessVerdict>,
   ): Promise<AccessVerdict> {
     const now = this.#now();
@@ -210,10 +235,14 @@ export class PassthroughGate {
     if (entry && now - entry.at < this.#ttl(namespace, entry.verdict)) return entry.verdict;
     let pending = this.#pending.get(key);
     if (!pending) {
+      if (client !== null) this.#assertNotLocked(client, [namespace]);
       pending = ask()
         .then((verdict) => {
           this.#entries.set(key, { verdict, at: this.#now() });
           this.#onCheck(namespace, verdict);
+          if (client === null) return verdict;
+          if (verdict === "unauthorized") this.#refusals.failed([client]);
+          else this.#refusals.succeeded([client]);
           return verdict;
         })
         .finally(() => this.#pending.delete(key));
@@ -236,6 +265,18 @@ export class PassthroughGate {
         { headers: error.headers },
       );
     }
+  }
+
+  /** 429 while `client` is locked out for credentials upstream refused (nothing is asked). */
+  #assertNotLocked(client: string, namespaces: string[]): void {
+    const retryAfter = this.#refusals.retryAfter([client]);
+    if (retryAfter === 0) return;
+    for (const namespace of namespaces) this.#onCheck(namespace, "locked");
+    throw new RegistryError(
+      "TOOMANYREQUESTS",
+      `too many credentials refused by upstream ${namespaces.join(", ")}; try again later`,
+      { headers: { "retry-after": String(retryAfter) } },
+    );
   }
 
   #ttl(namespace: string, verdict: AccessVerdict): number {

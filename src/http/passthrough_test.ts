@@ -15,6 +15,7 @@ import {
 import { TokenSigner } from "./token.ts";
 
 const ALICE = { username: "alice", password: "alice-secret" };
+const ADDRESS = "10.0.0.1";
 const PROBE: AccessProbe = { kind: "manifest", reference: "1" };
 
 function registry(extra: Partial<UpstreamConfig> = {}): UpstreamRegistry {
@@ -67,7 +68,7 @@ Deno.test("passthrough: who is admitted, and with which status the others are no
   assert.ok(!gate.covers("public.test"));
   assert.ok(gate.active);
   const admit = (authorization?: string) =>
-    gate.admit(request(authorization), "private.test", "team/app", PROBE, BASIC_CHALLENGE);
+    gate.admit(request(authorization), ADDRESS, "private.test", "team/app", PROBE, BASIC_CHALLENGE);
   assert.equal(await admit(basic(ALICE)), "alice");
   assert.equal(await status(admit(basic({ ...ALICE, username: "bob" }))), 403);
   assert.equal(await status(admit(basic({ ...ALICE, password: "wrong" }))), 401);
@@ -94,7 +95,7 @@ Deno.test("passthrough: a pass is remembered for the TTL, a refusal for 5 s", as
     now: () => now,
   });
   const check = (c = ALICE, repository = "team/app") =>
-    gate.check(c, "private.test", repository, PROBE);
+    gate.check(c, ADDRESS, "private.test", repository, PROBE);
   assert.equal(await check(), "allowed");
   now += 29_999;
   assert.equal(await check(), "allowed");
@@ -122,9 +123,9 @@ Deno.test("passthrough: concurrent checks of one key share one upstream request"
   const fake = checker(() => new Promise((resolve) => releases.push(resolve)));
   const gate = new PassthroughGate({ upstreams: registry(), checker: fake });
   const all = Promise.all(
-    Array.from({ length: 10 }, () => gate.check(ALICE, "private.test", "team/app", PROBE)),
+    Array.from({ length: 10 }, () => gate.check(ALICE, ADDRESS, "private.test", "team/app", PROBE)),
   );
-  const other = gate.check({ ...ALICE, password: "x" }, "private.test", "team/app", PROBE);
+  const other = gate.check({ ...ALICE, password: "x" }, ADDRESS, "private.test", "team/app", PROBE);
   await Promise.resolve();
   assert.equal(fake.calls.length, 2);
   releases[0]("allowed");
@@ -142,7 +143,7 @@ Deno.test("passthrough: fails closed when upstream cannot answer, unless a pass 
       : Promise.reject(new RegistryError("UNAVAILABLE", "cannot reach upstream x: refused"))
   );
   const gate = new PassthroughGate({ upstreams: registry(), checker: fake, now: () => now });
-  const check = (c = ALICE) => gate.check(c, "private.test", "team/app", PROBE);
+  const check = (c = ALICE) => gate.check(c, ADDRESS, "private.test", "team/app", PROBE);
   // Never checked: 503.
   up = false;
   assert.equal(await status(check()), 503);
@@ -166,7 +167,7 @@ Deno.test("passthrough: fails closed when upstream cannot answer, unless a pass 
     upstreams: registry(),
     checker: { checkAccess: () => Promise.reject(new RegistryError("NAME_INVALID", "bad")) },
   });
-  assert.equal(await status(invalid.check(ALICE, "private.test", "x", PROBE)), 400);
+  assert.equal(await status(invalid.check(ALICE, ADDRESS, "private.test", "x", PROBE)), 400);
 });
 
 Deno.test("passthrough: a mirror token carries the verdict its endpoint recorded", async () => {
@@ -179,7 +180,7 @@ Deno.test("passthrough: a mirror token carries the verdict its endpoint recorded
   });
   const key = passthroughKey("private.test", "team/app");
   const admit = (token: string, repository = "team/app") =>
-    gate.admit(request(`Bearer ${token}`), "private.test", repository, PROBE, {});
+    gate.admit(request(`Bearer ${token}`), ADDRESS, "private.test", repository, PROBE, {});
   assert.equal(await admit(signer.issue("", { [key]: ["pull"] }).token), "");
   assert.equal(await status(admit(signer.issue("", { [key]: [] }).token)), 403);
   assert.equal(await status(admit(signer.issue("", { [key]: ["pull"] }).token, "team/x")), 401);
@@ -218,7 +219,7 @@ Deno.test("passthrough: a login is checked against every passthrough upstream, r
       },
     },
   });
-  const login = (username: string, password = "pw") => gate.login({ username, password });
+  const login = (username: string, password = "pw") => gate.login({ username, password }, ADDRESS);
   assert.equal(await login("alice"), true);
   assert.equal(await login("bob"), true);
   assert.equal(await login("carol"), false);
@@ -246,8 +247,66 @@ Deno.test("passthrough: a login is checked against every passthrough upstream, r
   assert.ok(!logs[0].includes("dave") && !logs[0].includes("down"), logs[0]);
   // A login check never stands in for a repository's: alice's pull is asked for.
   calls.length = 0;
-  assert.equal(await gate.check(ALICE_PW, "private.test", "team/app", PROBE), "allowed");
+  assert.equal(await gate.check(ALICE_PW, ADDRESS, "private.test", "team/app", PROBE), "allowed");
   assert.deepEqual(calls, ["private.test manifest team/app alice"]);
 });
 
 const ALICE_PW = { username: "alice", password: "pw" };
+
+Deno.test("passthrough: refused credentials lock out that address and user, no one else", async () => {
+  let now = 0;
+  const fake = checker((c) =>
+    Promise.resolve(c.password === ALICE.password ? "allowed" : "unauthorized")
+  );
+  const results: string[] = [];
+  const gate = new PassthroughGate({
+    upstreams: registry(),
+    checker: fake,
+    now: () => now,
+    onCheck: (_ns, result) => results.push(result),
+  });
+  const check = (password: string, address = ADDRESS, username = "alice") =>
+    status(gate.check({ username, password }, address, "private.test", "team/app", PROBE));
+  // alice's pass, remembered before the guessing starts.
+  assert.equal(await check(ALICE.password), "allowed");
+  const guesses = [];
+  for (let i = 0; i < 8; i++) guesses.push(await check(`guess-${i}`));
+  assert.deepEqual(guesses, [
+    "unauthorized",
+    "unauthorized",
+    "unauthorized",
+    "unauthorized",
+    "unauthorized",
+    429,
+    429,
+    429,
+  ]);
+  // Five asked upstream (and the first pass), the locked ones not.
+  assert.equal(fake.calls.length, 6);
+  assert.equal(results.filter((r) => r === "locked").length, 3);
+  const locked = await gate.check(
+    { username: "alice", password: "x" },
+    ADDRESS,
+    "private.test",
+    "team/app",
+    PROBE,
+  )
+    .catch((e) => e as RegistryError);
+  assert.ok(locked instanceof RegistryError && locked.code === "TOOMANYREQUESTS");
+  assert.equal(locked.headers["retry-after"], "1");
+  // The pass already remembered still admits; other users at the address, and alice
+  // elsewhere, are asked as usual; a login from the locked pair is locked too.
+  assert.equal(await check(ALICE.password), "allowed");
+  assert.equal(await check("bob-pw", ADDRESS, "bob"), "unauthorized");
+  assert.equal(await check("guess-x", "10.0.0.2"), "unauthorized");
+  assert.equal(await status(gate.login({ username: "alice", password: "y" }, ADDRESS)), 429);
+  // The lock ends (1 s after the fifth refusal), and a pass clears the count.
+  now += 1_001;
+  assert.equal(await check("guess-9"), "unauthorized");
+  assert.equal(await check("guess-10"), 429);
+  now += 2_001;
+  now += 60_001; // alice's pass has expired: asked again, and it clears the count
+  assert.equal(await check(ALICE.password), "allowed");
+  assert.equal(await check("guess-11"), "unauthorized");
+  assert.equal(await check("guess-12"), "unauthorized");
+});

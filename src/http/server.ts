@@ -330,7 +330,9 @@ async function dispatch(
       if (!reading) throw unsupported(request);
       options.limits?.admit(`address:${address}`);
       if (auth) await auth.ping(request, address);
-      else if (options.passthrough?.active) await passthroughPing(request, options.passthrough);
+      else if (options.passthrough?.active) {
+        await passthroughPing(request, address, options.passthrough);
+      }
       return json({});
     case "token":
       if (!auth) throw noSuchEndpoint(target.path);
@@ -388,6 +390,7 @@ async function dispatch(
     if (reading && route.endpoint !== "uploads") {
       const user = await options.passthrough.admit(
         request,
+        address,
         mirrored.namespace,
         mirrored.repository,
         probeOf(route.endpoint, decodeSegment(route.rest)),
@@ -543,12 +546,16 @@ function json(body: unknown, status = 200): Response {
  * with users does; a login (`docker login`) is checked against the passthrough upstreams.
  * Other schemes than Basic are not credentials this mirror reads: anonymous.
  */
-async function passthroughPing(request: Request, gate: PassthroughGate): Promise<void> {
+async function passthroughPing(
+  request: Request,
+  address: string,
+  gate: PassthroughGate,
+): Promise<void> {
   const header = request.headers.get("authorization");
   const basic = header === null ? null : /^basic +([^ ]*) *$/i.exec(header);
   if (header !== null && !basic) return;
   const credentials = basic ? decodeBasic(basic[1]) : null;
-  if (credentials && await gate.login(credentials)) return;
+  if (credentials && await gate.login(credentials, address)) return;
   throw new RegistryError(
     "UNAUTHORIZED",
     header === null

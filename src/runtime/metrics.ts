@@ -91,7 +91,7 @@ export class Metrics {
   );
   readonly passthroughChecks = new Counter(
     "oci_registry_passthrough_checks_total",
-    "Checks of a client's own credentials against an auth: passthrough upstream, by namespace and result (allowed, unauthorized, denied; stale: upstream down, a recent pass honoured; unavailable: refused with 503).",
+    "Checks of a client's own credentials against an auth: passthrough upstream, by namespace and result (allowed, unauthorized, denied; stale: upstream down, a recent pass honoured; unavailable: refused with 503; locked: not asked, 429, after refused credentials from that address and user).",
   );
   /** Namespaces named in labels as themselves (configured upstreams, the default). */
   readonly #namespaces = new Set<string>();

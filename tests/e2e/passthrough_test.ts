@@ -232,8 +232,27 @@ Deno.test("passthrough (htpasswd upstream): cached content only for clients upst
     },
   );
 
+  await t.step("a guessing burst: 401 five times, then 429 without asking upstream", async () => {
+    up.clearLog();
+    const answers = [];
+    for (let i = 0; i < 12; i++) {
+      answers.push(
+        await get(mirror, `/v2/${REPO}/manifests/1`, { username: "mallory", password: `g${i}` }),
+      );
+    }
+    assertEquals(answers.map((a) => a.status), [...Array(5).fill(401), ...Array(7).fill(429)]);
+    assertEquals(answers[5].code, "TOOMANYREQUESTS");
+    assertMatch(answers[5].text, /too many credentials refused by upstream private\.test/);
+    // Each 401 was one upstream refusal; no 429 asked upstream anything.
+    assertEquals(await up.count({ path: "/v2/team/secret/manifests/1" }), 5);
+    // alice, from the same address, is still served; the process is up.
+    assertEquals((await get(mirror, `/v2/${REPO}/manifests/1`, ALICE)).status, 200);
+    assertEquals((await mirror.fetch("/v2/")).status, 401);
+  });
+
   const metrics = await (await mirror.fetch("/metrics")).text();
   assertMatch(metrics, /oci_registry_passthrough_checks_total\{[^}]*result="allowed"\} [1-9]/);
+  assertMatch(metrics, /oci_registry_passthrough_checks_total\{[^}]*result="locked"\} [1-9]/);
   assertMatch(metrics, /oci_registry_passthrough_checks_total\{[^}]*result="unauthorized"\}/);
   assertNoSecrets(mirror, up);
 });
