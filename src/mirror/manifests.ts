@@ -218,7 +218,7 @@ export class Manifests {
       method: "GET",
       accept: ALL_MANIFEST_TYPES,
     });
-    const bytes = await readLimited(response, MAX_MANIFEST_BYTES, reference);
+    const bytes = await readLimited(response, MAX_MANIFEST_BYTES, `manifest ${reference}`);
     const digest = digestOf(bytes);
     const announced = response.headers.get("docker-content-digest");
     const isDigestReference = reference.includes(":");

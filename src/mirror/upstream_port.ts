@@ -105,18 +105,21 @@ export function describe(e: unknown): string {
   return e instanceof RegistryError ? `${e.code}: ${e.message}` : String(e);
 }
 
-/** A whole upstream body, refused once it is larger than `limit` bytes. */
+/**
+ * A whole upstream body, refused once it is larger than `limit` bytes; `what` names it in the
+ * error ("manifest 1", "tags of team/app").
+ */
 export async function readLimited(
   response: Response,
   limit: number,
-  reference: string,
+  what: string,
 ): Promise<Uint8Array> {
   const length = Number(response.headers.get("content-length") ?? 0);
   if (length > limit) {
     await response.body?.cancel();
     throw new RegistryError(
       "UPSTREAM_ERROR",
-      `upstream manifest ${reference} is larger than ${limit} bytes`,
+      `upstream ${what} is larger than ${limit} bytes`,
     );
   }
   const chunks: Uint8Array[] = [];
@@ -126,7 +129,7 @@ export async function readLimited(
     if (total > limit) {
       throw new RegistryError(
         "UPSTREAM_ERROR",
-        `upstream manifest ${reference} is larger than ${limit} bytes`,
+        `upstream ${what} is larger than ${limit} bytes`,
       );
     }
     chunks.push(chunk);
