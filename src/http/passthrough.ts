@@ -175,59 +175,47 @@ export class PassthroughGate {
 
   /**
    * A login to the mirror (`docker login`, `podman login`) with credentials that are no mirror
-   * user's: true when some passthrough upstream takes them (its own `GET /v2/`: valid
-   * credentials, whatever they may read), false when every one refuses them. When none took
-   * them and some could not be asked, the login is let through with a warning, as before
-   * logins were checked: the first pull asks again. Answers are remembered like repository
-   * checks.
+   * user's: true when the passthrough upstream takes them (its own `GET /v2/`: valid
+   * credentials, whatever they may read), false when it refuses them. A login names no
+   * registry, so with several passthrough upstreams it is let through unchecked: one
+   * registry's credentials are never sent to another, and the first pull checks them with the
+   * one it is for. So is a login the upstream could not be asked about, with a warning.
+   * Answers are remembered like repository checks.
    */
   async login(credentials: ClientCredentials, address: string): Promise<boolean> {
-    const namespaces = this.#upstreams.configured()
-      .filter((u) => u.auth === "passthrough")
-      .map((u) => u.namespace);
+    const gated = this.#upstreams.configured().filter((u) => u.auth === "passthrough");
+    if (gated.length !== 1) return true;
+    const namespace = gated[0].namespace;
     const client = `${address}\n${credentials.username}`;
-    this.#assertNotLocked(client, namespaces);
-    const answers = await Promise.allSettled(namespaces.map((namespace) =>
-      this.#remembered(
+    let verdict: AccessVerdict;
+    try {
+      verdict = await this.#remembered(
         this.#key(credentials, namespace, ""),
         namespace,
-        null,
+        client,
         () => this.#checker.checkAccess(namespace, "", { kind: "login" }, credentials),
-      )
-    ));
-    const unreachable: string[] = [];
-    for (const [i, answer] of answers.entries()) {
-      if (answer.status === "fulfilled") {
-        if (answer.value === "unauthorized") continue;
-        this.#refusals.succeeded([client]);
-        return true;
-      } else if (isUnavailable(answer.reason)) {
-        unreachable.push(namespaces[i]);
-      } else {
-        throw answer.reason;
-      }
+      );
+    } catch (e) {
+      if (!isUnavailable(e) || e instanceof LockedOut) throw e;
+      this.#log(
+        `login not checked: cannot ask passthrough upstream ${namespace}; ` +
+          `accepted until the first pull asks again`,
+        "warn",
+      );
+      return true;
     }
-    if (unreachable.length === 0) {
-      this.#refusals.failed([client]);
-      return false;
-    }
-    this.#log(
-      `login not checked: cannot ask passthrough upstream ${unreachable.join(", ")}; ` +
-        `accepted until the first pull asks again`,
-      "warn",
-    );
-    return true;
+    return verdict !== "unauthorized";
   }
 
   /**
    * The verdict for `key`: remembered, or asked (once for concurrent callers) with `ask`
-   * unless `client` (address and user name; null: the caller keeps count) is locked out for
-   * refused credentials.
+   * unless `client` (address and user name) is locked out for credentials upstream refused;
+   * what upstream answers adds to its count of refusals, or clears it.
    */
   async #remembered(
     key: string,
     namespace: string,
-    client: string | null,
+    client: string,
     ask: () => Promise<AccessVerdict>,
   ): Promise<AccessVerdict> {
     const now = this.#now();
@@ -235,12 +223,11 @@ export class PassthroughGate {
     if (entry && now - entry.at < this.#ttl(namespace, entry.verdict)) return entry.verdict;
     let pending = this.#pending.get(key);
     if (!pending) {
-      if (client !== null) this.#assertNotLocked(client, [namespace]);
+      this.#assertNotLocked(client, namespace);
       pending = ask()
         .then((verdict) => {
           this.#entries.set(key, { verdict, at: this.#now() });
           this.#onCheck(namespace, verdict);
-          if (client === null) return verdict;
           if (verdict === "unauthorized") this.#refusals.failed([client]);
           else this.#refusals.succeeded([client]);
           return verdict;
@@ -268,14 +255,13 @@ export class PassthroughGate {
   }
 
   /** 429 while `client` is locked out for credentials upstream refused (nothing is asked). */
-  #assertNotLocked(client: string, namespaces: string[]): void {
+  #assertNotLocked(client: string, namespace: string): void {
     const retryAfter = this.#refusals.retryAfter([client]);
     if (retryAfter === 0) return;
-    for (const namespace of namespaces) this.#onCheck(namespace, "locked");
-    throw new RegistryError(
-      "TOOMANYREQUESTS",
-      `too many credentials refused by upstream ${namespaces.join(", ")}; try again later`,
-      { headers: { "retry-after": String(retryAfter) } },
+    this.#onCheck(namespace, "locked");
+    throw new LockedOut(
+      `too many credentials refused by upstream ${namespace}; try again later`,
+      retryAfter,
     );
   }
 
@@ -290,6 +276,13 @@ export class PassthroughGate {
       .update(`${credentials.username}\0${credentials.password}`)
       .digest("base64");
     return `${hash}\n${namespace}\n${repository}`;
+  }
+}
+
+/** 429 for a client locked out after refused credentials (not an unreachable upstream). */
+class LockedOut extends RegistryError {
+  constructor(message: string, retryAfter: number) {
+    super("TOOMANYREQUESTS", message, { headers: { "retry-after": String(retryAfter) } });
   }
 }
 

@@ -543,7 +543,7 @@ function json(body: unknown, status = 200): Response {
 /**
  * GET /v2/ with passthrough namespaces and no mirror users. Clients that were not challenged
  * here never send credentials (containers/image, dockerd), so it asks for them as a registry
- * with users does; a login (`docker login`) is checked against the passthrough upstreams.
+ * with users does; a login (`docker login`) is checked against the passthrough upstream.
  * Other schemes than Basic are not credentials this mirror reads: anonymous.
  */
 async function passthroughPing(
