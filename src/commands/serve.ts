@@ -21,6 +21,7 @@ import { LocalRegistry } from "../registry/local.ts";
 import { versionLine } from "../runtime/build_info.ts";
 import type { Log } from "../runtime/log.ts";
 import { Metrics } from "../runtime/metrics.ts";
+import { processStreaming } from "../runtime/streaming.ts";
 import { UpstreamClient } from "../upstream/client.ts";
 import { startPeriodicGc } from "./gc.ts";
 import {
@@ -43,9 +44,11 @@ export interface ServeOptions {
 /** Runs the server until it is told to stop; the process's exit code. */
 export async function serve({ settings, upstreams, log, auth: authConfig }: ServeOptions) {
   const startedAt = new Date();
+  // The process's GC pacing and off-thread hashing, for everything that streams blobs.
+  const streaming = processStreaming();
   let opened: OpenedStorage;
   try {
-    opened = await openStorage(settings.storage);
+    opened = await openStorage(settings.storage, { streaming });
   } catch (e) {
     console.error(`oci-registry: cannot open storage: ${(e as Error).message}`);
     return 1;
@@ -90,6 +93,7 @@ export async function serve({ settings, upstreams, log, auth: authConfig }: Serv
     metrics,
     upstreamPolicy: settings.upstreamPolicy,
     bound,
+    streaming,
   });
   bound?.start();
   registerUpstreamMetrics(metrics, upstream);
@@ -98,6 +102,7 @@ export async function serve({ settings, upstreams, log, auth: authConfig }: Serv
     storage,
     namespaces: settings.hosted,
     uploadExpiryMs: settings.uploadExpiryMs,
+    streaming,
     sparseManifests: settings.sparseManifests,
   });
   // Abandoned upload sessions are removed at start and then every few minutes.
@@ -145,6 +150,7 @@ export async function serve({ settings, upstreams, log, auth: authConfig }: Serv
     allowAnonymousPush: settings.allowAnonymousPush,
     limits,
     passthrough,
+    streaming,
   });
 
   let server;

@@ -1,6 +1,7 @@
 /** The storage back-end the settings name, opened for a command, and closed after it. */
 import type { Settings, StorageSettings } from "../config/cli.ts";
 import type { Storage } from "../storage/storage.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 
 export interface OpenedStorage {
   storage: Storage;
@@ -10,13 +11,13 @@ export interface OpenedStorage {
 
 export async function openStorage(
   settings: StorageSettings,
-  { keepTemp = false } = {},
+  { keepTemp = false, streaming }: { keepTemp?: boolean; streaming?: Streaming } = {},
 ): Promise<OpenedStorage> {
   // Each back-end is imported only when chosen: a filesystem mirror never loads the AWS SDK.
   if (settings.kind === "filesystem") {
     const { FilesystemStorage } = await import("../storage/filesystem.ts");
     // Cleans what a killed predecessor left half-written before anything is served.
-    const storage = new FilesystemStorage(settings.root, { keepTemp });
+    const storage = new FilesystemStorage(settings.root, { keepTemp, streaming });
     // Spools live beside the store so that publishing a verified download is a rename.
     return { storage, spoolDir: storage.tempDir };
   }
@@ -29,6 +30,7 @@ export async function openStorage(
     accessKeyId: settings.accessKeyId,
     secretAccessKey: settings.secretAccessKey,
     redirect: settings.redirect,
+    streaming,
   });
   await storage.init(); // a wrong bucket or unreachable endpoint fails here, not on a pull
   // A directory of this process's own (removed at shutdown), inside --spool-dir when given.

@@ -38,6 +38,7 @@ import type { Registry } from "../registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "../runtime/log.ts";
 import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./status_page.ts";
 import { methodLabel, type Metrics, statusLabel } from "../runtime/metrics.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 
 export interface ServerOptions {
   mirror: Mirror;
@@ -67,6 +68,8 @@ export interface ServerOptions {
   limits?: ClientLimits;
   /** Namespaces with `auth: passthrough`: the client's upstream credentials decide. */
   passthrough?: PassthroughGate;
+  /** Told of upload bodies as they arrive (GC pacing, runtime/streaming.ts); default nothing. */
+  streaming?: Pick<Streaming, "streamed">;
 }
 
 type Handler = (request: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
@@ -428,7 +431,8 @@ async function dispatch(
     }
     return source !== null && auth.allows(identity, hostedResource(source), "pull");
   };
-  return await dispatchRepository(registry, scopeName, request, target, route, mayMount);
+  const streamed = options.streaming?.streamed ?? (() => {});
+  return await dispatchRepository(registry, scopeName, request, target, route, mayMount, streamed);
 }
 
 /** What a pass-through check asks upstream for a request to `endpoint`. */
@@ -449,6 +453,7 @@ async function dispatchRepository(
   target: Target,
   route: { endpoint: Endpoint; pathName: string; rest: string },
   mayMount: (from: string) => boolean,
+  streamed: Streaming["streamed"],
 ): Promise<Response> {
   const method = request.method === "HEAD" ? "GET" : request.method;
   const rest = decodeSegment(route.rest);
@@ -479,14 +484,16 @@ async function dispatchRepository(
     case "uploads":
       if (rest === "") {
         if (request.method === "POST") {
-          return await uploads.startUpload(registry, name, request, query);
+          return await uploads.startUpload(registry, name, request, query, streamed);
         }
         throw await refused();
       }
       if (method === "GET") return await uploads.uploadStatus(registry, name, rest);
-      if (method === "PATCH") return await uploads.patchUpload(registry, name, rest, request);
+      if (method === "PATCH") {
+        return await uploads.patchUpload(registry, name, rest, request, streamed);
+      }
       if (method === "PUT") {
-        return await uploads.putUpload(registry, name, rest, request, query);
+        return await uploads.putUpload(registry, name, rest, request, query, streamed);
       }
       if (method === "DELETE") return await uploads.cancelUpload(registry, name, rest);
       throw await refused();

@@ -11,6 +11,7 @@ import { resolveRange } from "../oci/range.ts";
 import type { BlobAnswer, BlobRequest } from "../registry/registry.ts";
 import { blobKey } from "../storage/layout.ts";
 import type { Storage } from "../storage/storage.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 import type { CacheBound } from "./bound.ts";
 import type { MirrorContext } from "./context.ts";
 import { type Download, InflightDownloads } from "./download.ts";
@@ -43,7 +44,7 @@ export class Blobs {
   constructor(
     context: MirrorContext,
     holdings: Holdings,
-    downloads: { spoolDir: string; stalledReaderMs: number },
+    downloads: { spoolDir: string; stalledReaderMs: number; streaming: Streaming },
   ) {
     this.#storage = context.storage;
     this.#upstream = context.upstream;
@@ -57,6 +58,7 @@ export class Blobs {
       health: context.health,
       log: context.log,
       stalledReaderMs: downloads.stalledReaderMs,
+      streaming: downloads.streaming,
       onPublished: bound && ((digest, size) => {
         bound.index.addBlob(digest, size);
         bound.check();

@@ -14,9 +14,8 @@
  * reader, still verified, nothing published; the slowest reader paces it (see fanout.ts).
  */
 import type { LogFn } from "../runtime/log.ts";
-import { createBlockHasher } from "../runtime/background_hash.ts";
 import { parseDigest } from "../oci/digest.ts";
-import { noteStreamed } from "../runtime/memory.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 import { isStorageFull, RegistryError } from "../oci/errors.ts";
 import type { ByteRange, Storage } from "../storage/storage.ts";
 import { blobKey } from "../storage/layout.ts";
@@ -53,6 +52,8 @@ export interface DownloadContext {
   log: LogFn;
   /** How long a pass-through waits for a reader that does not read before cutting it off. */
   stalledReaderMs: number;
+  /** Hashes each download, and is told of the bytes received and read back from spools. */
+  streaming: Streaming;
   /** Told of every blob published (the cache size bound counts it). */
   onPublished?: (digest: string, size: number) => void;
 }
@@ -74,6 +75,7 @@ export class Download {
   #source!: BlockSource;
   #resumes = 0;
   #log: LogFn;
+  #streaming: Streaming;
 
   constructor(
     digest: string,
@@ -86,7 +88,12 @@ export class Download {
   ) {
     this.digest = digest;
     this.#spool = spool;
-    this.#fanout = new Fanout(digest, spool, context.stalledReaderMs, context.log);
+    this.#fanout = new Fanout(digest, spool, {
+      stalledReaderMs: context.stalledReaderMs,
+      log: context.log,
+      streamed: context.streaming.streamed,
+    });
+    this.#streaming = context.streaming;
     this.#storage = context.storage;
     this.#health = context.health;
     this.#onPublished = context.onPublished;
@@ -106,7 +113,7 @@ export class Download {
   }
 
   async #run(body: ReadableStream<Uint8Array>, log: LogFn): Promise<void> {
-    const hasher = createBlockHasher(parseDigest(this.digest).algorithm);
+    const hasher = this.#streaming.hasher(parseDigest(this.digest).algorithm);
     const hashing: Promise<void>[] = []; // per block still in memory
     const fanout = this.#fanout;
     this.#source = new BlockSource(body);
@@ -238,7 +245,7 @@ export class Download {
       if (got.n === 0) break;
       filled += got.n;
       fanout.received += got.n;
-      noteStreamed(got.n);
+      this.#streaming.streamed(got.n);
       const now = performance.now();
       if (filled < size && now - shownAt >= PARTIAL_AFTER_MS) {
         fanout.showPartial(start + shown, block.slice(shown, filled));

@@ -17,7 +17,7 @@
  * off, so one stalled client cannot stop everyone else's pull.
  */
 import type { LogFn } from "../runtime/log.ts";
-import { noteStreamed } from "../runtime/memory.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 import { RegistryError } from "../oci/errors.ts";
 import type { ByteRange } from "../storage/storage.ts";
 import type { Spool } from "./spool.ts";
@@ -64,13 +64,19 @@ export class Fanout {
   readonly #spool: Spool;
   readonly #stalledReaderMs: number;
   readonly #log: LogFn;
+  readonly #streamed: Streaming["streamed"];
 
-  constructor(digest: string, spool: Spool, stalledReaderMs: number, log: LogFn) {
+  constructor(
+    digest: string,
+    spool: Spool,
+    options: { stalledReaderMs: number; log: LogFn; streamed: Streaming["streamed"] },
+  ) {
     this.#digest = digest;
     this.#spool = spool;
     spool.onChange = () => this.notify();
-    this.#stalledReaderMs = stalledReaderMs;
-    this.#log = log;
+    this.#stalledReaderMs = options.stalledReaderMs;
+    this.#log = options.log;
+    this.#streamed = options.streamed;
     this.detached = new Promise((resolve) => this.#detach = resolve);
   }
 
@@ -292,7 +298,7 @@ export class Fanout {
                 if (n === 0) throw new Error("spool file ended early");
                 filePosition += n;
                 chunk = buffer.subarray(0, n);
-                noteStreamed(n); // blocks from memory were counted when they were received
+                this.#streamed(n); // blocks from memory were counted when they were received
               }
               if (!chunk && position < this.#memoryFrom) {
                 // Cannot happen: eviction waits for readers that still need the bytes.

@@ -13,6 +13,7 @@ import type { UpstreamRegistry } from "../config/upstreams.ts";
 import type { BlobRequest, Descriptor, Page } from "../registry/registry.ts";
 import type { Storage } from "../storage/storage.ts";
 import { Metrics } from "../runtime/metrics.ts";
+import { IN_PLACE_STREAMING, type Streaming } from "../runtime/streaming.ts";
 import type { CacheBound } from "./bound.ts";
 import { type BlobResult, Blobs } from "./blobs.ts";
 import type { MirrorContext } from "./context.ts";
@@ -42,6 +43,8 @@ export interface MirrorOptions {
   bound?: CacheBound;
   /** Whether namespaces nobody configured are mirrored (default "any"). */
   upstreamPolicy?: UpstreamPolicy;
+  /** Hashing and GC pacing for downloads (runtime/streaming.ts); default in place, unpaced. */
+  streaming?: Streaming;
 }
 
 /**
@@ -79,6 +82,7 @@ export class Mirror {
     this.#blobs = new Blobs(context, holdings, {
       spoolDir: options.spoolDir,
       stalledReaderMs: options.stalledReaderMs ?? STALLED_READER_MS,
+      streaming: options.streaming ?? IN_PLACE_STREAMING,
     });
     // The referrers fallback tag is a manifest like any other, admitted like any other.
     this.#listings = new Listings(

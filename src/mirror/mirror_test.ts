@@ -12,6 +12,7 @@ import { DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST } from "../oci/media_types.ts"
 import { blobKey, manifestKey, tagKey } from "../storage/layout.ts";
 import { FilesystemStorage } from "../storage/filesystem.ts";
 import { Mirror } from "./mirror.ts";
+import { IN_PLACE_STREAMING, processStreaming, type Streaming } from "../runtime/streaming.ts";
 import { FakeUpstream, randomBytes, readAll, readRest } from "../../tests/support/fake_upstream.ts";
 
 async function withMirror(
@@ -44,6 +45,8 @@ async function withMirror(
     spoolDir: storage.tempDir,
     log: (line) => logs.push(line),
     now: () => clock.now,
+    // What serving uses: libcrypto hashing off the JavaScript thread, when it loads.
+    streaming: processStreaming(),
   });
   try {
     await fn(mirror, upstream, storage, clock);
@@ -602,4 +605,45 @@ Deno.test("a whole tag list is stored and served stale when upstream is down", a
     // A page is not stored: with upstream down it fails as before.
     await assertRejects(() => mirror.listTags(NS, REPO, { n: 1 }), RegistryError);
   });
+});
+
+Deno.test("downloads and stored reads go through the streaming hooks given: every byte, one hasher a blob", async () => {
+  const root = await Deno.makeTempDir({ prefix: "mirror-test-" });
+  const told: number[] = [];
+  const hashers: string[] = [];
+  const streaming: Streaming = {
+    streamed: (bytes) => told.push(bytes),
+    hasher: (algorithm) => {
+      hashers.push(algorithm);
+      return IN_PLACE_STREAMING.hasher(algorithm);
+    },
+  };
+  const storage = new FilesystemStorage(root, { streaming });
+  const upstream = new FakeUpstream();
+  const mirror = new Mirror({
+    storage,
+    upstream,
+    upstreams: new UpstreamRegistry([]),
+    spoolDir: storage.tempDir,
+    streaming,
+  });
+  try {
+    const bytes = randomBytes(3 << 20);
+    const digest = upstream.addBlob(bytes);
+    const sum = () => told.reduce((a, b) => a + b, 0);
+    // Cold: the download is told of what it received, and hashes with the hooks' hasher.
+    const cold = await mirror.getBlob(NS, REPO, digest, { body: true });
+    assertEquals(await readAll(cold.body!), bytes);
+    await mirror.settled();
+    assertEquals([sum(), hashers], [bytes.length, ["sha256"]]);
+    // Warm: the store's file reads are told too.
+    told.length = 0;
+    const warm = await mirror.getBlob(NS, REPO, digest, { body: true });
+    assertEquals(await readAll(warm.body!), bytes);
+    assertEquals([sum(), hashers.length], [bytes.length, 1]);
+  } finally {
+    await mirror.settled();
+    await storage.close();
+    await Deno.remove(root, { recursive: true });
+  }
 });

@@ -9,7 +9,7 @@
  * under uploads/<id>/ until the final PUT streams them, in order, through that verifying write.
  * Every step is a storage object, so replicas sharing a bucket continue each other's uploads.
  */
-import { type BlockHasher, createBlockHasher } from "../runtime/background_hash.ts";
+import { type BlockHasher, IN_PLACE_STREAMING, type Streaming } from "../runtime/streaming.ts";
 import { digestOf, parseDigest } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import { type ParsedManifest, parseManifest } from "../oci/manifest.ts";
@@ -55,6 +55,8 @@ export interface LocalRegistryOptions {
   /** An upload session untouched this long is removed by `uploads.expire()`. */
   uploadExpiryMs?: number;
   now?: () => number;
+  /** How pushed blobs are hashed (runtime/streaming.ts); default in place. */
+  streaming?: Pick<Streaming, "hasher">;
 }
 
 interface UploadInfo {
@@ -79,6 +81,7 @@ export class LocalRegistry implements Registry {
   readonly #uploadExpiryMs: number;
   readonly #sparse: boolean;
   readonly #now: () => number;
+  readonly #hasher: Streaming["hasher"];
   /** One change at a time per upload session in this process (chunks must not interleave). */
   readonly #uploadQueues = new Map<string, Promise<unknown>>();
   /**
@@ -94,6 +97,7 @@ export class LocalRegistry implements Registry {
     this.#uploadExpiryMs = options.uploadExpiryMs ?? DAY_MS;
     this.#sparse = options.sparseManifests ?? false;
     this.#now = options.now ?? Date.now;
+    this.#hasher = (options.streaming ?? IN_PLACE_STREAMING).hasher;
   }
 
   // ---- blobs ----
@@ -360,7 +364,7 @@ export class LocalRegistry implements Registry {
           running = undefined;
         }
         if (!running && offset === 0 && this.#running.size < MAX_RUNNING_HASHES) {
-          running = { hasher: createBlockHasher("sha256"), offset: 0 };
+          running = { hasher: this.#hasher("sha256"), offset: 0 };
           this.#running.set(id, running);
         }
         let written: number;
@@ -453,7 +457,7 @@ export class LocalRegistry implements Registry {
     const object = await this.#storage.read(key);
     if (!object) throw new RegistryError("BLOB_UPLOAD_UNKNOWN", `upload chunk ${key} is gone`);
     // Hashed on a libcrypto thread when it can, a few blocks behind the reads.
-    const hasher = createBlockHasher(parseDigest(digest).algorithm);
+    const hasher = this.#hasher(parseDigest(digest).algorithm);
     const pending: Promise<void>[] = [];
     try {
       for await (const chunk of object.body) {

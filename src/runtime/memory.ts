@@ -15,17 +15,21 @@
 const STREAMED_BYTES_PER_GC = 4 << 20;
 
 const collect = (globalThis as { gc?: (options?: { type?: string }) => void }).gc;
-let sinceLastGc = 0;
-let allocatorTuned: boolean | undefined;
 
-/** Records that `bytes` of freshly allocated buffer passed through (to a response, or in from upstream). */
-export function noteStreamed(bytes: number): void {
-  allocatorTuned ??= tuneAllocator();
-  if (!collect) return;
-  sinceLastGc += bytes;
-  if (sinceLastGc >= STREAMED_BYTES_PER_GC) {
-    sinceLastGc = 0;
-    collect({ type: "minor" });
+/** Counts streamed bytes and collects the young generation every STREAMED_BYTES_PER_GC. */
+export class MemoryPacer {
+  #sinceLastGc = 0;
+  #allocatorTuned: boolean | undefined;
+
+  /** Records that `bytes` of freshly allocated buffer passed through. */
+  streamed(bytes: number): void {
+    this.#allocatorTuned ??= tuneAllocator();
+    if (!collect) return;
+    this.#sinceLastGc += bytes;
+    if (this.#sinceLastGc >= STREAMED_BYTES_PER_GC) {
+      this.#sinceLastGc = 0;
+      collect({ type: "minor" });
+    }
   }
 }
 

@@ -7,7 +7,7 @@
  * removes what a crashed predecessor left in `root/.tmp/`. A second process sharing the root
  * works too but leaves the temp directory alone.
  */
-import { noteStreamed } from "../runtime/memory.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 import { ContentCheck } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
@@ -32,13 +32,18 @@ export class FilesystemStorage implements Storage {
   /** Where in-progress writes (and the cache's download spools) live: same filesystem as root. */
   readonly tempDir: string;
   #lock?: Deno.FsFile;
+  readonly #streamed: Streaming["streamed"];
 
   /**
    * Creates the directories and, unless another process holds the root, removes what a crashed
    * predecessor left in the temp directory. Synchronous on purpose: the cleanup is over before
    * anyone (the cache's download spools included) can put a file there.
    */
-  constructor(root: string, options: { keepTemp?: boolean } = {}) {
+  constructor(
+    root: string,
+    options: { keepTemp?: boolean; streaming?: Pick<Streaming, "streamed"> } = {},
+  ) {
+    this.#streamed = options.streaming?.streamed ?? (() => {});
     // Trailing slashes would only make joined paths uglier.
     this.root = root.length > 1 ? root.replace(/\/+$/, "") : root;
     this.tempDir = `${this.root}/${TEMP_DIR}`;
@@ -123,7 +128,7 @@ export class FilesystemStorage implements Storage {
       return {
         size,
         modified: info.mtime ?? new Date(0),
-        body: fileStream(file, end - start + 1),
+        body: fileStream(file, end - start + 1, this.#streamed),
       };
     } catch (e) {
       file.close();
@@ -321,10 +326,14 @@ export class FilesystemStorage implements Storage {
 
 /**
  * A byte stream over `length` bytes of an open file from its current position, read straight
- * into the consumer's buffer (1 MiB at a time). The file is closed at the end, on cancel and on
- * error.
+ * into the consumer's buffer (1 MiB at a time), each read told to `streamed`. The file is
+ * closed at the end, on cancel and on error.
  */
-export function fileStream(file: Deno.FsFile, length: number): ReadableStream<Uint8Array> {
+export function fileStream(
+  file: Deno.FsFile,
+  length: number,
+  streamed: (bytes: number) => void = () => {},
+): ReadableStream<Uint8Array> {
   let remaining = length;
   let open = true;
   const close = () => {
@@ -356,7 +365,7 @@ export function fileStream(file: Deno.FsFile, length: number): ReadableStream<Ui
         }
         remaining -= n;
         request.respond(n);
-        noteStreamed(n);
+        streamed(n);
         if (remaining <= 0) {
           close();
           controller.close();

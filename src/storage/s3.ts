@@ -28,6 +28,7 @@ import { Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
 import { ContentCheck } from "../oci/digest.ts";
 import { fileStream } from "./filesystem.ts";
+import type { Streaming } from "../runtime/streaming.ts";
 import {
   assertSafeKey,
   type ByteRange,
@@ -70,6 +71,8 @@ export interface S3StorageOptions {
   partSize?: number;
   /** Parts uploaded concurrently per upload (default 3); memory per upload ~ partSize x this. */
   queueSize?: number;
+  /** Told of the bytes read from local files into uploads (GC pacing; see runtime/streaming). */
+  streaming?: Pick<Streaming, "streamed">;
 }
 
 const MiB = 1 << 20;
@@ -85,6 +88,7 @@ export class S3Storage implements Storage {
   #requestTimeout: number;
   #partSize: number;
   #queueSize: number;
+  readonly #streamed: Streaming["streamed"];
 
   constructor(options: S3StorageOptions) {
     this.bucket = options.bucket;
@@ -95,6 +99,7 @@ export class S3Storage implements Storage {
     this.#requestTimeout = options.requestTimeoutMs ?? 5_000;
     this.#partSize = Math.max(options.partSize ?? 8 * MiB, 5 * MiB);
     this.#queueSize = Math.max(options.queueSize ?? 3, 1);
+    this.#streamed = options.streaming?.streamed ?? (() => {});
     const credentials = options.accessKeyId && options.secretAccessKey
       ? {
         accessKeyId: options.accessKeyId,
@@ -363,7 +368,10 @@ export class S3Storage implements Storage {
       throw e;
     }
     // fileStream closes the file at its end, on cancel and on error.
-    await this.#upload(k, fileStream(file, size), { ...options, size: options.size ?? size });
+    await this.#upload(k, fileStream(file, size, this.#streamed), {
+      ...options,
+      size: options.size ?? size,
+    });
     // Same effect as the filesystem back-end's rename: the file is consumed.
     await Deno.remove(path).catch(() => {});
   }

@@ -2,9 +2,10 @@
  * Blob uploads (hosted repositories; a mirror's registry refuses them):
  *   POST /v2/<name>/blobs/uploads/[?digest= | ?mount=&from=]
  *   GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>
+ * Request bodies are told to `streamed` (runtime/streaming.ts) as they arrive.
  */
 import { parseDigest } from "../../oci/digest.ts";
-import { noteStreamed } from "../../runtime/memory.ts";
+import type { Streaming } from "../../runtime/streaming.ts";
 import { RegistryError } from "../../oci/errors.ts";
 import { isValidRepository } from "../../oci/reference.ts";
 import { rangeHeader } from "../../registry/local.ts";
@@ -15,6 +16,7 @@ export async function startUpload(
   name: string,
   request: Request,
   query: URLSearchParams,
+  streamed: Streaming["streamed"],
 ): Promise<Response> {
   // Destructured, not query.get(...): a string literal ending in `from` followed by a quote
   // reads as an import to tests/e2e/bundle_test.ts's scan of the bundle.
@@ -35,7 +37,7 @@ export async function startUpload(
     parseDigest(digest);
     const upload = await registry.uploads.start(name);
     try {
-      await registry.uploads.finish(name, upload.id, digest, bodyOf(request), {
+      await registry.uploads.finish(name, upload.id, digest, bodyOf(request, streamed), {
         length: contentLength(request),
       });
     } catch (e) {
@@ -61,6 +63,7 @@ export async function patchUpload(
   name: string,
   id: string,
   request: Request,
+  streamed: Streaming["streamed"],
 ): Promise<Response> {
   const length = contentLength(request);
   const range = parseContentRange(request.headers.get("content-range"));
@@ -71,7 +74,7 @@ export async function patchUpload(
       `Content-Range ${range.start}-${range.end} does not match Content-Length ${length}`,
     );
   }
-  const state = await registry.uploads.append(name, id, bodyOf(request), {
+  const state = await registry.uploads.append(name, id, bodyOf(request, streamed), {
     start: range?.start,
     length: length ?? (range ? range.end - range.start + 1 : undefined),
   });
@@ -84,6 +87,7 @@ export async function putUpload(
   id: string,
   request: Request,
   query: URLSearchParams,
+  streamed: Streaming["streamed"],
 ): Promise<Response> {
   const digest = query.get("digest");
   if (digest === null) {
@@ -93,7 +97,7 @@ export async function putUpload(
   parseDigest(digest);
   // A last chunk that says where it goes must go there.
   const range = parseContentRange(request.headers.get("content-range"));
-  await registry.uploads.finish(name, id, digest, bodyOf(request), {
+  await registry.uploads.finish(name, id, digest, bodyOf(request, streamed), {
     start: range?.start,
     length: contentLength(request),
   });
@@ -134,10 +138,13 @@ function accepted(name: string, state: UploadState, status: 202 | 204): Response
 
 /**
  * The request body, whose read failure (the client hung up before its Content-Length) is a
- * client error, BLOB_UPLOAD_INVALID, rather than an internal one; its buffers are counted for
- * memory.ts.
+ * client error, BLOB_UPLOAD_INVALID, rather than an internal one; its buffers are told to
+ * `streamed`.
  */
-function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
+function bodyOf(
+  request: Request,
+  streamed: Streaming["streamed"],
+): ReadableStream<Uint8Array> | null {
   // Without Content-Length or Transfer-Encoding an HTTP/1.1 request has no body (Deno still
   // hands out an empty stream): say so, so that a final PUT can move a lone chunk into place.
   const length = request.headers.get("content-length");
@@ -159,7 +166,7 @@ function bodyOf(request: Request): ReadableStream<Uint8Array> | null {
       if (result.done) return controller.close();
       // Request chunks are fresh buffers too: collected promptly, they keep an upload's
       // memory flat (a 256 MiB upload in 1 MiB chunks otherwise left ~130 MB of garbage).
-      noteStreamed(result.value.byteLength);
+      streamed(result.value.byteLength);
       controller.enqueue(result.value);
     },
     cancel: (reason) => reader.cancel(reason),
