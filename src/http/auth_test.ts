@@ -349,14 +349,7 @@ Deno.test("without an auth config: reads open, hosted writes only with --allow-a
 });
 
 Deno.test("token: passthrough scopes next to containerd's own (the name without the registry)", async () => {
-  const root = await Deno.makeTempDir({ prefix: "auth-test-" });
-  try {
-    await Deno.writeTextFile(`${root}/auth.yaml`, RULES);
-    await Deno.writeTextFile(`${root}/htpasswd`, HTPASSWD);
-    const access = await AccessControl.load(`${root}/auth.yaml`, {
-      isPrivate: (namespace) => namespace === "private.test",
-      log: () => {},
-    });
+  await withPassthroughAccess(async (access) => {
     // The upstream's accounts: dev may pull, other is valid but may not; alice is none of its.
     const checked: string[] = [];
     const passthrough = {
@@ -429,20 +422,11 @@ Deno.test("token: passthrough scopes next to containerd's own (the name without 
     assertEquals(await token(containerd), { status: 200, access: others });
     // Only passthrough names asked for: a wrong password is 401 without the mirror's rules.
     assertEquals((await token(containerd.slice(0, 1), basic("alice", "secret"))).status, 401);
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
+  });
 });
 
 Deno.test("logins with a passthrough upstream's credentials: checked there, no lockout when accepted", async () => {
-  const root = await Deno.makeTempDir({ prefix: "auth-test-" });
-  try {
-    await Deno.writeTextFile(`${root}/auth.yaml`, RULES);
-    await Deno.writeTextFile(`${root}/htpasswd`, HTPASSWD);
-    const access = await AccessControl.load(`${root}/auth.yaml`, {
-      isPrivate: (namespace) => namespace === "private.test",
-      log: () => {},
-    });
+  await withPassthroughAccess(async (access) => {
     // The upstream knows dev (dev-pw); "down" is the password that finds it unreachable.
     const asked: string[] = [];
     const passthrough = {
@@ -514,10 +498,25 @@ Deno.test("logins with a passthrough upstream's credentials: checked there, no l
     assertEquals(asked, []);
     const failures = metrics.render();
     assertMatch(failures, /oci_registry_auth_failures_total\{reason="locked"\} 2/);
+  });
+});
+
+/** The test rules and users, with private.test private (the passthrough namespace). */
+async function withPassthroughAccess(fn: (access: AccessControl) => Promise<void>) {
+  const root = await Deno.makeTempDir({ prefix: "auth-test-" });
+  try {
+    await Deno.writeTextFile(`${root}/auth.yaml`, RULES);
+    await Deno.writeTextFile(`${root}/htpasswd`, HTPASSWD);
+    await fn(
+      await AccessControl.load(`${root}/auth.yaml`, {
+        isPrivate: (namespace) => namespace === "private.test",
+        log: () => {},
+      }),
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }
-});
+}
 
 async function assertRejects401(promise: Promise<unknown>): Promise<void> {
   try {

@@ -567,20 +567,15 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
 
   const config = dir.join("docker-config");
   const cli = (args: string[]) => docker.cli(args, { env: { DOCKER_CONFIG: config } });
+  const dockerLogin = (who: Account, server: string) =>
+    cli(["login", "-u", who.username, "-p", who.password, server]);
   const mirrorRef = `${mirror.host}/${ref}`;
 
   await t.step(
     "docker login, docker pull MIRROR/private.test/...: byte for byte, from the cache",
     async () => {
       reset();
-      const login = await cli([
-        "login",
-        "-u",
-        dk.allowed.username,
-        "-p",
-        dk.allowed.password,
-        mirror.host,
-      ]);
+      const login = await dockerLogin(dk.allowed, mirror.host);
       assertEquals(login.code, 0, login.stderr);
       assertEquals(show(await mirrorRequests(mirror)), "GET /v2/ 401\nGET /v2/ 200");
       assertEquals(await upstreamSaw(up), loginCheckOf(dk.allowed, true), "the login, checked");
@@ -618,7 +613,7 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
         // Valid credentials log in (the mirror cannot tell which repository they are for); a
         // wrong password fails at the login. A stale login would still be sent: written here.
         reset();
-        const login = await cli(["login", "-u", who.username, "-p", who.password, mirror.host]);
+        const login = await dockerLogin(who, mirror.host);
         assertEquals(await upstreamSaw(up), loginCheckOf(who, status === 403), who.username);
         if (status === 403) {
           assertEquals(login.code, 0, login.stderr);
@@ -765,14 +760,7 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
       // none counts as a failed login. Counted, the sixth from this address would be 429.
       resetUsers();
       for (let i = 0; i < 7; i++) {
-        const login = await cli([
-          "login",
-          "-u",
-          dk.allowed.username,
-          "-p",
-          dk.allowed.password,
-          withUsers.host,
-        ]);
+        const login = await dockerLogin(dk.allowed, withUsers.host);
         assertEquals(login.code, 0, `login ${i + 1}: ${login.stderr}`);
       }
       const tokens = (await mirrorRequests(withUsers)).filter((r) =>
@@ -791,7 +779,7 @@ Deno.test("passthrough (token upstream), ctr --user and docker login, with and w
       [dk.wrong, 401, /unauthorized: the upstream did not accept these credentials/],
     ] as const;
     for (const [who, status, message] of cases) {
-      const login = await cli(["login", "-u", who.username, "-p", who.password, withUsers.host]);
+      const login = await dockerLogin(who, withUsers.host);
       if (status === 401) {
         // Refused by the token endpoint, after the upstream refused the password.
         assert(!login.success, `docker logged in as ${who.username} with a wrong password`);
