@@ -6,7 +6,8 @@
  *     public mirrored namespace, a private mirrored namespace and a hosted repository, each
  *     cell's status asserted, once through the Docker token flow as clients do it and once with
  *     Basic credentials on every request;
- *   - real clients: skopeo --creds, podman login, ctr --user, docker login (a private dockerd);
+ *   - real clients: skopeo --creds, podman login, ctr --user, docker login (a private dockerd),
+ *     helm registry login with a chart pushed and pulled;
  *   - cross-repository reads refused (a cached private blob under other names, a hosted blob
  *     from a repository that does not link it);
  *   - hot reload of users and rules, and hostile auth input against the process.
@@ -16,6 +17,7 @@ import { assert, assertEquals, assertMatch } from "../support/assert.ts";
 import { startContainerd } from "../support/clients.ts";
 import { podmanClient } from "../support/clients.ts";
 import { startDockerd } from "../support/dockerd.ts";
+import { helm } from "../support/helm.ts";
 import {
   buildImage,
   type Image,
@@ -259,7 +261,7 @@ Deno.test("cross-repository reads are refused", async () => {
   });
 });
 
-Deno.test("real clients log in: skopeo --creds, podman login, ctr --user, docker login", async (t) => {
+Deno.test("real clients log in: skopeo --creds, podman login, ctr --user, docker login, helm", async (t) => {
   await withWorld(async ({ mirror, dir }) => {
     const aliceCreds = `${ALICE.user}:${ALICE.password}`;
     const bobCreds = `${BOB.user}:${BOB.password}`;
@@ -347,6 +349,78 @@ Deno.test("real clients log in: skopeo --creds, podman login, ctr --user, docker
       const refused = await cli(["push", `${mirror.host}/myorg/bob:1`]);
       assert(refused.code !== 0, "bob pushed with docker");
     });
+
+    await t.step(
+      "helm registry login: alice pushes this project's chart and pulls it back byte for byte; bob cannot push, anonymous cannot pull",
+      async () => {
+        const helmBinary = await helm();
+        const home = dir.join("helm-home");
+        // Its own configuration and registry credentials: nothing of root's is read or written.
+        const env = {
+          HELM_CONFIG_HOME: `${home}/config`,
+          HELM_CACHE_HOME: `${home}/cache`,
+          HELM_DATA_HOME: `${home}/data`,
+          HELM_REGISTRY_CONFIG: `${home}/registry.json`,
+        };
+        const h = (args: string[]) => run(helmBinary, args, { env, timeoutMs: 60_000 });
+        const packaged = await h([
+          "package",
+          `${REPO_ROOT}/charts/oci-registry`,
+          "-d",
+          dir.join("charts"),
+        ]);
+        assertEquals(packaged.code, 0, packaged.stderr);
+        const chart = /saved it to: (\S+\.tgz)/.exec(packaged.stdout)![1];
+        const version = /oci-registry-(.+)\.tgz$/.exec(chart)![1];
+        const repository = `oci://${mirror.host}/myorg/charts`;
+        const login = (user: string, password: string) =>
+          h(["registry", "login", mirror.host, "--plain-http", "-u", user, "-p", password]);
+        const pull = async (into: string) => {
+          await Deno.mkdir(into, { recursive: true }); // helm writes its download beside it
+          return await h([
+            "pull",
+            `${repository}/oci-registry`,
+            "--version",
+            version,
+            "--plain-http",
+            "-d",
+            into,
+          ]);
+        };
+
+        assert(
+          (await login(ALICE.user, "wrong")).code !== 0,
+          "helm logged in with a wrong password",
+        );
+        const loggedIn = await login(ALICE.user, ALICE.password);
+        assertEquals(loggedIn.code, 0, loggedIn.stderr);
+        const pushed = await h(["push", chart, repository, "--plain-http"]);
+        assertEquals(pushed.code, 0, pushed.stderr);
+        const digest = /Digest: (sha256:[0-9a-f]{64})/.exec(pushed.stdout + pushed.stderr)?.[1];
+        assert(digest, `helm push printed no digest:\n${pushed.stdout}${pushed.stderr}`);
+        // The tag names the manifest helm pushed.
+        const head = await mirror.fetch(`/v2/myorg/charts/oci-registry/manifests/${version}`, {
+          method: "HEAD",
+          headers: { authorization: basic("alice")! },
+        });
+        assertEquals([head.status, head.headers.get("docker-content-digest")], [200, digest]);
+        const pulled = await pull(dir.join("helm-pulled"));
+        assertEquals(pulled.code, 0, pulled.stderr);
+        assertEquals(
+          await Deno.readFile(dir.join("helm-pulled", `oci-registry-${version}.tgz`)),
+          await Deno.readFile(chart),
+        );
+
+        assertEquals((await login(BOB.user, BOB.password)).code, 0, "bob is a user: login works");
+        const refused = await h(["push", chart, `oci://${mirror.host}/myorg/bob`, "--plain-http"]);
+        assert(refused.code !== 0, "bob pushed a chart");
+        assertMatch(refused.stderr, /status code 403: Forbidden/);
+        assertEquals((await h(["registry", "logout", mirror.host])).code, 0);
+        const anonymous = await pull(dir.join("helm-anonymous"));
+        assert(anonymous.code !== 0, "an anonymous helm pulled a hosted chart");
+        assertMatch(anonymous.stderr, /401|unauthorized/i);
+      },
+    );
   });
 });
 
