@@ -104,6 +104,8 @@ function assertClean(suite: string, summary: Summary, atLeast: number): void {
     console.error(summary.output.slice(-4000));
   }
   if (Deno.env.get("CONFORMANCE_VERBOSE")) console.error(summary.output);
+  // The figures, in the test output (CI logs, closing notes).
+  console.log(`${suite}: ${summary.passed} passed, ${summary.failed} failed`);
   assertEquals(summary.failed, 0, `${suite} failures: ${summary.failures.join(", ")}`);
   assert(summary.passed >= atLeast, `${suite} passed only ${summary.passed} checks`);
 }
