@@ -568,7 +568,7 @@ async function passthroughPing(
     header === null
       ? "authentication required"
       : credentials
-      ? "no passthrough upstream accepted these credentials"
+      ? "the passthrough upstream did not accept these credentials"
       : "malformed credentials",
     { headers: BASIC_CHALLENGE },
   );

@@ -259,7 +259,8 @@ export class UpstreamClient {
    * Asks upstream whether `credentials` (a client's, not the configured ones) may pull from
    * `repository`: a HEAD of the manifest or blob the client wants (or a one-entry tag list),
    * answering the upstream's Basic or Bearer challenge with those credentials (access.ts); a
-   * `login` probe asks the upstream's `GET /v2/` instead (`repository` is then ignored). Within the namespace's bounds and rate limits, at the endpoint a request would go to now.
+   * `login` probe asks the upstream's `GET /v2/` instead (`repository` is then ignored).
+   * Within the namespace's bounds and rate limits, at the endpoint a request would go to now.
    * Unreachable or failing upstreams throw (UNAVAILABLE, UPSTREAM_ERROR, TOOMANYREQUESTS), with
    * no retries: the caller decides what an unanswered check means.
    */
