@@ -38,7 +38,7 @@ import type { Registry } from "../registry/registry.ts";
 import { type AccessEntry, accessText, type LogFn } from "../runtime/log.ts";
 import { renderStatusPage, type StatusSnapshot, wantsHtml } from "./status_page.ts";
 import { methodLabel, type Metrics, statusLabel } from "../runtime/metrics.ts";
-import type { Streaming } from "../runtime/streaming.ts";
+import { IN_PLACE_STREAMING, type Streaming } from "../runtime/streaming.ts";
 
 export interface ServerOptions {
   mirror: Mirror;
@@ -142,6 +142,7 @@ export function createHandler(options: ServerOptions): Handler {
     mirrored: new MirroredRegistry(options.mirror),
     hosted: options.registry,
     hostedNames: hosted,
+    streamed: (options.streaming ?? IN_PLACE_STREAMING).streamed,
   };
   return async (request, info) => {
     const started = performance.now();
@@ -278,6 +279,8 @@ interface Registries {
   hosted?: Registry;
   /** First path segments whose repositories are hosted. */
   hostedNames: ReadonlySet<string>;
+  /** Told of upload bodies as they arrive (ServerOptions.streaming, or nothing). */
+  streamed: Streaming["streamed"];
 }
 
 async function dispatch(
@@ -431,8 +434,15 @@ async function dispatch(
     }
     return source !== null && auth.allows(identity, hostedResource(source), "pull");
   };
-  const streamed = options.streaming?.streamed ?? (() => {});
-  return await dispatchRepository(registry, scopeName, request, target, route, mayMount, streamed);
+  return await dispatchRepository(
+    registry,
+    scopeName,
+    request,
+    target,
+    route,
+    mayMount,
+    registries.streamed,
+  );
 }
 
 /** What a pass-through check asks upstream for a request to `endpoint`. */

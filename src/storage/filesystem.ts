@@ -7,7 +7,7 @@
  * removes what a crashed predecessor left in `root/.tmp/`. A second process sharing the root
  * works too but leaves the temp directory alone.
  */
-import type { Streaming } from "../runtime/streaming.ts";
+import { IN_PLACE_STREAMING, type Streaming } from "../runtime/streaming.ts";
 import { ContentCheck } from "../oci/digest.ts";
 import { RegistryError } from "../oci/errors.ts";
 import {
@@ -43,7 +43,7 @@ export class FilesystemStorage implements Storage {
     root: string,
     options: { keepTemp?: boolean; streaming?: Pick<Streaming, "streamed"> } = {},
   ) {
-    this.#streamed = options.streaming?.streamed ?? (() => {});
+    this.#streamed = (options.streaming ?? IN_PLACE_STREAMING).streamed;
     // Trailing slashes would only make joined paths uglier.
     this.root = root.length > 1 ? root.replace(/\/+$/, "") : root;
     this.tempDir = `${this.root}/${TEMP_DIR}`;
@@ -332,7 +332,7 @@ export class FilesystemStorage implements Storage {
 export function fileStream(
   file: Deno.FsFile,
   length: number,
-  streamed: (bytes: number) => void = () => {},
+  streamed: Streaming["streamed"] = IN_PLACE_STREAMING.streamed,
 ): ReadableStream<Uint8Array> {
   let remaining = length;
   let open = true;

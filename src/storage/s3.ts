@@ -28,7 +28,7 @@ import { Readable } from "node:stream";
 import { RegistryError } from "../oci/errors.ts";
 import { ContentCheck } from "../oci/digest.ts";
 import { fileStream } from "./filesystem.ts";
-import type { Streaming } from "../runtime/streaming.ts";
+import { IN_PLACE_STREAMING, type Streaming } from "../runtime/streaming.ts";
 import {
   assertSafeKey,
   type ByteRange,
@@ -99,7 +99,7 @@ export class S3Storage implements Storage {
     this.#requestTimeout = options.requestTimeoutMs ?? 5_000;
     this.#partSize = Math.max(options.partSize ?? 8 * MiB, 5 * MiB);
     this.#queueSize = Math.max(options.queueSize ?? 3, 1);
-    this.#streamed = options.streaming?.streamed ?? (() => {});
+    this.#streamed = (options.streaming ?? IN_PLACE_STREAMING).streamed;
     const credentials = options.accessKeyId && options.secretAccessKey
       ? {
         accessKeyId: options.accessKeyId,
