@@ -311,8 +311,8 @@ export class Auth {
 
   /**
    * The mirror user `credentials` name, or null for a `login` with credentials that are no
-   * mirror user's and that a passthrough upstream accepted. A refusal counts as a failed
-   * login; an upstream's acceptance does not (many clients behind one address log in so).
+   * mirror user's and that a passthrough upstream accepted. A wrong mirror password counts as
+   * a failed login here; an upstream's verdict does not (the gate keeps its own count).
    */
   async #login(
     credentials: { user: string; password: string },
@@ -357,7 +357,9 @@ export class Auth {
     if (upstreamLogin && await this.#passthrough!.login({ username: user, password }, address)) {
       return null;
     }
-    this.#limiter.failed(keys);
+    // An upstream's refusal is counted by the gate, per address and user name: counted here
+    // too, a few wrong upstream passwords behind one NAT would lock out every login from it.
+    if (!upstreamLogin) this.#limiter.failed(keys);
     throw this.#refuse(
       request,
       "bad_credentials",
